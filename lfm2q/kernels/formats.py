@@ -1,0 +1,34 @@
+"""ggml type codes and sizes the kernels understand (names and sizes come from gguf-py)."""
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+F32 = int(GGMLQuantizationType.F32)
+F16 = int(GGMLQuantizationType.F16)
+BF16 = int(GGMLQuantizationType.BF16)
+Q8_0 = int(GGMLQuantizationType.Q8_0)
+
+# Types the engine runs. Another format joins by adding its row kernels to matmul.py.
+SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q8_0})
+
+# fp16 -> fp32 for every bit pattern: a 256 KiB table that stays in L2 and turns the scale
+# of a block into one load.
+F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def type_name(qtype: int) -> str:
+    try:
+        return GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"type#{qtype}"
+
+
+def block_size(qtype: int) -> tuple[int, int]:
+    """(weights per block, bytes per block)."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+
+
+def row_nbytes(qtype: int, cols: int) -> int:
+    n, nbytes = block_size(qtype)
+    if cols % n:
+        raise ValueError(f"row of {cols} is not a multiple of {type_name(qtype)}'s block of {n}")
+    return cols // n * nbytes

@@ -1,0 +1,86 @@
+"""Matrix kernels over raw GGUF weights of any supported type.
+
+- `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
+  never expanded to floats.
+- `matmul`: prefill. Dequantizes an L2-sized tile of rows at a time and multiplies it with
+  every prompt position at once through BLAS.
+- `dequant_rows`: the embedding lookup and tile dequantization.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
+                     dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
+from .formats import BF16, F16, F32, Q8_0, type_name
+from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
+
+
+@njit(fastmath=True, cache=True)
+def row_dot(w, qtype, r, x):  # -> f32: row r of W (type qtype) . x
+    if qtype == Q8_0:
+        return dot_q8_0(w, r, x)
+    if qtype == F16:
+        return dot_f16(w, r, x)
+    if qtype == BF16:
+        return dot_bf16(w, r, x)
+    if qtype == F32:
+        return dot_f32(w, r, x)
+    return np.float32(np.nan)  # unreachable: the loader rejects other types
+
+
+@njit(cache=True)
+def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
+    if qtype == Q8_0:
+        dequant_q8_0(w, r, out)
+    elif qtype == F16:
+        dequant_f16(w, r, out)
+    elif qtype == BF16:
+        dequant_bf16(w, r, out)
+    elif qtype == F32:
+        dequant_f32(w, r, out)
+    else:
+        out[:] = np.nan
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+    for r in prange(w.shape[0]):
+        out[r] = row_dot(w, qtype, r, x)
+
+
+@njit(parallel=True, cache=True)
+def dequant_rows(w, qtype, rows, out):  # rows int64[n] -> out f32[n, cols]
+    for i in prange(rows.shape[0]):
+        row_dequant(w, qtype, rows[i], out[i])
+
+
+@njit(parallel=True, cache=True)
+def _dequant_range(w, qtype, r0, out):  # out f32[n, cols] = W[r0 : r0+n]
+    for i in prange(out.shape[0]):
+        row_dequant(w, qtype, r0 + i, out[i])
+
+
+TILE_BYTES = 512 * 1024  # a dequantized tile stays in a core's 1 MiB L2 with room for x
+
+
+def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
+    """out[n, rows] = x[n, cols] @ W.T, one dequantized tile of rows at a time."""
+    rows, cols = out.shape[1], x.shape[1]
+    tile = max(16, min(rows, TILE_BYTES // (4 * cols)))
+    buf = np.empty((tile, cols), np.float32)
+    for r0 in range(0, rows, tile):
+        n = min(tile, rows - r0)
+        _dequant_range(w, qtype, r0, buf[:n])
+        np.matmul(x, buf[:n].T, out=out[:, r0:r0 + n])
+
+
+_NUMPY_DEQUANT = {F32: dequantize_f32_np, F16: dequantize_f16_np,
+                  BF16: dequantize_bf16_np, Q8_0: dequantize_q8_0_np}
+
+
+def dequantize(w: np.ndarray, qtype: int) -> np.ndarray:
+    """NumPy oracle: the whole matrix as f32[rows, cols]. For tests and tools, never decode."""
+    try:
+        return _NUMPY_DEQUANT[qtype](w)
+    except KeyError:
+        raise ValueError(f"no NumPy dequantizer for {type_name(qtype)}") from None
