@@ -1,0 +1,229 @@
+"""Open an LFM2 GGUF file, check it completely, and hand out its weights as views of the map.
+
+`gguf.GGUFReader` memory-maps the file; weights stay there and the kernels read their bytes in
+place. Everything the model needs is checked here, up front, so a kernel never sees a tensor
+of the wrong shape or type, and every problem is one `GGUFError` naming the file and the key
+or tensor.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .errors import GGUFError
+from .kernels import F32, SUPPORTED_TYPES, dequantize, row_nbytes, type_name
+
+ARCH = "lfm2"
+
+
+@dataclass(frozen=True)
+class Lfm2Config:
+    """Hyperparameters of an LFM2 file, read once from its `lfm2.*` metadata.
+
+    Dimension legend for shape comments across the package:
+      V vocabulary, D embedding width, N layers, H query heads, KVH key/value heads of an
+      attention layer, HD head width (D / H), FF feed-forward width, L conv kernel length.
+    """
+    n_vocab: int                 # V
+    n_embd: int                  # D
+    n_layer: int                 # N
+    n_head: int                  # H
+    n_head_kv: tuple[int, ...]   # KVH per layer; 0 marks a short-conv layer
+    n_ff: int                    # FF
+    conv_l: int                  # L
+    n_ctx_train: int
+    rms_eps: float
+    rope_base: float
+    sliding_window: int          # 0: attention layers see the whole context
+    tied_embeddings: bool        # no output.weight: the LM head is token_embd
+
+    @property
+    def head_dim(self) -> int:   # HD
+        return self.n_embd // self.n_head
+
+    def is_attention(self, il: int) -> bool:
+        return self.n_head_kv[il] > 0
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i, kv in enumerate(self.n_head_kv) if kv > 0)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A weight matrix as its raw GGUF bytes: row r of W is `raw[r]`, in ggml type `qtype`."""
+    name: str
+    qtype: int
+    rows: int
+    cols: int
+    raw: np.ndarray  # uint8[rows, row_bytes], a view of the memory map
+
+
+class GGUFFile:
+    """A validated LFM2 GGUF: `config`, `fields` (key -> value) and weights by GGUF name."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise GGUFError(f"{self.path}: no such file — give the path of an LFM2 .gguf file")
+        try:
+            self.reader = gguf.GGUFReader(self.path, "r")
+        except Exception as e:  # gguf-py raises ValueError/IndexError/... on damaged files
+            raise GGUFError(f"{self.path}: not a readable GGUF file ({_one_line(e)}) — "
+                            "is the download complete?") from None
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        arch = self.get("general.architecture")
+        if arch != ARCH:
+            raise GGUFError(f"{self.path}: general.architecture is {arch!r}, not 'lfm2' — "
+                            "lfm2q runs LFM2 / LFM2.5 models only")
+        self.config = self._read_config()
+        self._check_tensors()
+
+    # --- metadata -----------------------------------------------------------------------
+
+    def get(self, key: str, default=None):
+        field = self.reader.get_field(key)
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except Exception as e:
+            raise GGUFError(f"{self.path}: metadata key {key} is unreadable ({_one_line(e)})") from None
+
+    def _require(self, key: str, kind: type, minimum: float | None = None):
+        value = self.get(key)
+        if value is None:
+            raise GGUFError(f"{self.path}: metadata key {key} is missing — not a complete LFM2 file")
+        if isinstance(value, list) or not isinstance(value, (int, float)):
+            raise GGUFError(f"{self.path}: metadata key {key} should be a number, found {value!r:.60}")
+        if minimum is not None and value < minimum:
+            raise GGUFError(f"{self.path}: metadata key {key} = {value} is out of range")
+        return kind(value)
+
+    def _read_config(self) -> Lfm2Config:
+        a = ARCH
+        n_layer = self._require(f"{a}.block_count", int, 1)
+        n_embd = self._require(f"{a}.embedding_length", int, 1)
+        n_head = self._require(f"{a}.attention.head_count", int, 1)
+        kv = self.get(f"{a}.attention.head_count_kv")
+        if kv is None:
+            raise GGUFError(f"{self.path}: metadata key {a}.attention.head_count_kv is missing — "
+                            "it marks which layers are attention and which are short-conv")
+        n_head_kv = tuple(int(v) for v in kv) if isinstance(kv, list) else (int(kv),) * n_layer
+        if len(n_head_kv) != n_layer:
+            raise GGUFError(f"{self.path}: {a}.attention.head_count_kv has {len(n_head_kv)} entries "
+                            f"for {n_layer} layers")
+        for kvh in n_head_kv:
+            if kvh < 0 or (kvh and n_head % kvh):
+                raise GGUFError(f"{self.path}: {a}.attention.head_count_kv entry {kvh} does not divide "
+                                f"{n_head} heads")
+        if n_embd % n_head:
+            raise GGUFError(f"{self.path}: {a}.embedding_length {n_embd} is not a multiple of "
+                            f"{n_head} heads")
+        if n_embd // n_head % 2:
+            raise GGUFError(f"{self.path}: head width {n_embd // n_head} is odd; rotary embedding needs "
+                            "an even width")
+        embd = self._tensors.get("token_embd.weight")
+        n_vocab = self.get(f"{a}.vocab_size")
+        if n_vocab is None:  # older files: the vocabulary is the embedding's row count
+            n_vocab = int(embd.shape[1]) if embd is not None and len(embd.shape) == 2 else 0
+        return Lfm2Config(
+            n_vocab=int(n_vocab),
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            n_ff=self._require(f"{a}.feed_forward_length", int, 1),
+            conv_l=self._require(f"{a}.shortconv.l_cache", int, 1),
+            n_ctx_train=int(self.get(f"{a}.context_length", 32768)),
+            rms_eps=self._require(f"{a}.attention.layer_norm_rms_epsilon", float, 0),
+            rope_base=float(self.get(f"{a}.rope.freq_base", 1_000_000.0)),
+            sliding_window=int(self.get(f"{a}.attention.sliding_window", 0) or 0),
+            tied_embeddings="output.weight" not in self._tensors,
+        )
+
+    # --- tensors ------------------------------------------------------------------------
+
+    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
+        """GGUF name -> numpy shape (rows, cols) of every tensor the model reads."""
+        c = self.config
+        D, FF, L, HD = c.n_embd, c.n_ff, c.conv_l, c.head_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "token_embd.weight": (c.n_vocab, D),
+            self.final_norm_name: (D,),
+        }
+        if not c.tied_embeddings:
+            shapes["output.weight"] = (c.n_vocab, D)
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            shapes.update({p + "attn_norm.weight": (D,), p + "ffn_norm.weight": (D,),
+                           p + "ffn_gate.weight": (FF, D), p + "ffn_up.weight": (FF, D),
+                           p + "ffn_down.weight": (D, FF)})
+            if c.is_attention(il):
+                KVH = c.n_head_kv[il]
+                shapes.update({p + "attn_q.weight": (c.n_head * HD, D),
+                               p + "attn_k.weight": (KVH * HD, D),
+                               p + "attn_v.weight": (KVH * HD, D),
+                               p + "attn_output.weight": (D, c.n_head * HD),
+                               p + "attn_q_norm.weight": (HD,), p + "attn_k_norm.weight": (HD,)})
+            else:
+                shapes.update({p + "shortconv.in_proj.weight": (3 * D, D),
+                               p + "shortconv.conv.weight": (D, L),
+                               p + "shortconv.out_proj.weight": (D, D)})
+        return shapes
+
+    @property
+    def final_norm_name(self) -> str:
+        # The final norm is stored as token_embd_norm for historical reasons; some older
+        # converters wrote output_norm.
+        if "token_embd_norm.weight" not in self._tensors and "output_norm.weight" in self._tensors:
+            return "output_norm.weight"
+        return "token_embd_norm.weight"
+
+    def _check_tensors(self) -> None:
+        for name, shape in self.expected_tensors().items():
+            t = self._tensors.get(name)
+            if t is None:
+                raise GGUFError(f"{self.path}: tensor {name} is missing — the file is incomplete "
+                                "or not an LFM2 model")
+            found = tuple(int(d) for d in reversed(t.shape.tolist()))
+            if found != shape:
+                raise GGUFError(f"{self.path}: tensor {name} has shape {list(found)}, "
+                                f"expected {list(shape)} from the metadata")
+            if int(t.tensor_type) not in SUPPORTED_TYPES:
+                raise GGUFError(f"{self.path}: tensor {name} is {type_name(t.tensor_type)}, which lfm2q "
+                                f"cannot run yet (supported: "
+                                f"{', '.join(sorted(type_name(q) for q in SUPPORTED_TYPES))})")
+            if len(shape) == 2:
+                try:
+                    row_nbytes(int(t.tensor_type), shape[1])
+                except ValueError as e:
+                    raise GGUFError(f"{self.path}: tensor {name}: {e}") from None
+
+    def weight(self, name: str) -> Weight:
+        """A matrix as raw bytes, never copied."""
+        t = self._tensors[name]
+        rows, cols = (int(d) for d in reversed(t.shape.tolist()))
+        raw = t.data.view(np.uint8).reshape(rows, -1)
+        return Weight(name, int(t.tensor_type), rows, cols, raw)
+
+    def vector(self, name: str) -> np.ndarray:
+        """A small tensor (norm or conv kernel) as float32, in its numpy shape."""
+        t = self._tensors[name]
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        raw = t.data.view(np.uint8).reshape(int(np.prod(shape[:-1], dtype=np.int64)), -1)
+        if int(t.tensor_type) == F32:
+            return raw.view(np.float32).reshape(shape)
+        return dequantize(raw, int(t.tensor_type)).reshape(shape)
+
+    def tensor_types(self) -> dict[str, str]:
+        return {t.name: type_name(t.tensor_type) for t in self.reader.tensors}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
