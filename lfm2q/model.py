@@ -1,0 +1,229 @@
+"""The LFM2 forward pass over a validated GGUF file (DESIGN.md §2).
+
+    token_embd -> N x [ x += op(rmsnorm(x)); x += ffn(rmsnorm(x)) ] -> rmsnorm -> LM head
+
+`op` is the gated short convolution or grouped-query attention, per layer. Prefill runs a
+chunk of positions through BLAS on dequantized weight tiles; decode runs one token through
+fused kernels, one numba call per block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import blocks
+from .cache import Snapshot, State
+from .errors import GenerationError
+from .gguf_model import GGUFFile, Lfm2Config, Weight
+from .kernels import dequant_rows, matmul, matvec
+
+PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One block's weights under their GGUF names (blk.N.<name>)."""
+    attn_norm: np.ndarray            # f32[D]
+    ffn_norm: np.ndarray             # f32[D]
+    ffn_gate: Weight                 # [FF, D]
+    ffn_up: Weight                   # [FF, D]
+    ffn_down: Weight                 # [D, FF]
+    # short-conv layers
+    in_proj: Weight | None = None    # [3D, D]
+    conv: np.ndarray | None = None   # f32[D, L]
+    out_proj: Weight | None = None   # [D, D]
+    # attention layers
+    attn_q: Weight | None = None     # [H*HD, D]
+    attn_k: Weight | None = None     # [KVH*HD, D]
+    attn_v: Weight | None = None     # [KVH*HD, D]
+    attn_output: Weight | None = None  # [D, H*HD]
+    attn_q_norm: np.ndarray | None = None  # f32[HD]
+    attn_k_norm: np.ndarray | None = None  # f32[HD]
+
+
+class Weights:
+    """Every tensor the forward pass reads, as views of the file."""
+
+    def __init__(self, f: GGUFFile):
+        c = f.config
+        self.token_embd = f.weight("token_embd.weight")                 # [V, D]
+        self.output_norm = f.vector(f.final_norm_name)                  # f32[D]
+        self.output = self.token_embd if c.tied_embeddings else f.weight("output.weight")
+        self.layers: list[Layer] = []
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            common = dict(attn_norm=f.vector(p + "attn_norm.weight"),
+                          ffn_norm=f.vector(p + "ffn_norm.weight"),
+                          ffn_gate=f.weight(p + "ffn_gate.weight"),
+                          ffn_up=f.weight(p + "ffn_up.weight"),
+                          ffn_down=f.weight(p + "ffn_down.weight"))
+            if c.is_attention(il):
+                layer = Layer(**common,
+                              attn_q=f.weight(p + "attn_q.weight"),
+                              attn_k=f.weight(p + "attn_k.weight"),
+                              attn_v=f.weight(p + "attn_v.weight"),
+                              attn_output=f.weight(p + "attn_output.weight"),
+                              attn_q_norm=f.vector(p + "attn_q_norm.weight"),
+                              attn_k_norm=f.vector(p + "attn_k_norm.weight"))
+            else:
+                layer = Layer(**common,
+                              in_proj=f.weight(p + "shortconv.in_proj.weight"),
+                              conv=np.ascontiguousarray(f.vector(p + "shortconv.conv.weight")),
+                              out_proj=f.weight(p + "shortconv.out_proj.weight"))
+            self.layers.append(layer)
+
+
+def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]
+    out = np.empty((x.shape[0], w.rows), np.float32)
+    matmul(w.raw, w.qtype, x, out)
+    return out
+
+
+class Forward:
+    """Runs positions through the network against one `State`, owning the decode buffers."""
+
+    def __init__(self, config: Lfm2Config, weights: Weights, state: State):
+        self.c, self.w, self.state = config, weights, state
+        c = config
+        D, HD, FF = c.n_embd, c.head_dim, c.n_ff
+        KVH = max(c.n_head_kv)
+        # RoPE frequencies as transformers computes them (float32), angles per position.
+        self.inv_freq = (1.0 / (np.float32(c.rope_base) **
+                                (np.arange(0, HD, 2, dtype=np.float32) / np.float32(HD)))).astype(np.float32)
+        self.eps = np.float32(c.rms_eps)
+        # Decode buffers, allocated once: the decode loop allocates nothing big.
+        self.x = np.empty(D, np.float32)             # residual stream
+        self.h = np.empty(D, np.float32)             # normed input of a block
+        self.o = np.empty(D, np.float32)             # block output
+        self.bcx = np.empty((1, 3 * D), np.float32)
+        self.y = np.empty((1, D), np.float32)
+        self.q = np.empty((1, c.n_head * HD), np.float32)
+        self.k = np.empty((1, KVH * HD), np.float32)
+        self.v = np.empty((1, KVH * HD), np.float32)
+        self.att = np.empty((1, c.n_head * HD), np.float32)
+        self.tmp = np.empty(HD, np.float32)
+        self.g = np.empty(FF, np.float32)
+        self.u = np.empty(FF, np.float32)
+        self.logits = np.empty(c.n_vocab, np.float32)
+        self.id_buf = np.empty(1, np.int64)
+
+    # --- decode: one token ------------------------------------------------------------
+
+    def decode(self, token: int) -> np.ndarray:
+        """Run one token at position n_past; returns the (reused) logits buffer f32[V]."""
+        c, w, s, eps = self.c, self.w, self.state, self.eps
+        pos = s.n_past
+        x = self.x
+        self.id_buf[0] = token
+        dequant_rows(w.token_embd.raw, w.token_embd.qtype, self.id_buf, x.reshape(1, -1))
+        for il, L in enumerate(w.layers):
+            if L.in_proj is not None:
+                blocks.shortconv_decode(x, L.attn_norm, eps, L.in_proj.raw, L.in_proj.qtype, L.conv,
+                                        s.conv[il], L.out_proj.raw, L.out_proj.qtype,
+                                        self.h, self.bcx, self.y, self.o)
+            else:
+                kvh = c.n_head_kv[il] * c.head_dim
+                blocks.attention_decode(x, L.attn_norm, eps, L.attn_q.raw, L.attn_q.qtype,
+                                        L.attn_k.raw, L.attn_k.qtype, L.attn_v.raw, L.attn_v.qtype,
+                                        L.attn_output.raw, L.attn_output.qtype, L.attn_q_norm,
+                                        L.attn_k_norm, c.n_head, s.k[il], s.v[il], pos,
+                                        c.sliding_window, self.inv_freq, self.h, self.q,
+                                        self.k[:, :kvh], self.v[:, :kvh], self.att, self.o, self.tmp)
+            blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.qtype, L.ffn_up.raw,
+                              L.ffn_up.qtype, L.ffn_down.raw, L.ffn_down.qtype, self.h, self.g,
+                              self.u, self.o)
+        s.n_past = pos + 1
+        blocks.rmsnorm(x, w.output_norm, eps, self.h)
+        matvec(w.output.raw, w.output.qtype, self.h, self.logits)
+        return self.logits
+
+    # --- prefill: a chunk of positions --------------------------------------------------
+
+    def prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        """Run positions n_past.. for ids int64[n]; logits f32[n, V] or of the last one f32[V]."""
+        c, w, s, eps = self.c, self.w, self.state, self.eps
+        n, p0 = ids.shape[0], s.n_past
+        x = np.empty((n, c.n_embd), np.float32)                      # [n, D]
+        dequant_rows(w.token_embd.raw, w.token_embd.qtype, ids, x)
+        h = np.empty_like(x)
+        for il, L in enumerate(w.layers):
+            blocks.rmsnorm_rows(x, L.attn_norm, eps, h)
+            if L.in_proj is not None:
+                bcx = _mm(L.in_proj, h)                               # [n, 3D]
+                y = np.empty_like(x)
+                blocks.shortconv_mix(bcx, L.conv, s.conv[il], y)      # [n, D]
+                x += _mm(L.out_proj, y)
+            else:
+                q, k, v = _mm(L.attn_q, h), _mm(L.attn_k, h), _mm(L.attn_v, h)
+                blocks.qkv_to_cache(q, k, v, c.n_head, L.attn_q_norm, L.attn_k_norm, eps, p0,
+                                    self.inv_freq, s.k[il], s.v[il], self.tmp)
+                att = np.empty_like(q)
+                blocks.attend(q, s.k[il], s.v[il], p0, c.sliding_window, att)
+                x += _mm(L.attn_output, att)
+            blocks.rmsnorm_rows(x, L.ffn_norm, eps, h)
+            g = _mm(L.ffn_gate, h)                                    # [n, FF]
+            blocks.silu_mul(g, _mm(L.ffn_up, h))
+            x += _mm(L.ffn_down, g)
+        s.n_past = p0 + n
+        if all_logits:
+            blocks.rmsnorm_rows(x, w.output_norm, eps, h)
+            return _mm(w.output, h)                                   # [n, V]
+        blocks.rmsnorm(x[-1], w.output_norm, eps, self.h)
+        matvec(w.output.raw, w.output.qtype, self.h, self.logits)
+        return self.logits
+
+
+class Session:
+    """A sequence being decoded: feed tokens with `eval`, get the next-token logits.
+
+    The state (conv windows, KV cache) persists between calls, so a chat feeds only each
+    turn's new tokens.
+    """
+
+    def __init__(self, model: "Model"):
+        self.model = model
+        self.n_ctx = model.n_ctx
+        self.state = State(model.config, model.n_ctx)
+        self._fwd = Forward(model.config, model.weights, self.state)
+
+    @property
+    def n_past(self) -> int:
+        return self.state.n_past
+
+    def eval(self, ids) -> np.ndarray:
+        """Append ids to the sequence; returns the last position's logits, f32[V] (a copy)."""
+        ids = self._check(ids)
+        if ids.shape[0] == 1:
+            return self._fwd.decode(int(ids[0])).copy()
+        for i in range(0, ids.shape[0], PREFILL_CHUNK):
+            logits = self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=False)
+        return logits.copy()
+
+    def eval_all(self, ids) -> np.ndarray:
+        """Like eval, but returns logits for every fed position, f32[n, V]."""
+        ids = self._check(ids)
+        return np.concatenate([self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=True)
+                               for i in range(0, ids.shape[0], PREFILL_CHUNK)])
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot()
+
+    def restore(self, snap: Snapshot) -> None:
+        self.state.restore(snap)
+
+    def _check(self, ids) -> np.ndarray:
+        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if arr.shape[0] == 0:
+            raise GenerationError("no tokens to evaluate — the prompt is empty")
+        V = self.model.config.n_vocab
+        bad = arr[(arr < 0) | (arr >= V)]
+        if bad.size:
+            raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary (0..{V - 1})")
+        if self.state.n_past + arr.shape[0] > self.n_ctx:
+            raise GenerationError(f"{self.state.n_past} + {arr.shape[0]} tokens exceed the context of "
+                                  f"{self.n_ctx} — start a new session or load with a larger n_ctx")
+        return arr
