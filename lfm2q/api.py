@@ -1,0 +1,105 @@
+"""The Python API: `load` a GGUF file into a `Model`; tokenize, score, and generate with it."""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numba
+import numpy as np
+
+from .errors import GenerationError, Lfm2qError
+from .gguf_model import GGUFFile, Lfm2Config
+from .model import Session, Weights
+from .tokenizer import Tokenizer, read_tokenizer_fields
+
+
+class Model:
+    """An LFM2 model whose weights stay in the memory-mapped GGUF file."""
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None):
+        _check_int("n_ctx", n_ctx, 1)
+        set_threads(n_threads)
+        self.file = GGUFFile(path)
+        self.path = self.file.path
+        self.config: Lfm2Config = self.file.config
+        if n_ctx > self.config.n_ctx_train:
+            raise Lfm2qError(f"n_ctx {n_ctx} is larger than the {self.config.n_ctx_train} tokens "
+                             f"{self.path.name} was trained for — use at most that")
+        self.n_ctx = n_ctx
+        self.weights = Weights(self.file)
+        try:
+            self.tokenizer = Tokenizer.from_gguf_fields(read_tokenizer_fields(self.file.reader))
+        except Lfm2qError as e:
+            raise type(e)(f"{self.path}: {e}") from None
+
+    # --- text <-> ids -------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    # --- scoring --------------------------------------------------------------------------
+
+    def session(self) -> Session:
+        """A fresh sequence with its own caches."""
+        return Session(self)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position of `ids` from a fresh state, f32[len(ids), V]."""
+        return self.session().eval_all(ids)
+
+    # --- generation -----------------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 repetition_penalty: float = 1.0, seed: int | None = None,
+                 stop: Sequence[str] | None = None, stream: bool = False):
+        """Continue `prompt` (text, or token ids). Greedy at temperature 0.
+
+        Returns the generated text, or with stream=True an iterator of text pieces.
+        """
+        from .generate import generate_stream, generate_text
+        from .sampling import SamplingParams
+
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repetition_penalty=repetition_penalty, seed=seed)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop=list(stop) if stop else None)
+        if stream:
+            return _text_pieces(generate_stream(self.session(), self.tokenizer, ids, **kwargs))
+        return generate_text(self.session(), self.tokenizer, ids, **kwargs).text
+
+
+def _text_pieces(steps) -> Iterator[str]:
+    for step in steps:
+        text = getattr(step, "text", "")
+        if text:
+            yield text
+
+
+def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None) -> Model:
+    """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM."""
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads)
+
+
+def set_threads(n_threads: int | None) -> None:
+    """Use n_threads cores for the kernels (None: all numba was started with)."""
+    if n_threads is None:
+        return
+    available = numba.config.NUMBA_NUM_THREADS
+    _check_int("n_threads", n_threads, 1)
+    if n_threads > available:
+        raise GenerationError(f"n_threads {n_threads} is more than the {available} threads available "
+                              "(set NUMBA_NUM_THREADS before starting to raise the limit)")
+    numba.set_num_threads(n_threads)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise GenerationError(f"{name} must be a whole number ≥ {minimum}, got {value!r}")
