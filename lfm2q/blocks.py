@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels.matmul import matvec
+from .kernels.dispatch import matvec
 
 
 @njit(fastmath=True, cache=True)

@@ -1,0 +1,76 @@
+"""Each numba kernel against its NumPy twin, and the NumPy twins against gguf-py.
+
+Shapes are awkward on purpose: row counts that don't divide the thread count or the prefill
+tile, row lengths that are not multiples of 16 (floats), single rows and single positions.
+"""
+import gguf
+import numpy as np
+import pytest
+
+from lfm2q.kernels import BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
+from lfm2q.kernels import dispatch as matmul_module
+
+TYPES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0"}
+SHAPES = [(1, 32), (3, 64), (67, 96), (257, 160), (1000, 1024)]
+
+
+def random_weight(qtype, rows, cols, seed):
+    """Raw GGUF bytes of a random matrix, quantized by gguf-py (an independent writer)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.01, 3.0, (rows, 1)).astype(np.float32)
+    raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType(qtype))
+    return np.ascontiguousarray(raw.view(np.uint8).reshape(rows, -1))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+@pytest.mark.parametrize("rows,cols", SHAPES)
+def test_numpy_dequantizer_equals_gguf_py(qtype, rows, cols):
+    raw = random_weight(qtype, rows, cols, seed=rows)
+    expected = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).reshape(rows, cols)
+    np.testing.assert_array_equal(dequantize(raw, qtype), expected)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+@pytest.mark.parametrize("rows,cols", SHAPES)
+def test_matvec_equals_dequantize_then_dot(qtype, rows, cols):
+    raw = random_weight(qtype, rows, cols, seed=cols)
+    x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
+    ref = dequantize(raw, qtype).astype(np.float64) @ x.astype(np.float64)
+    out = np.full(rows, np.nan, np.float32)
+    matvec(raw, qtype, x, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+@pytest.mark.parametrize("n", [1, 5, 33])
+def test_matmul_equals_dequantize_then_matmul(qtype, n, monkeypatch):
+    rows, cols = 301, 96
+    monkeypatch.setattr(matmul_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles
+    raw = random_weight(qtype, rows, cols, seed=n)
+    x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
+    out = np.full((n, rows), np.nan, np.float32)
+    matmul(raw, qtype, x, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_dequant_rows_is_an_exact_row_lookup(qtype):
+    raw = random_weight(qtype, 50, 64, seed=7)
+    ids = np.array([0, 49, 3, 3, 17], np.int64)
+    out = np.empty((ids.shape[0], 64), np.float32)
+    dequant_rows(raw, qtype, ids, out)
+    np.testing.assert_array_equal(out, dequantize(raw, qtype)[ids])
+
+
+def test_q8_0_extremes_dequantize_exactly():
+    # zero rows, constant rows, one outlier, tiny magnitudes: the scale path must hold up.
+    rows = np.zeros((4, 64), np.float32)
+    rows[1] = 0.25
+    rows[2, 5] = 1e4
+    rows[3] = np.linspace(-1e-6, 1e-6, 64)
+    raw = np.ascontiguousarray(gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0).view(np.uint8))
+    expected = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)
+    out = np.empty_like(expected)
+    dequant_rows(raw, Q8_0, np.arange(4, dtype=np.int64), out)
+    np.testing.assert_array_equal(out, expected)
