@@ -10,7 +10,7 @@ import numpy as np
 from .errors import GenerationError, Lfm2qError
 from .gguf_model import GGUFFile, Lfm2Config
 from .model import Session, Weights
-from .tokenizer import Tokenizer, read_tokenizer_fields
+from .tokenizer import Tokenizer
 
 
 class Model:
@@ -28,7 +28,7 @@ class Model:
         self.n_ctx = n_ctx
         self.weights = Weights(self.file)
         try:
-            self.tokenizer = Tokenizer.from_gguf_fields(read_tokenizer_fields(self.file.reader))
+            self.tokenizer = Tokenizer.from_gguf_fields(self.file.tokenizer_fields())
         except Lfm2qError as e:
             raise type(e)(f"{self.path}: {e}") from None
 

@@ -1,7 +1,7 @@
 """Open an LFM2 GGUF file, check it completely, and hand out its weights as views of the map.
 
-`gguf.GGUFReader` memory-maps the file; weights stay there and the kernels read their bytes in
-place. Everything the model needs is checked here, up front, so a kernel never sees a tensor
+`gguf_reader.GGUFReader` checks the header and memory-maps the file; weights stay there and the
+kernels read their bytes in place. Everything the model needs is checked here, up front, so a kernel never sees a tensor
 of the wrong shape or type, and every problem is one `GGUFError` naming the file and the key
 or tensor.
 """
@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from .errors import GGUFError
+from .gguf_reader import GGUFReader
 from .kernels import F32, SUPPORTED_TYPES, dequantize, row_nbytes, type_name
 
 ARCH = "lfm2"
@@ -70,12 +70,9 @@ class GGUFFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise GGUFError(f"{self.path}: no such file — give the path of an LFM2 .gguf file")
-        try:
-            self.reader = gguf.GGUFReader(self.path, "r")
-        except Exception as e:  # gguf-py raises ValueError/IndexError/... on damaged files
-            raise GGUFError(f"{self.path}: not a readable GGUF file ({_one_line(e)}) — "
-                            "is the download complete?") from None
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.reader = GGUFReader(self.path)
+        self.fields = self.reader.fields
+        self._tensors = self.reader.tensors
         arch = self.get("general.architecture")
         if arch != ARCH:
             raise GGUFError(f"{self.path}: general.architecture is {arch!r}, not 'lfm2' — "
@@ -86,13 +83,7 @@ class GGUFFile:
     # --- metadata -----------------------------------------------------------------------
 
     def get(self, key: str, default=None):
-        field = self.reader.get_field(key)
-        if field is None:
-            return default
-        try:
-            return field.contents()
-        except Exception as e:
-            raise GGUFError(f"{self.path}: metadata key {key} is unreadable ({_one_line(e)})") from None
+        return self.fields.get(key, default)
 
     def _require(self, key: str, kind: type, minimum: float | None = None):
         value = self.get(key)
@@ -130,7 +121,7 @@ class GGUFFile:
         embd = self._tensors.get("token_embd.weight")
         n_vocab = self.get(f"{a}.vocab_size")
         if n_vocab is None:  # older files: the vocabulary is the embedding's row count
-            n_vocab = int(embd.shape[1]) if embd is not None and len(embd.shape) == 2 else 0
+            n_vocab = embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0
         return Lfm2Config(
             n_vocab=int(n_vocab),
             n_embd=n_embd,
@@ -190,40 +181,36 @@ class GGUFFile:
             if t is None:
                 raise GGUFError(f"{self.path}: tensor {name} is missing — the file is incomplete "
                                 "or not an LFM2 model")
-            found = tuple(int(d) for d in reversed(t.shape.tolist()))
+            found = t.shape
             if found != shape:
                 raise GGUFError(f"{self.path}: tensor {name} has shape {list(found)}, "
                                 f"expected {list(shape)} from the metadata")
-            if int(t.tensor_type) not in SUPPORTED_TYPES:
-                raise GGUFError(f"{self.path}: tensor {name} is {type_name(t.tensor_type)}, which lfm2q "
+            if t.qtype not in SUPPORTED_TYPES:
+                raise GGUFError(f"{self.path}: tensor {name} is {type_name(t.qtype)}, which lfm2q "
                                 f"cannot run yet (supported: "
                                 f"{', '.join(sorted(type_name(q) for q in SUPPORTED_TYPES))})")
             if len(shape) == 2:
                 try:
-                    row_nbytes(int(t.tensor_type), shape[1])
+                    row_nbytes(t.qtype, shape[1])
                 except ValueError as e:
                     raise GGUFError(f"{self.path}: tensor {name}: {e}") from None
 
     def weight(self, name: str) -> Weight:
         """A matrix as raw bytes, never copied."""
         t = self._tensors[name]
-        rows, cols = (int(d) for d in reversed(t.shape.tolist()))
-        raw = t.data.view(np.uint8).reshape(rows, -1)
-        return Weight(name, int(t.tensor_type), rows, cols, raw)
+        rows, cols = t.shape
+        return Weight(name, t.qtype, rows, cols, self.reader.data(name))
 
     def vector(self, name: str) -> np.ndarray:
         """A small tensor (norm or conv kernel) as float32, in its numpy shape."""
         t = self._tensors[name]
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        raw = t.data.view(np.uint8).reshape(int(np.prod(shape[:-1], dtype=np.int64)), -1)
-        if int(t.tensor_type) == F32:
-            return raw.view(np.float32).reshape(shape)
-        return dequantize(raw, int(t.tensor_type)).reshape(shape)
+        raw = self.reader.data(name)
+        if t.qtype == F32:
+            return raw.view(np.float32).reshape(t.shape)
+        return dequantize(raw, t.qtype).reshape(t.shape)
 
     def tensor_types(self) -> dict[str, str]:
-        return {t.name: type_name(t.tensor_type) for t in self.reader.tensors}
+        return {t.name: type_name(t.qtype) for t in self._tensors.values()}
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+    def tokenizer_fields(self) -> dict:
+        return {k: v for k, v in self.fields.items() if k.startswith("tokenizer.")}
