@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from lfm2q.kernels import BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
+from lfm2q.kernels.formats import Q4_0, Q4_1, Q5_0, Q5_1
 from lfm2q.kernels import dispatch as matmul_module
 
-TYPES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0"}
+TYPES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0",
+         Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1"}  # K-quants: tests/test_kquants.py
 SHAPES = [(1, 32), (3, 64), (67, 96), (257, 160), (1000, 1024)]
 
 

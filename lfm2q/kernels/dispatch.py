@@ -11,7 +11,12 @@ from numba import njit, prange
 
 from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
                      dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
-from .formats import BF16, F16, F32, Q8_0, type_name
+from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
+                      dequantize_q5_k_np, dequantize_q6_k_np, dot_q4_k, dot_q5_k, dot_q6_k)
+from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequantize_q4_0_np,
+                   dequantize_q4_1_np, dequantize_q5_0_np, dequantize_q5_1_np, dot_q4_0, dot_q4_1,
+                   dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 
 
@@ -25,6 +30,20 @@ def row_dot(w, qtype, r, x):  # -> f32: row r of W (type qtype) . x
         return dot_bf16(w, r, x)
     if qtype == F32:
         return dot_f32(w, r, x)
+    if qtype == Q4_K:
+        return dot_q4_k(w, r, x)
+    if qtype == Q6_K:
+        return dot_q6_k(w, r, x)
+    if qtype == Q5_K:
+        return dot_q5_k(w, r, x)
+    if qtype == Q4_0:
+        return dot_q4_0(w, r, x)
+    if qtype == Q4_1:
+        return dot_q4_1(w, r, x)
+    if qtype == Q5_0:
+        return dot_q5_0(w, r, x)
+    if qtype == Q5_1:
+        return dot_q5_1(w, r, x)
     return np.float32(np.nan)  # unreachable: the loader rejects other types
 
 
@@ -38,6 +57,20 @@ def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
         dequant_bf16(w, r, out)
     elif qtype == F32:
         dequant_f32(w, r, out)
+    elif qtype == Q4_K:
+        dequant_q4_k(w, r, out)
+    elif qtype == Q6_K:
+        dequant_q6_k(w, r, out)
+    elif qtype == Q5_K:
+        dequant_q5_k(w, r, out)
+    elif qtype == Q4_0:
+        dequant_q4_0(w, r, out)
+    elif qtype == Q4_1:
+        dequant_q4_1(w, r, out)
+    elif qtype == Q5_0:
+        dequant_q5_0(w, r, out)
+    elif qtype == Q5_1:
+        dequant_q5_1(w, r, out)
     else:
         out[:] = np.nan
 
@@ -75,7 +108,10 @@ def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
 
 
 _NUMPY_DEQUANT = {F32: dequantize_f32_np, F16: dequantize_f16_np,
-                  BF16: dequantize_bf16_np, Q8_0: dequantize_q8_0_np}
+                  BF16: dequantize_bf16_np, Q8_0: dequantize_q8_0_np,
+                  Q4_0: dequantize_q4_0_np, Q4_1: dequantize_q4_1_np, Q5_0: dequantize_q5_0_np,
+                  Q5_1: dequantize_q5_1_np, Q4_K: dequantize_q4_k_np, Q5_K: dequantize_q5_k_np,
+                  Q6_K: dequantize_q6_k_np}
 
 
 def dequantize(w: np.ndarray, qtype: int) -> np.ndarray:

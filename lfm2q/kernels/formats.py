@@ -6,9 +6,16 @@ F32 = int(GGMLQuantizationType.F32)
 F16 = int(GGMLQuantizationType.F16)
 BF16 = int(GGMLQuantizationType.BF16)
 Q8_0 = int(GGMLQuantizationType.Q8_0)
+Q4_0 = int(GGMLQuantizationType.Q4_0)
+Q4_1 = int(GGMLQuantizationType.Q4_1)
+Q5_0 = int(GGMLQuantizationType.Q5_0)
+Q5_1 = int(GGMLQuantizationType.Q5_1)
+Q4_K = int(GGMLQuantizationType.Q4_K)
+Q5_K = int(GGMLQuantizationType.Q5_K)
+Q6_K = int(GGMLQuantizationType.Q6_K)
 
 # Types the engine runs. Another format joins by adding its row kernels to matmul.py.
-SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q8_0})
+SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K})
 
 # fp16 -> fp32 for every bit pattern: a 256 KiB table that stays in L2 and turns the scale
 # of a block into one load.
