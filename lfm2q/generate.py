@@ -156,6 +156,7 @@ def _loop(session, tokenizer, prompt_ids, max_tokens, sampler, stop_strings, end
     tokens: list[int] = []
     emitted: list[str] = []
     finish, stopped_by = "length", None
+    string_stop = False
 
     while len(tokens) < max_tokens:
         tid = sampler.sample(logits, history)
@@ -179,7 +180,7 @@ def _loop(session, tokenizer, prompt_ids, max_tokens, sampler, stop_strings, end
             if out:
                 emitted.append(out)
             if hit is not None:
-                finish, stopped_by = "stop", hit
+                finish, stopped_by, string_stop = "stop", hit, True
         ty = time.perf_counter()
         yield Step(tid, out)
         paused += time.perf_counter() - ty
@@ -190,7 +191,11 @@ def _loop(session, tokenizer, prompt_ids, max_tokens, sampler, stop_strings, end
             break
         logits = session.eval([tid])
 
-    tail = held.flush()  # text held for a stop string that never came
+    tail = ""
+    if not string_stop and hasattr(decoder, "flush"):
+        # generation ended inside a character: its bytes show as U+FFFD, as decode() shows them
+        tail, _ = held.feed(decoder.flush())
+    tail += held.flush()  # text held for a stop string that never came
     if tail:
         emitted.append(tail)
     decode = time.perf_counter() - t1 - paused
