@@ -1,7 +1,8 @@
-"""Q4_0, Q4_K, Q5_K and Q6_K quantizers that write the same bytes as llama.cpp.
+"""Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K quantizers that write the same bytes as llama.cpp.
 
 Transcriptions of ggml's reference quantizers in ggml-quants.c (quantize_row_q4_0_ref,
-quantize_row_q4_K_ref, quantize_row_q5_K_ref, quantize_row_q6_K_ref and their helpers
+quantize_row_q5_0_ref, quantize_row_q5_1_ref (the mixes' fallbacks for rows that are not a
+multiple of 256), quantize_row_q4_K_ref, quantize_row_q5_K_ref, quantize_row_q6_K_ref and their helpers
 make_qkx2_quants and make_qx_quants): what llama-quantize runs when no importance matrix is
 given. Byte equality with llama.cpp needs the reference's float32 arithmetic, operation by
 operation, so in this file:
@@ -10,7 +11,8 @@ operation, so in this file:
   - no fastmath: LLVM must neither reorder the sums nor fuse a*b+c into an FMA (ggml-base is
     built for baseline x86-64, which has no FMA, so its gcc cannot fuse either);
   - nearest_int is ggml's: add 1.5 * 2^23 in float32 (round half to even) and read the
-    mantissa bits; Q4_0 instead truncates x/d + 8.5 toward zero, as its reference does;
+    mantissa bits; Q4_0/Q5_0/Q5_1 instead truncate toward zero after adding 8.5/16.5/0.5,
+    as their references do;
   - fp32 -> fp16 is ggml_compute_fp32_to_fp16 (round to nearest even), and the fp16-rounded
     super-block scales are what the last pass divides by, as in ggml.
 tests/test_kquants.py checks the output against bytes produced by llama.cpp's own code
@@ -338,6 +340,60 @@ def _quantize_q4_0(x, out):  # x f32[rows, cols] -> out uint8[rows, cols/32*18]
                 out[r, 18 * b + 2 + j] = q0 | (q1 << 4)
 
 
+@njit(parallel=True, cache=True)
+def _quantize_q5_0(x, out):  # x f32[rows, cols] -> out uint8[rows, cols/32*22]
+    for r in prange(x.shape[0]):
+        for b in range(x.shape[1] // 32):
+            xb = x[r, 32 * b:32 * (b + 1)]
+            o = 22 * b
+            amax = F0
+            mx = F0
+            for j in range(32):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+                    mx = xb[j]
+            d = mx / np.float32(-16.0)
+            idd = np.float32(1.0) / d if d != F0 else F0
+            _put_fp16(out[r], o, d)
+            qh = 0
+            for j in range(16):
+                q0 = min(31, np.int64(xb[j] * idd + np.float32(16.5)))
+                q1 = min(31, np.int64(xb[16 + j] * idd + np.float32(16.5)))
+                out[r, o + 6 + j] = (q0 & 0xF) | ((q1 & 0xF) << 4)
+                qh |= ((q0 & 0x10) >> 4) << j
+                qh |= ((q1 & 0x10) >> 4) << (j + 16)
+            for k in range(4):
+                out[r, o + 2 + k] = (qh >> (8 * k)) & 0xFF
+
+
+@njit(parallel=True, cache=True)
+def _quantize_q5_1(x, out):  # x f32[rows, cols] -> out uint8[rows, cols/32*24]
+    for r in prange(x.shape[0]):
+        for b in range(x.shape[1] // 32):
+            xb = x[r, 32 * b:32 * (b + 1)]
+            o = 24 * b
+            mn = np.float32(np.finfo(np.float32).max)
+            mx = -mn
+            for j in range(32):
+                if xb[j] < mn:
+                    mn = xb[j]
+                if xb[j] > mx:
+                    mx = xb[j]
+            d = (mx - mn) / np.float32(31.0)
+            idd = np.float32(1.0) / d if d != F0 else F0
+            _put_fp16(out[r], o, d)
+            _put_fp16(out[r], o + 2, mn)
+            qh = 0
+            for j in range(16):
+                q0 = np.int64((xb[j] - mn) * idd + np.float32(0.5)) & 0xFF  # (uint8_t), no clamp in ggml
+                q1 = np.int64((xb[16 + j] - mn) * idd + np.float32(0.5)) & 0xFF
+                out[r, o + 8 + j] = (q0 & 0xF) | ((q1 & 0xF) << 4)
+                qh |= ((q0 & 0x10) >> 4) << j
+                qh |= ((q1 & 0x10) >> 4) << (j + 16)
+            for k in range(4):
+                out[r, o + 4 + k] = (qh >> (8 * k)) & 0xFF
+
+
 # --- public API ------------------------------------------------------------------------------
 
 def _prepare(x: np.ndarray, name: str, block: int) -> np.ndarray:
@@ -359,6 +415,22 @@ def quantize_q4_0(x: np.ndarray, name: str = "tensor") -> np.ndarray:
     x = _prepare(x, name, 32)
     out = np.zeros((x.shape[0], x.shape[1] // 32 * 18), np.uint8)
     _quantize_q4_0(x, out)
+    return out
+
+
+def quantize_q5_0(x: np.ndarray, name: str = "tensor") -> np.ndarray:
+    """f32[rows, cols] (cols % 32 == 0) -> uint8[rows, cols/32*22], as quantize_row_q5_0_ref."""
+    x = _prepare(x, name, 32)
+    out = np.zeros((x.shape[0], x.shape[1] // 32 * 22), np.uint8)
+    _quantize_q5_0(x, out)
+    return out
+
+
+def quantize_q5_1(x: np.ndarray, name: str = "tensor") -> np.ndarray:
+    """f32[rows, cols] (cols % 32 == 0) -> uint8[rows, cols/32*24], as quantize_row_q5_1_ref."""
+    x = _prepare(x, name, 32)
+    out = np.zeros((x.shape[0], x.shape[1] // 32 * 24), np.uint8)
+    _quantize_q5_1(x, out)
     return out
 
 

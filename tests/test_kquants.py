@@ -1,5 +1,5 @@
 """K-quants: the engine's kernels on Q4_K/Q5_K/Q6_K bytes, and the converter's quantizers
-(Q4_0, Q4_K, Q5_K, Q6_K) against llama.cpp's bytes.
+(Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) against llama.cpp's bytes.
 
 gguf-py dequantizes K-quants but cannot write them, so kernel inputs here are seeded random
 blocks (any bytes are a valid K-quant block once its fp16 scales are finite). The quantizers are
@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lfm2q.convert.kquants import fp32_to_fp16, quantize_q4_0, quantize_q4_k, quantize_q5_k, quantize_q6_k
+from lfm2q.convert.kquants import (fp32_to_fp16, quantize_q4_0, quantize_q4_k, quantize_q5_0, quantize_q5_1,
+                                   quantize_q5_k, quantize_q6_k)
 from lfm2q.errors import ConvertError
 from lfm2q.kernels import dequant_rows, dequantize, matmul, matvec
 from lfm2q.kernels import dispatch as dispatch_module
-from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, block_size
+from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_size
 
 KTYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
 FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}  # byte offsets of fp16 scales in a block
@@ -95,8 +96,8 @@ def _load_make_golden():
 
 
 make_golden = _load_make_golden()
-QUANTIZERS = {"q4_0": quantize_q4_0, "q4_K": quantize_q4_k, "q5_K": quantize_q5_k, "q6_K": quantize_q6_k}
-QTYPE_OF = {"q4_0": Q4_0, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
+QUANTIZERS = {"q4_0": quantize_q4_0, "q5_0": quantize_q5_0, "q5_1": quantize_q5_1, "q4_K": quantize_q4_k, "q5_K": quantize_q5_k, "q6_K": quantize_q6_k}
+QTYPE_OF = {"q4_0": Q4_0, "q5_0": Q5_0, "q5_1": Q5_1, "q4_K": Q4_K, "q5_K": Q5_K, "q6_K": Q6_K}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_quantize_then_dequantize_is_close(kind):
     x = np.random.default_rng(3).standard_normal((20, 512)).astype(np.float32)
     back = dequantize(QUANTIZERS[kind](x), QTYPE_OF[kind])
     rel = np.sqrt(((back - x) ** 2).mean() / (x ** 2).mean())
-    assert rel < {"q4_0": 0.12, "q4_K": 0.1, "q5_K": 0.05, "q6_K": 0.025}[kind]
+    assert rel < {"q4_0": 0.12, "q5_0": 0.06, "q5_1": 0.05, "q4_K": 0.1, "q5_K": 0.05, "q6_K": 0.025}[kind]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

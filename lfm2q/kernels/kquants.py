@@ -32,9 +32,10 @@ Q6_K (210 bytes), 16 sub-blocks of 16, value = d * sc[j] * (q - 32), q in 0..63:
     and element e of the half uses scales[8h + e // 16].
 
 Dot kernels: a 32-lane float accumulator per row, one horizontal sum at the end (DESIGN §6).
-For Q4_K/Q5_K the `dmin * m` term is folded out of the per-weight loop: it is subtracted once per
-sub-block as dmin * m[j] * sum(x over the sub-block), with those per-32 sums of x computed at
-the start of each call. Dequantizers compute exactly what ggml's dequantize_row_* and gguf-py do.
+Q4_K/Q5_K apply `- dmin * m` per weight (one FMA more): folding it out as dmin * m[j] * sum(x
+over sub-block j) only pays when those sums are made once per token; computed per row (inside
+dot_q4_k) they made the kernel ~2x slower. Dequantizers compute exactly what ggml's
+dequantize_row_* and gguf-py do.
 """
 import numpy as np
 from numba import njit
@@ -59,24 +60,12 @@ def _scale_min(row, o, j):  # ggml's get_scale_min_k4 on the 12 scale bytes at r
     return sc, m
 
 
-@njit(fastmath=True, cache=True, inline="always")
-def _sums_of_32(x, xs):  # x f32[cols] -> xs f32[cols/32]: sum of each 32 consecutive values
-    lanes = np.zeros(8, np.float32)
-    for b in range(xs.shape[0]):
-        for k in range(8):
-            lanes[k] = x[32 * b + k] + x[32 * b + 8 + k] + x[32 * b + 16 + k] + x[32 * b + 24 + k]
-        xs[b] = lanes.sum()
-
-
 # --- Q4_K ------------------------------------------------------------------------------------
 
 @njit(fastmath=True, cache=True)
 def dot_q4_k(w, r, x):  # w uint8[rows, cols/256*144], x f32[cols] -> f32
     row = w[r]
-    xs = np.empty(x.shape[0] // 32, np.float32)
-    _sums_of_32(x, xs)
     acc = np.zeros(32, np.float32)
-    mins = np.float32(0.0)
     for b in range(row.shape[0] // Q4_K_BYTES):
         o = b * Q4_K_BYTES
         d = _f16(row, o)
@@ -84,15 +73,15 @@ def dot_q4_k(w, r, x):  # w uint8[rows, cols/256*144], x f32[cols] -> f32
         for c in range(4):
             sc1, m1 = _scale_min(row, o + 4, 2 * c)
             sc2, m2 = _scale_min(row, o + 4, 2 * c + 1)
-            d1 = d * np.float32(sc1)
-            d2 = d * np.float32(sc2)
-            mins += dmin * (np.float32(m1) * xs[8 * b + 2 * c] + np.float32(m2) * xs[8 * b + 2 * c + 1])
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
             q = o + 16 + 32 * c
             xo = b * QK_K + 64 * c
             for l in range(32):
                 v = np.int32(row[q + l])
-                acc[l] += d1 * np.float32(v & 15) * x[xo + l] + d2 * np.float32(v >> 4) * x[xo + 32 + l]
-    return acc.sum() - mins
+                acc[l] += ((d1 * np.float32(v & 15) - dm1) * x[xo + l]
+                           + (d2 * np.float32(v >> 4) - dm2) * x[xo + 32 + l])
+    return acc.sum()
 
 
 @njit(cache=True)
@@ -120,10 +109,7 @@ def dequant_q4_k(w, r, out):  # out f32[cols]
 @njit(fastmath=True, cache=True)
 def dot_q5_k(w, r, x):  # w uint8[rows, cols/256*176]
     row = w[r]
-    xs = np.empty(x.shape[0] // 32, np.float32)
-    _sums_of_32(x, xs)
     acc = np.zeros(32, np.float32)
-    mins = np.float32(0.0)
     for b in range(row.shape[0] // Q5_K_BYTES):
         o = b * Q5_K_BYTES
         d = _f16(row, o)
@@ -131,9 +117,8 @@ def dot_q5_k(w, r, x):  # w uint8[rows, cols/256*176]
         for c in range(4):
             sc1, m1 = _scale_min(row, o + 4, 2 * c)
             sc2, m2 = _scale_min(row, o + 4, 2 * c + 1)
-            d1 = d * np.float32(sc1)
-            d2 = d * np.float32(sc2)
-            mins += dmin * (np.float32(m1) * xs[8 * b + 2 * c] + np.float32(m2) * xs[8 * b + 2 * c + 1])
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
             q = o + 48 + 32 * c
             xo = b * QK_K + 64 * c
             for l in range(32):
@@ -141,8 +126,8 @@ def dot_q5_k(w, r, x):  # w uint8[rows, cols/256*176]
                 h = np.int32(row[o + 16 + l]) >> (2 * c)
                 lo = (v & 15) | ((h & 1) << 4)
                 hi = (v >> 4) | ((h & 2) << 3)
-                acc[l] += d1 * np.float32(lo) * x[xo + l] + d2 * np.float32(hi) * x[xo + 32 + l]
-    return acc.sum() - mins
+                acc[l] += (d1 * np.float32(lo) - dm1) * x[xo + l] + (d2 * np.float32(hi) - dm2) * x[xo + 32 + l]
+    return acc.sum()
 
 
 @njit(cache=True)

@@ -33,7 +33,7 @@ ROWS, COLS = 1152, 1024  # 1,179,648 weights per type; COLS is a multiple of 256
 CHUNK_ROWS = 16
 FULL_ROWS = 192
 # type name -> (weights per block, bytes per block); names as in quantize_row_<name>_ref
-KINDS = {"q4_0": (32, 18), "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210)}
+KINDS = {"q4_0": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24), "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210)}
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "kquants.npz"
 
 
