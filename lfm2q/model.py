@@ -17,6 +17,7 @@ from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import dequant_rows, matmul, matvec
+from .kernels.dispatch import single_threaded_blas
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 
@@ -142,6 +143,10 @@ class Forward:
 
     def prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run positions n_past.. for ids int64[n]; logits f32[n, V] or of the last one f32[V]."""
+        with single_threaded_blas():
+            return self._prefill(ids, all_logits)
+
+    def _prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         c, w, s, eps = self.c, self.w, self.state, self.eps
         n, p0 = ids.shape[0], s.n_past
         x = np.empty((n, c.n_embd), np.float32)                      # [n, D]

@@ -47,7 +47,7 @@ def test_matvec_equals_dequantize_then_dot(qtype, rows, cols):
 @pytest.mark.parametrize("n", [1, 5, 33])
 def test_matmul_equals_dequantize_then_matmul(qtype, n, monkeypatch):
     rows, cols = 301, 96
-    monkeypatch.setattr(matmul_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles
+    monkeypatch.setattr(matmul_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles and workers
     raw = random_weight(qtype, rows, cols, seed=n)
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
     ref = x.astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
