@@ -20,6 +20,11 @@ from .formats import F16_TO_F32
 QK = 32
 Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES = 18, 20, 22, 24
 
+# Nibbles are split in uint8: numba widens integer arithmetic to int64, and LLVM vectorizes
+# int64 -> float conversions badly.
+M4, S4 = np.uint8(15), np.uint8(4)
+B8 = np.float32(8.0)
+
 
 @njit(inline="always")
 def _f16(row, o):  # fp16 at byte o of a row -> f32
@@ -43,9 +48,9 @@ def dot_q4_0(w, r, x):  # w uint8[rows, cols/32*18], x f32[cols] -> f32
         d = _f16(row, o)
         xo = b * QK
         for j in range(16):
-            q = np.int32(row[o + 2 + j])
-            acc[j] += d * (np.float32((q & 15) - 8) * x[xo + j])
-            acc[j + 16] += d * (np.float32((q >> 4) - 8) * x[xo + 16 + j])
+            q = row[o + 2 + j]
+            acc[j] += d * ((np.float32(np.uint8(q & M4)) - B8) * x[xo + j])
+            acc[j + 16] += d * ((np.float32(np.uint8(q >> S4)) - B8) * x[xo + 16 + j])
     return acc.sum()
 
 
@@ -73,9 +78,9 @@ def dot_q4_1(w, r, x):  # w uint8[rows, cols/32*20]
         m = _f16(row, o + 2)
         xo = b * QK
         for j in range(16):
-            q = np.int32(row[o + 4 + j])
-            acc[j] += (d * np.float32(q & 15) + m) * x[xo + j]
-            acc[j + 16] += (d * np.float32(q >> 4) + m) * x[xo + 16 + j]
+            q = row[o + 4 + j]
+            acc[j] += (d * np.float32(np.uint8(q & M4)) + m) * x[xo + j]
+            acc[j + 16] += (d * np.float32(np.uint8(q >> S4)) + m) * x[xo + 16 + j]
     return acc.sum()
 
 
