@@ -75,6 +75,33 @@ class Model:
             return _text_pieces(generate_stream(self.session(), self.tokenizer, ids, **kwargs))
         return generate_text(self.session(), self.tokenizer, ids, **kwargs).text
 
+    # --- chat -----------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+             max_tokens: int | None = None, stop: Sequence[str] | None = None, **sampling):
+        """One reply to `messages` ([{"role", "content"}], system first if any), in a fresh session.
+
+        Rendered with the file's chat template. `sampling` overrides fields of SamplingParams;
+        the defaults are the model card's (temperature 0.3, min_p 0.15, repetition_penalty 1.05).
+        max_tokens None: until the reply ends or the context is full. Returns a `Reply`
+        (`.text`, `.tool_calls`, `.result`). For a chat that keeps its cache, use `Conversation`.
+        """
+        from .conversation import Done
+
+        for step in self.chat_stream(messages, tools, max_tokens=max_tokens, stop=stop, **sampling):
+            if isinstance(step, Done):
+                return step.reply
+        raise AssertionError("chat stream ended without a Done step")
+
+    def chat_stream(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+                    max_tokens: int | None = None, stop: Sequence[str] | None = None, **sampling):
+        """`chat`, streamed: token Steps, then a `conversation.Done` step whose `.reply` is the Reply."""
+        from .conversation import chat_stream, sampling_params
+
+        return chat_stream(self, list(messages), list(tools) if tools else None,
+                           sampling=sampling_params(**sampling), max_tokens=max_tokens,
+                           stop=list(stop) if stop else None)
+
 
 def _text_pieces(steps) -> Iterator[str]:
     for step in steps:

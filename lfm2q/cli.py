@@ -1,13 +1,22 @@
 """The `lfm2q` command line. It only wires arguments to the Python API and renders results.
 
-Every user-caused error (an `Lfm2qError`) becomes one line on stderr and a non-zero exit code,
-never a traceback.
+Every user-caused error (an `Lfm2qError`, a bad flag) becomes one line on stderr and a non-zero
+exit code, never a traceback: 1 for bad input, 2 for bad usage, 130 for Ctrl-C.
+
+Sampling defaults: `run` uses the LFM2 model card's chat settings (temperature 0.3, min_p 0.15,
+repetition penalty 1.05); `generate` is for scripts and defaults to greedy decoding (temperature
+0, every filter off) so the same input gives the same output — pass the card's values to get
+its behaviour.
 """
 from __future__ import annotations
 
+import importlib
+import json
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -27,6 +36,72 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+@contextmanager
+def _user_errors():
+    """Lfm2qError -> one line and status 1; Ctrl-C -> status 130, no traceback."""
+    try:
+        yield
+    except Lfm2qError as e:
+        raise fail(str(e))
+    except KeyboardInterrupt:
+        typer.echo("", err=True)
+        raise typer.Exit(130)
+
+
+# --- shared options ------------------------------------------------------------------------
+
+MODEL_ARG = typer.Argument(None, help="LFM2 .gguf file (default: the built-in model, if installed).",
+                           show_default=False)
+CTX_OPT = typer.Option(4096, "--ctx", "-c", help="Context size in tokens.")
+THREADS_OPT = typer.Option(None, "--threads", "-t", help="CPU threads (default: all).", show_default=False)
+TOOLS_OPT = typer.Option(None, "--tools", help="JSON file with tool definitions (a list of JSON schemas).",
+                         show_default=False)
+SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: random).", show_default=False)
+
+
+def _model_path(model: Optional[Path]) -> Path:
+    if model is not None:
+        return model
+    import lfm2q
+
+    finder = getattr(lfm2q, "builtin_model_path", None)
+    path = finder() if finder is not None else None
+    if path is None or not Path(path).is_file():
+        raise Lfm2qError("no model given and no built-in model installed: pass the path of an LFM2 .gguf file")
+    return Path(path)
+
+
+def _read_tools(path: Optional[Path]) -> Optional[list]:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise Lfm2qError(f"{path}: cannot read the tools file ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Lfm2qError(f"{path}: the tools file is not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        data = data.get("tools", [data])
+    if not isinstance(data, list) or not data or not all(isinstance(t, (dict, str)) for t in data):
+        raise Lfm2qError(f"{path}: the tools file must hold a non-empty JSON list of tool definitions")
+    return data
+
+
+def _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed):
+    from .sampling import SamplingParams
+
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                          repetition_penalty=repeat_penalty, seed=seed)
+
+
+def _max_tokens(n: Optional[int]) -> Optional[int]:
+    if n is not None and n < 1:
+        raise Lfm2qError(f"--max-tokens {n} is invalid; use a whole number ≥ 1")
+    return n
+
+
+# --- convert -------------------------------------------------------------------------------
+
 @app.command()
 def convert(
     hf_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)."),
@@ -42,12 +117,330 @@ def convert(
         raise fail(str(e))
 
 
-def main() -> None:
+# --- run -----------------------------------------------------------------------------------
+
+@app.command()
+def run(
+    model: Optional[Path] = MODEL_ARG,
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt.", show_default=False),
+    temperature: float = typer.Option(0.3, "--temperature", help="Sampling temperature (0 = greedy)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    min_p: float = typer.Option(0.15, "--min-p", help="Drop tokens below min_p × the top probability (0 = off)."),
+    repeat_penalty: float = typer.Option(1.05, "--repeat-penalty", help="Repetition penalty (1 = off)."),
+    seed: Optional[int] = SEED_OPT,
+    ctx: int = CTX_OPT,
+    threads: Optional[int] = THREADS_OPT,
+    tools: Optional[Path] = TOOLS_OPT,
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n",
+                                             help="Longest reply in tokens (default: until the reply ends).",
+                                             show_default=False),
+) -> None:
+    """Chat with a model in the terminal (streamed replies, /help for commands)."""
+    from . import repl
+    from .conversation import Conversation
+
+    with _user_errors():
+        sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        tool_list = _read_tools(tools)
+        _max_tokens(max_tokens)
+        m = repl.load_model(_model_path(model), ctx, threads)
+        conv = Conversation(m, system=system, tools=tool_list, sampling=sampling, max_tokens=max_tokens)
+        code = repl.run(conv)
+    raise typer.Exit(code)
+
+
+# --- generate ------------------------------------------------------------------------------
+
+@app.command()
+def generate(
+    model: Optional[Path] = MODEL_ARG,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (default: read stdin).",
+                                         show_default=False),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template as a user message."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt (implies --chat).",
+                                         show_default=False),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print one JSON object: text, tokens, tokens_per_s, finish_reason, tool_calls."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0 = greedy, the default)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p × the top probability (0 = off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Repetition penalty (1 = off)."),
+    seed: Optional[int] = SEED_OPT,
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop at this text (repeatable).",
+                                             show_default=False),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="JSON file with tool definitions (implies --chat).",
+                                         show_default=False),
+    ctx: int = CTX_OPT,
+    threads: Optional[int] = THREADS_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No stats line on stderr."),
+) -> None:
+    """Generate text for a prompt: the text to stdout, logs to stderr (greedy by default)."""
+    from .api import load
+    from .conversation import Done, Reply, chat_stream
+    from .generate import generate_stream
+
+    with _user_errors():
+        sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        _max_tokens(max_tokens)
+        tool_list = _read_tools(tools)
+        if prompt is None:
+            if sys.stdin.isatty():
+                raise Lfm2qError("no prompt: pass -p TEXT or pipe the prompt on stdin")
+            prompt = sys.stdin.read()
+        if not prompt:
+            raise Lfm2qError("the prompt is empty")
+        m = load(_model_path(model), n_ctx=ctx, n_threads=threads)
+        chat = chat or system is not None or tool_list is not None
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            steps = chat_stream(m, messages, tool_list, sampling=sampling, max_tokens=max_tokens, stop=stop)
+        else:
+            steps = generate_stream(m.session(), m.tokenizer, m.tokenize(prompt), max_tokens=max_tokens,
+                                    sampling=sampling, stop=stop)
+        out = sys.stdout
+        result = reply = None
+        for step in steps:
+            if step.text and not as_json:
+                out.write(step.text)
+                out.flush()
+            if step.result is not None:
+                result = step.result
+                reply = step.reply if isinstance(step, Done) else None
+    if reply is None:  # plain completion: the text as generated, no tool-call parsing
+        reply = Reply(text=result.text, tool_calls=[], result=result, raw=result.text)
+    if as_json:
+        out.write(json.dumps({
+            "text": reply.text,
+            "tokens": result.n_generated,
+            "prompt_tokens": result.n_prompt,
+            "tokens_per_s": round(result.tokens_per_s, 3),
+            "prompt_tokens_per_s": round(result.prompt_tokens_per_s, 3),
+            "finish_reason": result.finish_reason,
+            "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls],
+        }, ensure_ascii=False) + "\n")
+    else:
+        out.write("\n")
+    out.flush()
+    if not quiet:
+        typer.echo(f"{result.n_generated} tokens · {result.tokens_per_s:.1f} tok/s · prompt {result.n_prompt} "
+                   f"tokens at {result.prompt_tokens_per_s:.0f} tok/s · finish: {result.finish_reason}", err=True)
+
+
+# --- info ----------------------------------------------------------------------------------
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
+@app.command()
+def info(
+    model: Optional[Path] = MODEL_ARG,
+    tensors: bool = typer.Option(False, "--tensors", help="Also list every tensor: name, type, shape, size."),
+) -> None:
+    """Show a GGUF file's architecture, sizes, layer pattern, tensor types and chat template."""
+    import math
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .gguf_model import GGUFFile
+    from .kernels import type_name
+
+    with _user_errors():
+        f = GGUFFile(_model_path(model))
+    c = f.config
+    ts = list(f.reader.tensors.values())
+    n_params = sum(math.prod(t.shape) for t in ts)
+    pattern = "".join("A" if c.is_attention(i) else "C" for i in range(c.n_layer))
+    types = Counter(type_name(t.qtype) for t in ts)
+    tokens = f.get("tokenizer.ggml.tokens") or []
+    template = f.get("tokenizer.chat_template")
+    kvh = sorted({k for k in c.n_head_kv if k})
+    rows = [
+        ("file", f"{f.path} ({_size(f.reader.size)})"),
+        ("name", str(f.get("general.name", "—"))),
+        ("architecture", f"{f.get('general.architecture')} · {_count(n_params)} parameters"),
+        ("embedding", f"{c.n_embd} · {c.n_head} heads × {c.head_dim} · KV heads {', '.join(map(str, kvh)) or '—'}"),
+        ("feed-forward", str(c.n_ff)),
+        ("layers", f"{c.n_layer}: {pattern.count('C')} short-conv (kernel {c.conv_l}), "
+                   f"{pattern.count('A')} attention at {', '.join(map(str, c.attention_layers)) or '—'}"),
+        ("layer pattern", f"{pattern}  (C conv, A attention)"),
+        ("vocabulary", f"{c.n_vocab} ({len(tokens)} tokenizer entries)"),
+        ("context", f"{c.n_ctx_train} tokens trained · rope base {c.rope_base:g}"
+                    + (f" · sliding window {c.sliding_window}" if c.sliding_window else "")),
+        ("tensor types", ", ".join(f"{k} ×{v}" for k, v in sorted(types.items(), key=lambda kv: -kv[1]))),
+        ("chat template", ("yes" if template else "no (ChatML fallback)")
+         + (" · tool calls (vocabulary has <|tool_call_start|>)" if "<|tool_call_start|>" in tokens else "")),
+    ]
+    console = Console(highlight=False)
+    for k, v in rows:
+        console.print(Text(f"{k:<14}", style="bold") + Text(v), soft_wrap=True)
+    if tensors:
+        table = Table(show_edge=False, box=None, pad_edge=False)
+        for col, justify in (("tensor", "left"), ("type", "left"), ("shape", "right"), ("size", "right")):
+            table.add_column(col, justify=justify)
+        for t in ts:
+            table.add_row(t.name, type_name(t.qtype), " × ".join(map(str, t.shape)), _size(t.nbytes))
+        console.print()
+        console.print(table)
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+def _int_list(text: str, flag: str) -> list[int]:
     try:
-        app()
-    except KeyboardInterrupt:
-        # Ctrl-C outside a reply: leave quietly with the conventional status.
-        sys.exit(130)
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise Lfm2qError(f"{flag} {text!r}: use whole numbers separated by commas") from None
+    if not values or any(v < 0 for v in values):
+        raise Lfm2qError(f"{flag} {text!r}: use whole numbers ≥ 0 separated by commas")
+    return values
+
+
+@app.command()
+def bench(
+    model: Optional[Path] = MODEL_ARG,
+    n_prompt: str = typer.Option("512", "--n-prompt", "-p", help="Prompt lengths to time (comma-separated; 0 skips)."),
+    n_gen: str = typer.Option("128", "--n-gen", "-n", help="Tokens to generate (comma-separated; 0 skips)."),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Thread counts (comma-separated; default: all).",
+                                          show_default=False),
+    reps: int = typer.Option(3, "--repetitions", "-r", help="Runs per test (mean ± std reported)."),
+) -> None:
+    """Time prompt processing (pp) and generation (tg) in tokens/s, as a table like llama-bench's."""
+    import numba
+    import numpy as np
+
+    from .api import load, set_threads
+
+    with _user_errors():
+        pp, tg = _int_list(n_prompt, "-p"), _int_list(n_gen, "-n")
+        ths = _int_list(threads, "-t") if threads else [numba.config.NUMBA_NUM_THREADS]
+        if reps < 1:
+            raise Lfm2qError(f"-r {reps}: use at least 1 repetition")
+        path = _model_path(model)
+        n_ctx = max(max(pp), max(tg) + 1, 2)
+        m = load(path, n_ctx=n_ctx)
+        rng = np.random.default_rng(0)
+        V = m.config.n_vocab
+        session = m.session()
+        bos = m.tokenizer.bos_id if m.tokenizer.bos_id is not None else 0
+
+        def time_pp(n: int) -> float:
+            ids = rng.integers(0, V, n)
+            session.reset()
+            t = time.perf_counter()
+            session.eval(ids)
+            return n / (time.perf_counter() - t)
+
+        def time_tg(n: int) -> float:
+            session.reset()
+            ids = rng.integers(0, V, n)
+            t = time.perf_counter()
+            session.eval([bos])
+            for i in range(n - 1):
+                session.eval([int(ids[i])])
+            return n / (time.perf_counter() - t)
+
+        n_params = sum(int(np.prod(t.shape)) for t in m.file.reader.tensors.values())
+        types = sorted({k for k in m.file.tensor_types().values()})
+        header = ["model", "size", "params", "type", "threads", "test", "t/s"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("-" * (len(h) + 2) for h in header) + "|")
+        for th in ths:
+            set_threads(th)
+            tests = [("pp", n, time_pp) for n in pp if n] + [("tg", n, time_tg) for n in tg if n]
+            for kind, n, fn in tests:
+                fn(min(n, 8))  # warm-up: numba compiles or loads its cache on the first call
+                speeds = np.array([fn(n) for _ in range(reps)])
+                row = [path.name, _size(m.file.reader.size), _count(n_params), "/".join(types), str(th),
+                       f"{kind}{n}", f"{speeds.mean():.2f} ± {speeds.std():.2f}"]
+                print("| " + " | ".join(row) + " |", flush=True)
+
+
+# --- perplexity ----------------------------------------------------------------------------
+
+@app.command()
+def perplexity(
+    model: Optional[Path] = MODEL_ARG,
+    file: Path = typer.Option(..., "--file", "-f", help="Text file to score."),
+    ctx: int = typer.Option(512, "--ctx", "-c", help="Window size in tokens; the second half of each is scored."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Tokens between window starts (default: --ctx, "
+                                         "as llama-perplexity; --ctx/2 scores every token after the first half-window).",
+                                         show_default=False),
+    threads: Optional[int] = THREADS_OPT,
+) -> None:
+    """Perplexity of a text with sliding windows, like llama-perplexity (PPL ± its standard error)."""
+    from .api import load
+    from .perplexity import perplexity as compute
+
+    with _user_errors():
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise Lfm2qError(f"{file}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise Lfm2qError(f"{file}: not UTF-8 text") from None
+        m = load(_model_path(model), n_ctx=ctx, n_threads=threads)
+
+        def show(i: int, n: int, ppl: float) -> None:
+            typer.echo(f"[{i + 1}/{n}] {ppl:.4f}", err=True)
+
+        r = compute(m, text, n_ctx=ctx, stride=stride, on_window=show)
+    typer.echo(f"{r.n_tokens} tokens, {r.n_windows} windows of {ctx}, {r.n_scored} scored")
+    typer.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_stderr:.5f}")
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+def _click_errors(name: str) -> tuple:
+    """The click exception class `name`, from typer's vendored click and/or click itself."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def run_cli(argv: Optional[list[str]] = None) -> int:
+    """Run the app on `argv`; returns the exit status. Usage errors become one line too."""
+    try:
+        rv = app(args=argv, prog_name="lfm2q", standalone_mode=False)
+    except _click_errors("NoArgsIsHelpError") as e:
+        help_text = e.format_message()  # rich help is printed while the error is built
+        if help_text.strip():
+            typer.echo(help_text)
+        return 0
+    except _click_errors("UsageError") as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+        return 2
+    except _click_errors("ClickException") as e:
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        return e.exit_code
+    except _click_errors("Abort") + (KeyboardInterrupt,):
+        typer.echo("", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":
