@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ def _user_errors():
     except KeyboardInterrupt:
         typer.echo("", err=True)
         raise typer.Exit(130)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1)
 
 
 # --- shared options ------------------------------------------------------------------------
@@ -209,21 +213,21 @@ def generate(
             if step.result is not None:
                 result = step.result
                 reply = step.reply if isinstance(step, Done) else None
-    if reply is None:  # plain completion: the text as generated, no tool-call parsing
-        reply = Reply(text=result.text, tool_calls=[], result=result, raw=result.text)
-    if as_json:
-        out.write(json.dumps({
-            "text": reply.text,
-            "tokens": result.n_generated,
-            "prompt_tokens": result.n_prompt,
-            "tokens_per_s": round(result.tokens_per_s, 3),
-            "prompt_tokens_per_s": round(result.prompt_tokens_per_s, 3),
-            "finish_reason": result.finish_reason,
-            "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls],
-        }, ensure_ascii=False) + "\n")
-    else:
-        out.write("\n")
-    out.flush()
+        if reply is None:  # plain completion: the text as generated, no tool-call parsing
+            reply = Reply(text=result.text, tool_calls=[], result=result, raw=result.text)
+        if as_json:
+            out.write(json.dumps({
+                "text": reply.text,
+                "tokens": result.n_generated,
+                "prompt_tokens": result.n_prompt,
+                "tokens_per_s": round(result.tokens_per_s, 3),
+                "prompt_tokens_per_s": round(result.prompt_tokens_per_s, 3),
+                "finish_reason": result.finish_reason,
+                "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls],
+            }, ensure_ascii=False) + "\n")
+        else:
+            out.write("\n")
+        out.flush()
     if not quiet:
         typer.echo(f"{result.n_generated} tokens · {result.tokens_per_s:.1f} tok/s · prompt {result.n_prompt} "
                    f"tokens at {result.prompt_tokens_per_s:.0f} tok/s · finish: {result.finish_reason}", err=True)
