@@ -32,8 +32,10 @@ _FINITE_CHUNK = 1 << 20  # elements per isfinite() pass: a bounded temporary, no
 def convert_hf(hf_dir, out_path, out_type: str = "f16", progress: bool = False) -> Path:
     """Convert the HF LFM2 checkpoint in `hf_dir` to a GGUF file; return the path written.
 
-    out_type: f32, f16, bf16 or q8_0 (case-insensitive). Norms, 1-D tensors and the short-conv
-    kernel are always F32; matrices whose rows don't split into Q8_0 blocks are written F16.
+    out_type: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_k_s or q4_0 (case-insensitive),
+    with per-tensor types as llama-quantize chooses them. Norms, 1-D tensors and the short-conv
+    kernel are always F32; a matrix whose rows don't split into its type's blocks falls back
+    (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16) as llama.cpp does.
     `out_path` may be an existing folder: the file is then named "<checkpoint folder>-<type>.gguf".
     Raises ConvertError (one line naming the file, tensor or value) on bad input; never leaves a
     partial file behind.
@@ -49,10 +51,9 @@ def convert_hf(hf_dir, out_path, out_type: str = "f16", progress: bool = False) 
     writer = gguf.GGUFWriter(path=None, arch=gguf_layout.ARCH)
     gguf_layout.add_model_metadata(writer, cfg, name=hf_dir.resolve().name, file_type=quantize.file_type(key))
     add_vocab(writer, hf_dir, cfg.vocab_size)
-    qtypes = []
-    for plan in plans:
-        qtype = quantize.choose_type(plan.gguf_name, plan.gguf_shape, key)
-        qtypes.append(qtype)
+    qtypes = quantize.plan_types([(p.gguf_name, p.gguf_shape) for p in plans], key,
+                                 cfg.num_hidden_layers)
+    for plan, qtype in zip(plans, qtypes):
         # A placeholder dtype: with raw_dtype given, gguf-py only needs the logical shape and size.
         writer.add_tensor_info(plan.gguf_name, plan.gguf_shape, np.dtype(np.float32),
                                quantize.tensor_nbytes(plan.gguf_shape, qtype), raw_dtype=qtype)
@@ -131,7 +132,7 @@ def _convert_one(ckpt: Checkpoint, plan: gguf_layout.TensorPlan, qtype: gguf.GGM
         if not np.isfinite(flat[i:i + _FINITE_CHUNK]).all():
             e = ckpt.entries[plan.hf_name]
             raise ConvertError(f"{e.file}: tensor {plan.hf_name!r} contains NaN or Inf — the checkpoint is damaged")
-    data = quantize.quantize(x, qtype)
+    data = quantize.quantize(x, qtype, plan.gguf_name)
     expected = quantize.tensor_nbytes(plan.gguf_shape, qtype)
     if data.nbytes != expected:  # an internal error, not a user's: fail loudly
         raise AssertionError(f"{plan.gguf_name}: {qtype.name} data is {data.nbytes} bytes, expected {expected}")

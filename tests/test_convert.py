@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from hf_fixtures import make_checkpoint
-from lfm2q.convert import choose_type, convert_hf
+from lfm2q.convert import convert_hf, plan_types
 from lfm2q.convert.hf import effective_ff_dim, read_config
 from lfm2q.errors import ConvertError
 
@@ -329,6 +329,10 @@ def test_q8_0_falls_back_to_f16_when_rows_do_not_fit_blocks(tmp_path):
     assert tensors["blk.0.ffn_down.weight"].tensor_type == QT.Q8_0
     assert tensors["blk.0.ffn_gate.weight"].tensor_type == QT.F16
     assert tensors["token_embd.weight"].tensor_type == QT.F16
+
+
+def choose_type(name, shape, out_type):
+    return plan_types([(name, shape)], out_type, n_layer=6)[0]
 
 
 def test_choose_type_rules():
