@@ -106,17 +106,36 @@ def _max_tokens(n: Optional[int]) -> Optional[int]:
 
 # --- convert -------------------------------------------------------------------------------
 
+TYPE_HELP = ("Weight types: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_k_s, q4_0 "
+             "(mixes choose per tensor as llama-quantize does).")
+
+
 @app.command()
 def convert(
     hf_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)."),
     output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write."),
-    out_type: str = typer.Option("f16", "--type", "-t", help="Weight type: f32, f16, bf16, q8_0."),
+    out_type: str = typer.Option("f16", "--type", "-t", help=TYPE_HELP),
 ) -> None:
     """Convert an HF LFM2 checkpoint to a GGUF file that lfm2q and llama.cpp load."""
     from .convert import convert_hf
 
     try:
         convert_hf(hf_dir, output, out_type, progress=True)
+    except Lfm2qError as e:
+        raise fail(str(e))
+
+
+@app.command()
+def quantize(
+    source: Path = typer.Argument(..., help="An F32, F16 or BF16 LFM2 GGUF file."),
+    output: Path = typer.Argument(..., help="GGUF file to write."),
+    out_type: str = typer.Option("q4_k_m", "--type", "-t", help=TYPE_HELP),
+) -> None:
+    """Re-quantize an F32/F16/BF16 LFM2 GGUF file to another type mix, as llama-quantize does."""
+    from .convert.requantize import quantize_gguf
+
+    try:
+        quantize_gguf(source, output, out_type, progress=True)
     except Lfm2qError as e:
         raise fail(str(e))
 

@@ -65,6 +65,7 @@ class GGUFReader:
         self._buf = memoryview(self._map)
         self._pos = 0
         self.fields: dict = {}
+        self.field_types: dict[str, tuple[VT, VT | None]] = {}  # key -> (type, array item type)
         self.tensors: dict[str, TensorInfo] = {}
         self._parse()
 
@@ -118,13 +119,16 @@ class GGUFReader:
         count = self._u64(what + " count")
         if item in _NUMPY:  # numbers in one go; the count is checked by _take
             nbytes = count * np.dtype(_NUMPY[item]).itemsize
-            return np.frombuffer(self._take(nbytes, what), _NUMPY[item]).tolist()
+            values = np.frombuffer(self._take(nbytes, what), _NUMPY[item]).tolist()
         # strings and arrays need at least 8 bytes each: reject absurd counts before looping
-        if count * 8 > self.size - self._pos:
+        elif count * 8 > self.size - self._pos:
             raise self._fail(f"{what} claims {count} items")
-        if item == VT.STRING:
-            return self._string_array(count, what)
-        return [self._value(item, what, depth + 1) for _ in range(count)]
+        elif item == VT.STRING:
+            values = self._string_array(count, what)
+        else:
+            values = [self._value(item, what, depth + 1) for _ in range(count)]
+        self._array_item = item  # the outermost array's item type, set last
+        return values
 
     def _string_array(self, count: int, what: str) -> list[str]:
         # The vocabulary: tens of thousands of short strings. One tight loop over the bytes.
@@ -164,7 +168,10 @@ class GGUFReader:
             key = self._string("metadata key", MAX_KEY_BYTES)
             if key in self.fields:
                 raise self._fail(f"metadata key {key} appears twice")
-            self.fields[key] = self._value(self._value_type(f"metadata {key}"), f"metadata {key}")
+            vt = self._value_type(f"metadata {key}")
+            self._array_item = None
+            self.fields[key] = self._value(vt, f"metadata {key}")
+            self.field_types[key] = (vt, self._array_item)
         infos = [self._tensor_info() for _ in range(n_tensors)]
         align = self.fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):

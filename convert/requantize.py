@@ -1,0 +1,78 @@
+"""Re-quantize an F32/F16/BF16 LFM2 GGUF to another type mix (`lfm2q quantize`).
+
+Metadata is copied key by key with its stored value type; tensors are read from the memory
+map, dequantized, and quantized one at a time (peak memory about one tensor), into a temp file
+renamed at the end — the same pipeline rules as `convert_hf`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from lfm2q.errors import ConvertError
+from lfm2q.gguf_model import GGUFFile
+from lfm2q.kernels import dequantize
+
+from . import quantize
+from .writer import _discard, _progress_bar
+
+_SOURCE_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                 gguf.GGMLQuantizationType.BF16)
+# written afresh by GGUFWriter or for the new file
+_SKIP_KEYS = ("general.architecture", "general.file_type", "general.alignment")
+
+
+def quantize_gguf(src, dst, out_type: str, progress: bool = False) -> Path:
+    """Write `src` (an F32/F16/BF16 LFM2 GGUF) as `dst` with the `out_type` mix; return dst."""
+    key = quantize.parse_out_type(out_type)
+    src, dst = Path(src), Path(dst)
+    f = GGUFFile(src)  # a fully checked LFM2 file
+    reader = f.reader
+    for t in reader.tensors.values():
+        if t.qtype not in _SOURCE_TYPES and len(t.shape) == 2:
+            raise ConvertError(f"{src}: tensor {t.name} is already {gguf.GGMLQuantizationType(t.qtype).name}; "
+                               "quantize from an F32/F16/BF16 file or the HF checkpoint (lfm2q convert)")
+    if dst.resolve() == src.resolve():
+        raise ConvertError(f"{dst}: the output would overwrite the input — choose another path")
+    if not dst.parent.is_dir():
+        raise ConvertError(f"{dst.parent}: output folder does not exist — create it first")
+
+    writer = gguf.GGUFWriter(path=None, arch="lfm2")
+    for k, value in reader.fields.items():
+        if k in _SKIP_KEYS:
+            continue
+        vt, item = reader.field_types[k]
+        writer.add_key_value(k, value, vt, sub_type=item)
+    writer.add_file_type(quantize.file_type(key))
+    tensors = [(t.name, t.shape) for t in reader.tensors.values()]
+    qtypes = quantize.plan_types(tensors, key, f.config.n_layer)
+    for (name, shape), qtype in zip(tensors, qtypes):
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), quantize.tensor_nbytes(shape, qtype),
+                               raw_dtype=qtype)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        with _progress_bar(progress, len(tensors), dst.name) as advance:
+            for (name, shape), qtype in zip(tensors, qtypes):
+                t = reader.tensors[name]
+                x = dequantize(reader.data(name), t.qtype).reshape(shape)
+                writer.write_tensor_data(quantize.quantize(x, qtype, name))
+                advance(name)
+        writer.close()
+        os.replace(tmp, dst)
+    except OSError as e:
+        _discard(writer, tmp)
+        raise ConvertError(f"{dst}: cannot write it ({e.strerror or e}) — check the folder and free disk space") from None
+    except BaseException:
+        _discard(writer, tmp)
+        raise
+    return dst
