@@ -48,7 +48,27 @@ def tok(tmp_path_factory) -> Tokenizer:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return Tokenizer.from_gguf_fields(read_tokenizer_fields(gguf.GGUFReader(path)))
+    from lfm2q.gguf_reader import GGUFReader as OurReader  # gguf-py's takes seconds on 65k tokens
+    return Tokenizer.from_gguf_fields({k: v for k, v in OurReader(path).fields.items()
+                                       if k.startswith("tokenizer.")})
+
+
+@pytest.mark.slow  # gguf-py's reader takes ~30 s on a 65k vocabulary; tests/test_gguf_reader.py does a small one
+def test_fields_from_our_reader_equal_gguf_py(tok, tmp_path):
+    # lfm2q's own header reader must hand the tokenizer exactly what gguf-py reads.
+    from lfm2q.gguf_reader import GGUFReader as OurReader
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(path, "lfm2")
+    add_vocab(writer, LFM2_DIR, 65536)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours = {k: v for k, v in OurReader(path).fields.items() if k.startswith("tokenizer.")}
+    theirs = read_tokenizer_fields(gguf.GGUFReader(path))
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert list(ours[k]) == list(theirs[k]) if isinstance(ours[k], list) else ours[k] == theirs[k], k
 
 
 @pytest.fixture(scope="module")
