@@ -5,11 +5,12 @@
     print(model.generate("The meaning of", max_tokens=32))
 """
 from .api import Model, load
+from .builtin import builtin_model_path
 from .errors import ConvertError, GenerationError, GGUFError, Lfm2qError, TokenizerError
 from .gguf_model import Lfm2Config
 from .model import Session
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "Model", "Session", "Lfm2Config", "Lfm2qError", "GGUFError", "ConvertError",
+__all__ = ["load", "Model", "builtin_model_path", "Session", "Lfm2Config", "Lfm2qError", "GGUFError", "ConvertError",
            "TokenizerError", "GenerationError", "__version__"]
