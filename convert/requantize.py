@@ -6,8 +6,6 @@ renamed at the end — the same pipeline rules as `convert_hf`.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -18,7 +16,7 @@ from lfm2q.gguf_model import GGUFFile
 from lfm2q.kernels import dequantize
 
 from . import quantize
-from .writer import _discard, _progress_bar
+from .writer import write_atomically
 
 _SOURCE_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
                  gguf.GGMLQuantizationType.BF16)
@@ -48,31 +46,16 @@ def quantize_gguf(src, dst, out_type: str, progress: bool = False) -> Path:
         vt, item = reader.field_types[k]
         writer.add_key_value(k, value, vt, sub_type=item)
     writer.add_file_type(quantize.file_type(key))
-    tensors = [(t.name, t.shape) for t in reader.tensors.values()]
-    qtypes = quantize.plan_types(tensors, key, f.config.n_layer)
-    for (name, shape), qtype in zip(tensors, qtypes):
+    plan = [(t.name, t.shape) for t in reader.tensors.values()]
+    qtypes = quantize.plan_types(plan, key, f.config.n_layer)
+    for (name, shape), qtype in zip(plan, qtypes):
         writer.add_tensor_info(name, shape, np.dtype(np.float32), quantize.tensor_nbytes(shape, qtype),
                                raw_dtype=qtype)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        with _progress_bar(progress, len(tensors), dst.name) as advance:
-            for (name, shape), qtype in zip(tensors, qtypes):
-                t = reader.tensors[name]
-                x = dequantize(reader.data(name), t.qtype).reshape(shape)
-                writer.write_tensor_data(quantize.quantize(x, qtype, name))
-                advance(name)
-        writer.close()
-        os.replace(tmp, dst)
-    except OSError as e:
-        _discard(writer, tmp)
-        raise ConvertError(f"{dst}: cannot write it ({e.strerror or e}) — check the folder and free disk space") from None
-    except BaseException:
-        _discard(writer, tmp)
-        raise
+    def stored():
+        for (name, shape), qtype in zip(plan, qtypes):
+            x = dequantize(reader.data(name), reader.tensors[name].qtype).reshape(shape)
+            yield quantize.quantize(x, qtype, name)
+
+    write_atomically(writer, dst, [name for name, _ in plan], stored(), progress)
     return dst

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import gguf
 import numpy as np
@@ -58,30 +59,9 @@ def convert_hf(hf_dir, out_path, out_type: str = "f16", progress: bool = False) 
         writer.add_tensor_info(plan.gguf_name, plan.gguf_shape, np.dtype(np.float32),
                                quantize.tensor_nbytes(plan.gguf_shape, qtype), raw_dtype=qtype)
 
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as e:
-        raise ConvertError(f"{out.parent}: cannot create a file there ({e.strerror or e})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        with _progress_bar(progress, len(plans), out.name) as advance:
-            for plan, qtype in zip(plans, qtypes):
-                data = _convert_one(ckpt, plan, qtype)
-                writer.write_tensor_data(data)
-                del data  # release before the next tensor is loaded
-                advance(plan.gguf_name)
-        writer.close()
-        os.replace(tmp, out)
-    except OSError as e:
-        _discard(writer, tmp)
-        raise ConvertError(f"{out}: cannot write it ({e.strerror or e}) — check the folder and free disk space") from None
-    except BaseException:
-        _discard(writer, tmp)
-        raise
+    write_atomically(writer, out, [p.gguf_name for p in plans],
+                     (_convert_one(ckpt, plan, qtype) for plan, qtype in zip(plans, qtypes)),
+                     progress)
     return out
 
 
@@ -137,6 +117,36 @@ def _convert_one(ckpt: Checkpoint, plan: gguf_layout.TensorPlan, qtype: gguf.GGM
     if data.nbytes != expected:  # an internal error, not a user's: fail loudly
         raise AssertionError(f"{plan.gguf_name}: {qtype.name} data is {data.nbytes} bytes, expected {expected}")
     return data
+
+
+def write_atomically(writer: gguf.GGUFWriter, out: Path, names: list[str],
+                     tensors: Iterator[np.ndarray], progress: bool) -> None:
+    """Write `writer`'s header, metadata and tensor infos, then each tensor's data as `tensors`
+    yields it (one at a time), into a temp file beside `out`; rename it onto `out` at the end.
+    On any failure, Ctrl-C included, the temp file is deleted: there is never a partial output."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise ConvertError(f"{out.parent}: cannot create a file there ({e.strerror or e})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        with _progress_bar(progress, len(names), out.name) as advance:
+            for name, data in zip(names, tensors):
+                writer.write_tensor_data(data)
+                del data  # release before the next tensor is made
+                advance(name)
+        writer.close()
+        os.replace(tmp, out)
+    except OSError as e:
+        _discard(writer, tmp)
+        raise ConvertError(f"{out}: cannot write it ({e.strerror or e}) — check the folder and free disk space") from None
+    except BaseException:
+        _discard(writer, tmp)
+        raise
 
 
 def _discard(writer: gguf.GGUFWriter, tmp: Path) -> None:

@@ -336,3 +336,17 @@ def hf_model(dir: Path):
     from transformers import Lfm2ForCausalLM
 
     return Lfm2ForCausalLM.from_pretrained(Path(dir), dtype=torch.float32).eval()
+
+
+def vocab_gguf(path: Path, tokenizer_dir: Path, vocab_size: int) -> Path:
+    """A GGUF file holding only the tokenizer metadata written by lfm2q's add_vocab."""
+    import gguf
+    from lfm2q.convert.vocab import add_vocab
+
+    writer = gguf.GGUFWriter(path, "lfm2")
+    add_vocab(writer, Path(tokenizer_dir), vocab_size)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
 import pytest
 
 from lfm2q.chat import render_chat
-from lfm2q.convert.vocab import add_vocab
 from lfm2q.gguf_reader import GGUFReader
 from lfm2q.tokenizer import Tokenizer
+from hf_fixtures import vocab_gguf
 from test_chat import CONVERSATIONS, TEMPLATES
 
 LFM2_DIR = Path(__file__).parent / "data" / "lfm2-tokenizer"
@@ -18,13 +17,7 @@ LFM2_DIR = Path(__file__).parent / "data" / "lfm2-tokenizer"
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory) -> Tokenizer:
-    path = tmp_path_factory.mktemp("vocab") / "vocab.gguf"
-    writer = gguf.GGUFWriter(path, "lfm2")
-    add_vocab(writer, LFM2_DIR, 65536)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = vocab_gguf(tmp_path_factory.mktemp("vocab") / "vocab.gguf", LFM2_DIR, 65536)
     fields = {k: v for k, v in GGUFReader(path).fields.items() if k.startswith("tokenizer.")}
     return Tokenizer.from_gguf_fields(fields)
 

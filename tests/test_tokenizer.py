@@ -13,6 +13,7 @@ import gguf
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
+from hf_fixtures import vocab_gguf
 from lfm2q.convert.vocab import add_vocab
 from lfm2q.errors import TokenizerError
 from lfm2q.tokenizer import Tokenizer, read_tokenizer_fields
@@ -41,13 +42,7 @@ SAMPLES = {
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    path = tmp_path_factory.mktemp("tok") / "vocab.gguf"
-    writer = gguf.GGUFWriter(path, "lfm2")
-    add_vocab(writer, LFM2_DIR, 65536)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = vocab_gguf(tmp_path_factory.mktemp("tok") / "vocab.gguf", LFM2_DIR, 65536)
     from lfm2q.gguf_reader import GGUFReader as OurReader  # gguf-py's takes seconds on 65k tokens
     return Tokenizer.from_gguf_fields({k: v for k, v in OurReader(path).fields.items()
                                        if k.startswith("tokenizer.")})
@@ -57,13 +52,7 @@ def tok(tmp_path_factory) -> Tokenizer:
 def test_fields_from_our_reader_equal_gguf_py(tok, tmp_path):
     # lfm2q's own header reader must hand the tokenizer exactly what gguf-py reads.
     from lfm2q.gguf_reader import GGUFReader as OurReader
-    path = tmp_path / "vocab.gguf"
-    writer = gguf.GGUFWriter(path, "lfm2")
-    add_vocab(writer, LFM2_DIR, 65536)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = vocab_gguf(tmp_path / "vocab.gguf", LFM2_DIR, 65536)
     ours = {k: v for k, v in OurReader(path).fields.items() if k.startswith("tokenizer.")}
     theirs = read_tokenizer_fields(gguf.GGUFReader(path))
     assert ours.keys() == theirs.keys()
