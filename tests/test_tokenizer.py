@@ -14,7 +14,6 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from hf_fixtures import vocab_gguf
-from lfm2q.convert.vocab import add_vocab
 from lfm2q.errors import TokenizerError
 from lfm2q.tokenizer import Tokenizer, read_tokenizer_fields
 
