@@ -298,7 +298,8 @@ class Conversation:
             suffix = self._reuse(ids)
             steps = generate_stream(self.session, self.model.tokenizer, suffix,
                                     max_tokens=_max_tokens(self.max_tokens, self.n_ctx),
-                                    sampling=self.sampling, stop=self.stop)
+                                    sampling=self.sampling, stop=self.stop,
+                                    context_ids=ids[:len(ids) - len(suffix)])
         except BaseException:
             if text is not None:
                 self.messages.pop()

@@ -96,8 +96,13 @@ def generate_stream(
     stop: Optional[list[str]] = None,
     stop_ids: Optional[set[int]] = None,
     markup_tokens: Iterable[str] = MARKUP_TOKENS,
+    context_ids: Optional[Sequence[int]] = None,
 ) -> Iterator[Step]:
     """Evaluate `prompt_ids` on top of the session's state and sample until a stop rule fires.
+
+    `context_ids`: the tokens already in the session before `prompt_ids` (a chat that keeps its
+    cache feeds only a turn's new tokens); they count for the repetition penalty as if the
+    whole sequence had been given.
 
     Arguments are checked here, before the first step is asked for.
     """
@@ -131,8 +136,9 @@ def generate_stream(
         if tid is not None:
             markup[int(tid)] = name
 
-    return _loop(session, tokenizer, prompt_ids, max_tokens, Sampler(sampling or SamplingParams()),
-                 stop_strings, end_ids, markup)
+    history = ([int(i) for i in context_ids or ()] + prompt_ids)[-REPEAT_LAST_N:]
+    return _loop(session, tokenizer, prompt_ids, history, max_tokens,
+                 Sampler(sampling or SamplingParams()), stop_strings, end_ids, markup)
 
 
 def generate_text(session: Session, tokenizer: Tokenizer, prompt_ids: list[int], **kwargs) -> GenerationResult:
@@ -144,7 +150,8 @@ def generate_text(session: Session, tokenizer: Tokenizer, prompt_ids: list[int],
     return result
 
 
-def _loop(session, tokenizer, prompt_ids, max_tokens, sampler, stop_strings, end_ids, markup) -> Iterator[Step]:
+def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_strings, end_ids,
+          markup) -> Iterator[Step]:
     t0 = time.perf_counter()
     logits = session.eval(prompt_ids)  # [V]
     t1 = time.perf_counter()
@@ -152,7 +159,6 @@ def _loop(session, tokenizer, prompt_ids, max_tokens, sampler, stop_strings, end
 
     decoder = tokenizer.stream()
     held = _StopStrings(stop_strings)
-    history = prompt_ids[-REPEAT_LAST_N:]  # for the repetition penalty
     tokens: list[int] = []
     emitted: list[str] = []
     finish, stopped_by = "length", None

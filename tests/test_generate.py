@@ -211,3 +211,15 @@ def test_generate_text_and_sampling_settings():
     runs = [generate_text(FakeSession(script, alt=alt), tok, [1], max_tokens=5,
                           sampling=SamplingParams(temperature=5.0, seed=3)).tokens for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_context_ids_count_for_the_repetition_penalty():
+    # A kept-cache chat turn feeds only its new tokens; with context_ids the penalty window is
+    # what it would be had the whole sequence been fed at once.
+    tok = FakeTokenizer()
+    a, b = tok.piece("a"), tok.piece("b")
+    penalised = SamplingParams(repetition_penalty=4.0)  # 10/4 < 5: a seen token loses to `alt`
+    first = lambda **kw: next(iter(generate_stream(FakeSession([a], alt=b), tok, [1, 6],
+                                                  max_tokens=1, sampling=penalised, **kw))).token_id
+    assert first() == a
+    assert first(context_ids=[1, a, 6]) == b
