@@ -81,10 +81,30 @@ def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
         out[:] = np.nan
 
 
+# Below this many weight bytes a matrix-vector product runs on one thread: waking the other
+# threads and meeting them at the barrier costs more than the rows (a tiny model, or a machine
+# whose other core is busy, where a barrier can wait a whole scheduler slice).
+PARALLEL_MIN_BYTES = 256 * 1024
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+def _matvec_parallel(w, qtype, x, out):
     for r in prange(w.shape[0]):
         out[r] = row_dot(w, qtype, r, x)
+
+
+@njit(fastmath=True, cache=True)
+def _matvec_serial(w, qtype, x, out):
+    for r in range(w.shape[0]):
+        out[r] = row_dot(w, qtype, r, x)
+
+
+@njit(fastmath=True, cache=True)
+def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+    if w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES:
+        _matvec_serial(w, qtype, x, out)
+    else:
+        _matvec_parallel(w, qtype, x, out)
 
 
 @njit(parallel=True, cache=True)
