@@ -28,5 +28,14 @@ bench: install
 run: install
 	$(BIN)/lfm2q run $(MODEL)
 
+# The long fuzz campaign (docs/hostile-input.md): FUZZ_CASES mutated LFM2 GGUF files, each loaded
+# and run in worker processes (a crash or hang is recorded, not fatal), then the tool-call parser
+# with 20,000 hypothesis examples per property. `make test` runs a ~20 s share of both.
+FUZZ_CASES ?= 100000
+.PHONY: fuzz
+fuzz: install
+	$(BIN)/python tests/fuzz/fuzz_gguf.py --cases $(FUZZ_CASES) --own-numba-cache --out build/fuzz/gguf-record.json
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_toolcalls.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -14,12 +14,21 @@ in training:
 - the data the template sees is rebuilt from plain JSON types, and a message's reasoning given
   as `reasoning_content`, `thinking` or `reasoning` is visible under the first two names.
 
+Templates come inside downloaded files, so rendering is also limited (`_render`): a template
+that runs longer than TEMPLATE_TIME_LIMIT seconds, or builds a string, list or output larger
+than TEMPLATE_SIZE_LIMIT, stops with a one-line ChatTemplateError (see `_Limits`).
+
 Every LFM2 template writes the BOS token itself: tokenize the result without adding another.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import re
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -28,6 +37,7 @@ from typing import Any, Optional
 import jinja2
 import jinja2.ext
 import jinja2.nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import GenerationError
@@ -64,6 +74,12 @@ DEFAULT_TEMPLATE = """\
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
+# Limits on rendering a chat template (templates come inside downloaded model files). Real LFM2
+# templates render a long conversation in milliseconds into far fewer characters than any
+# context holds (128k tokens is ~0.5M characters).
+TEMPLATE_TIME_LIMIT = 5.0            # seconds of rendering
+TEMPLATE_SIZE_LIMIT = 8 * 1024 ** 2  # characters of output, of any string, items of any list
+
 
 class ChatTemplateError(GenerationError):
     """The chat template does not compile, or refused / failed on this conversation."""
@@ -99,16 +115,323 @@ def render_chat(
 
 
 def _render(compiled: jinja2.Template, context: dict) -> str:
-    # A time / output-size guard for hostile templates belongs here (rendering is the only
-    # place template code runs).
+    # Rendering is the only place template code runs, so the time and size limits live here:
+    # the output is counted as it streams, and _Limits (active for this thread) is checked by
+    # the guarded environment's loops, operators, calls and filters.
+    limits = _Limits(TEMPLATE_TIME_LIMIT, TEMPLATE_SIZE_LIMIT)
+    parts: list[str] = []
+    size = 0
     try:
-        return compiled.render(**context)
+        with limits.active():
+            for chunk in compiled.generate(**context):
+                size += len(chunk)
+                if size > limits.max_size:
+                    raise limits.too_big("its output")
+                parts.append(chunk)
+    except ChatTemplateError:
+        raise
     except jinja2.TemplateError as e:  # raise_exception, undefined names, sandbox refusals
         raise ChatTemplateError(f"chat template: {_one_line(e)}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, RecursionError) as e:
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, RecursionError,
+            OverflowError, MemoryError) as e:
         raise ChatTemplateError(
             f"chat template failed on this conversation ({type(e).__name__}: {_one_line(e)})"
         ) from None
+    return "".join(parts)
+
+
+class _Limits:
+    """Time and size limits of one render, active in the rendering thread.
+
+    Time: the clock is read at every loop iteration of template code (the code generator
+    wraps each `{% for %}` iterable) and at every call, filter, operator and attribute lookup,
+    so a template stops within one step of the deadline. (One step is a C-level operation on
+    values the size limits bound: milliseconds.)
+    Size: what could build something huge in one step is checked *before* it runs — `*`, `+`,
+    `**`, `%`, `~`, str methods such as center/replace/join/format, the amplifying filters, and
+    every value printed or passed to a filter or call (its length once stringified, computed
+    over shared sub-lists without expanding them); every call and filter result is checked after.
+    """
+
+    _current = threading.local()
+    MAX_INT_BITS = 1 << 16  # a template has no use for numbers of 20,000 digits
+
+    def __init__(self, seconds: float, max_size: int):
+        self.seconds, self.max_size = seconds, max_size
+        self.deadline = float("inf")
+        self._sizes: dict[int, tuple[Any, int]] = {}  # id -> (object kept alive, stringified size)
+
+    @classmethod
+    def current(cls) -> "_Limits":
+        # outside _render (a template rendered some other way): size limits, no clock, no memo kept
+        return getattr(cls._current, "limits", None) or _Limits(float("inf"), TEMPLATE_SIZE_LIMIT)
+
+    @contextlib.contextmanager
+    def active(self):
+        previous = getattr(self._current, "limits", None)
+        self._current.limits = self
+        self.deadline = time.monotonic() + self.seconds
+        try:
+            yield self
+        finally:
+            self._current.limits = previous
+            self._sizes.clear()
+
+    def too_slow(self) -> ChatTemplateError:
+        return ChatTemplateError(f"chat template: stopped after {self.seconds:g} s (TEMPLATE_TIME_LIMIT) — "
+                                 "the template loops too long; is the model file's template damaged or hostile?")
+
+    def too_big(self, what: str) -> ChatTemplateError:
+        return ChatTemplateError(f"chat template: {what} would exceed {self.max_size:,} characters or items "
+                                 "(TEMPLATE_SIZE_LIMIT) — is the model file's template damaged or hostile?")
+
+    def check(self, n: int, what: str) -> None:
+        if n > self.max_size:
+            raise self.too_big(what)
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.too_slow()
+
+    def str_size(self, value: Any) -> int:
+        """len(str(value)), estimated without building it; shared sub-lists are measured once."""
+        if isinstance(value, str):
+            return len(value)
+        if not isinstance(value, (list, tuple, dict, jinja2.utils.Namespace)):
+            return value.bit_length() // 3 + 2 if type(value) is int else 32
+        key = id(value)
+        if key in self._sizes:
+            return self._sizes[key][1]
+        self._sizes[key] = (value, 0)  # a cycle (a namespace holding itself) counts as nothing
+        if isinstance(value, dict):
+            items = [x for kv in value.items() for x in kv]
+        elif isinstance(value, jinja2.utils.Namespace):
+            items = list(value._Namespace__attrs.items())
+        else:
+            items = value
+        total = 2
+        for x in items:  # scalars inline: this loop runs over whole conversations
+            if isinstance(x, str):
+                total += len(x) + 4
+            elif isinstance(x, (list, tuple, dict, jinja2.utils.Namespace)):
+                total += self.str_size(x) + 2
+            else:
+                total += 24
+            if total > self.max_size:
+                break
+        self._sizes[key] = (value, total)
+        return total
+
+    def check_args(self, args, kwargs, what: str) -> None:
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, (list, tuple, dict, jinja2.utils.Namespace)):
+                self.check(self.str_size(a), what)
+
+    def check_result(self, value: Any, what: str) -> Any:
+        if isinstance(value, (str, list, tuple, dict)):
+            self.check(len(value), what)
+        return value
+
+
+def _number(x: Any) -> int:
+    return x if isinstance(x, int) and not isinstance(x, bool) else 0
+
+
+_FORMAT_WIDTHS = re.compile(r"%[-#0 +]*(\d*|\*)(?:\.(\d+|\*))?|\{[^{}]*:[^{}]*?(\d+)(?:\.(\d+))?[^{}]*\}")
+
+
+def _format_size(fmt: str, args: Any) -> int:
+    """An upper bound of len(fmt % args) or fmt.format(*args): widths and precisions count."""
+    limits = _Limits.current()
+    values = list(args.values()) if isinstance(args, dict) else list(args) if isinstance(args, (list, tuple)) else [args]
+    total = len(fmt) + sum(limits.str_size(v) for v in values)
+    for m in _FORMAT_WIDTHS.finditer(fmt):
+        for g in m.groups():
+            if g and g.isdigit():
+                total += int(g)
+            elif g == "*":
+                total += sum(_number(v) for v in values)
+    return total
+
+
+def _binop_size(op: str, left: Any, right: Any) -> int:
+    """The size of `left op right` when it can be huge (strings, lists, big integers), else 0."""
+    seqs = (str, list, tuple)
+    if op == "*":
+        if isinstance(left, seqs) and isinstance(right, int):
+            return len(left) * max(right, 0)
+        if isinstance(right, seqs) and isinstance(left, int):
+            return len(right) * max(left, 0)
+    if op == "+" and isinstance(left, seqs) and isinstance(right, seqs):
+        return len(left) + len(right)
+    if op == "%" and isinstance(left, str):
+        return _format_size(left, right)
+    return 0
+
+
+def _int_bits(op: str, left: Any, right: Any) -> int:
+    """Bits of an integer `left op right` for * and **: squaring in a loop makes huge numbers."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return 0
+    if op == "*":
+        return left.bit_length() + right.bit_length()
+    if op == "**" and right > 0 and abs(left) > 1:
+        return abs(left).bit_length() * min(right, 1 << 40)
+    return 0
+
+
+def _str_method_size(obj: str, name: str, args: tuple, kwargs: dict) -> int:
+    """An upper bound of the result of str methods that can grow a string a lot; else 0."""
+    a = list(args) + list(kwargs.values())
+    if name in ("center", "ljust", "rjust", "zfill") and a:
+        return max(len(obj), _number(a[0]))
+    if name == "expandtabs":
+        return len(obj) + obj.count("\t") * _number(a[0] if a else 8)
+    if name == "replace" and len(a) >= 2 and isinstance(a[0], str) and isinstance(a[1], str):
+        hits = len(obj) + 1 if not a[0] else obj.count(a[0])
+        return len(obj) + hits * len(a[1])
+    if name == "join" and a:
+        items = a[0] if isinstance(a[0], (list, tuple)) else []
+        return sum(_Limits.current().str_size(x) for x in items) + len(obj) * len(items)
+    if name in ("format", "format_map"):
+        return _format_size(obj, list(args) + list(kwargs.values()))
+    return 0
+
+
+def _filter_size(name: str, args: tuple, kwargs: dict) -> int:
+    """An upper bound of the result size of Jinja's amplifying filters; else 0."""
+    a = list(args) + list(kwargs.values())
+    value = a[0] if a else None
+    size = _Limits.current().str_size(value)
+    if name == "center" and len(a) > 1:
+        return max(size, _number(a[1]))
+    if name == "indent":
+        width = a[1] if len(a) > 1 else 4
+        width = len(width) if isinstance(width, str) else _number(width)
+        return size + width * (str(value).count("\n") + 1 if isinstance(value, str) else size)
+    if name in ("batch", "slice") and len(a) > 1:
+        return _number(a[1])
+    if name == "replace" and len(a) > 2 and isinstance(value, str):
+        return _str_method_size(value, "replace", (str(a[1]), str(a[2])), {})
+    if name == "join":
+        items = value if isinstance(value, (list, tuple)) else []
+        sep = a[1] if len(a) > 1 and isinstance(a[1], str) else ""
+        return size + len(sep) * len(items)
+    if name == "format" and isinstance(value, str):
+        return _format_size(value, a[1:])
+    if name == "tojson" and len(a) > 1:
+        indent = a[1] if not isinstance(a[1], str) else len(a[1])
+        return size * (1 + _number(indent))
+    if name == "wordwrap":
+        return 2 * size
+    return 0
+
+
+class _GuardedFilters(dict):
+    """env.filters: each filter, looked up by compiled templates, wrapped in the size checks."""
+
+    def __getitem__(self, name: str):
+        return _guard_filter(name, dict.__getitem__(self, name))
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+
+@functools.lru_cache(maxsize=None)
+def _guard_filter(name: str, fn):
+    @functools.wraps(fn)  # keeps jinja's pass_context / pass_environment marks
+    def guarded(*args, **kwargs):
+        limits = _Limits.current()
+        limits.check_time()
+        plain = [a for a in args if not isinstance(a, (jinja2.runtime.Context, jinja2.Environment,
+                                                       jinja2.nodes.EvalContext))]
+        limits.check_args(plain, kwargs, f"the input of the {name} filter")
+        limits.check(_filter_size(name, tuple(plain), kwargs), f"the {name} filter")
+        return limits.check_result(fn(*args, **kwargs), f"the {name} filter")
+    return guarded
+
+
+def _call_node(fn: jinja2.nodes.Expr, args: list) -> jinja2.nodes.Call:
+    return jinja2.nodes.Call(fn, args, [], None, None)
+
+
+class _GuardedCodeGenerator(CodeGenerator):
+    """Every `{% for %}` iterable goes through `environment.guarded_iter` (the clock is read each
+    iteration), and `a ~ b` through `environment.guarded_concat` (Jinja compiles it to a str join)."""
+
+    def visit_For(self, node, frame) -> None:
+        guarded = _call_node(jinja2.nodes.EnvironmentAttribute("guarded_iter"), [node.iter])
+        super().visit_For(node.__class__(node.target, guarded, node.body, node.else_, node.test,
+                                         node.recursive, lineno=node.lineno), frame)
+
+    def visit_Concat(self, node, frame) -> None:
+        self.write("environment.guarded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _GuardedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus the size checks of `_Limits` on operators, calls, filters and output."""
+
+    code_generator_class = _GuardedCodeGenerator
+    intercepted_binops = frozenset(["*", "+", "**", "%"])
+
+    def __init__(self, **options: Any):
+        super().__init__(finalize=self._finalize, **options)
+        self.filters = _GuardedFilters(self.filters)
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        limits = _Limits.current()
+        limits.check_time()
+        limits.check(_binop_size(operator, left, right), f"'{operator}'")
+        if _int_bits(operator, left, right) > limits.MAX_INT_BITS:
+            raise ChatTemplateError(f"chat template: '{operator}' would make a number of more than "
+                                    f"{limits.MAX_INT_BITS} bits — is the model file's template damaged or hostile?")
+        return limits.check_result(super().call_binop(context, operator, left, right), f"'{operator}'")
+
+    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+        limits = _Limits.current()
+        limits.check_time()
+        what = f"calling {getattr(__obj, '__name__', type(__obj).__name__)}"
+        limits.check_args(args, kwargs, what)
+        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format at lookup
+        owner = getattr(method, "__self__", None)
+        if isinstance(owner, str):
+            limits.check(_str_method_size(owner, method.__name__, args, kwargs), what)
+        if __obj is _lipsum:
+            limits.check(_number(args[0] if args else kwargs.get("n", 5)) * 1000, what)
+        return limits.check_result(
+            ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs), what)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _Limits.current().check_time()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _Limits.current().check_time()
+        return super().getitem(obj, argument)
+
+    @staticmethod
+    def guarded_iter(iterable: Any):
+        limits = _Limits.current()
+        for i, item in enumerate(iterable):
+            if not i & 255:
+                limits.check_time()
+            yield item
+
+    def guarded_concat(self, items: tuple) -> str:
+        limits = _Limits.current()
+        limits.check(sum(limits.str_size(x) for x in items), "'~'")
+        return "".join(map(str, items))
+
+    @staticmethod
+    def _finalize(value: Any) -> Any:  # every {{ value }} before it is turned into text
+        if isinstance(value, (list, tuple, dict, jinja2.utils.Namespace)):
+            limits = _Limits.current()
+            limits.check(limits.str_size(value), "a printed value")
+        return value
 
 
 @lru_cache(maxsize=16)
@@ -166,6 +489,9 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: 
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+_lipsum = jinja2.utils.generate_lorem_ipsum  # a default global; bound by _GuardedEnvironment.call
+
+
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
@@ -181,7 +507,7 @@ class _TemplateDict:
 
 
 def _make_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _GuardedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
@@ -190,6 +516,7 @@ def _make_env() -> ImmutableSandboxedEnvironment:
         strftime_now=_strftime_now,
         dict=_TemplateDict(),
         namespace=_TemplateNamespace,
+        lipsum=_lipsum,
     )
     return env
 

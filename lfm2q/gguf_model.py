@@ -7,6 +7,7 @@ or tensor.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GGUFError
-from .gguf_reader import GGUFReader
+from .gguf_reader import GGUFReader, shown_name
 from .kernels import F32, SUPPORTED_TYPES, dequantize, row_nbytes, type_name
 
 ARCH = "lfm2"
@@ -75,36 +76,50 @@ class GGUFFile:
         self._tensors = self.reader.tensors
         arch = self.get("general.architecture")
         if arch != ARCH:
-            raise GGUFError(f"{self.path}: general.architecture is {arch!r}, not 'lfm2' — "
+            shown = f"'{shown_name(arch)}'" if isinstance(arch, str) else f"{arch!r:.40}"
+            raise GGUFError(f"{self.path}: general.architecture is {shown}, not 'lfm2' — "
                             "lfm2q runs LFM2 / LFM2.5 models only")
         self.config = self._read_config()
         self._check_tensors()
+        self._check_tokenizer_fields()
 
     # --- metadata -----------------------------------------------------------------------
 
     def get(self, key: str, default=None):
         return self.fields.get(key, default)
 
-    def _require(self, key: str, kind: type, minimum: float | None = None):
-        value = self.get(key)
+    def _require(self, key: str, kind: type, minimum: float | None = None, default=None,
+                 maximum: float | None = None, value=None):
+        """A number from the metadata, of `kind` (an int must be whole, a float finite), within
+        [minimum, maximum]. Files are fuzzed: strings, lists, bools, NaN and 2**64-1 all arrive."""
+        value = self.get(key, default) if value is None else value
         if value is None:
             raise GGUFError(f"{self.path}: metadata key {key} is missing — not a complete LFM2 file")
-        if isinstance(value, list) or not isinstance(value, (int, float)):
+        if isinstance(value, (list, bool)) or not isinstance(value, (int, float)):
             raise GGUFError(f"{self.path}: metadata key {key} should be a number, found {value!r:.60}")
-        if minimum is not None and value < minimum:
+        if not math.isfinite(value) or (kind is int and value != int(value)):
+            raise GGUFError(f"{self.path}: metadata key {key} should be a{' whole' if kind is int else ''} "
+                            f"number, found {value!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise GGUFError(f"{self.path}: metadata key {key} = {value} is out of range")
         return kind(value)
 
     def _read_config(self) -> Lfm2Config:
         a = ARCH
-        n_layer = self._require(f"{a}.block_count", int, 1)
+        # every layer has at least 8 tensors: a larger count is a damaged file, and without this
+        # bound block_count = 2**32-1 built a 4-billion-entry tuple below (found by the fuzzer)
+        n_layer = self._require(f"{a}.block_count", int, 1, maximum=len(self._tensors))
         n_embd = self._require(f"{a}.embedding_length", int, 1)
         n_head = self._require(f"{a}.attention.head_count", int, 1)
-        kv = self.get(f"{a}.attention.head_count_kv")
+        key_kv = f"{a}.attention.head_count_kv"
+        kv = self.get(key_kv)
         if kv is None:
-            raise GGUFError(f"{self.path}: metadata key {a}.attention.head_count_kv is missing — "
+            raise GGUFError(f"{self.path}: metadata key {key_kv} is missing — "
                             "it marks which layers are attention and which are short-conv")
-        n_head_kv = tuple(int(v) for v in kv) if isinstance(kv, list) else (int(kv),) * n_layer
+        if isinstance(kv, list):
+            n_head_kv = tuple(self._require(key_kv, int, 0, value=v) for v in kv)
+        else:
+            n_head_kv = (self._require(key_kv, int, 0),) * n_layer
         if len(n_head_kv) != n_layer:
             raise GGUFError(f"{self.path}: {a}.attention.head_count_kv has {len(n_head_kv)} entries "
                             f"for {n_layer} layers")
@@ -121,19 +136,20 @@ class GGUFFile:
         embd = self._tensors.get("token_embd.weight")
         n_vocab = self.get(f"{a}.vocab_size")
         if n_vocab is None:  # older files: the vocabulary is the embedding's row count
-            n_vocab = embd.shape[0] if embd is not None and len(embd.shape) == 2 else 0
+            n_vocab = embd.shape[0] if embd is not None and len(embd.shape) == 2 else None
         return Lfm2Config(
-            n_vocab=int(n_vocab),
+            n_vocab=self._require(f"{a}.vocab_size", int, 1, value=n_vocab),
             n_embd=n_embd,
             n_layer=n_layer,
             n_head=n_head,
             n_head_kv=n_head_kv,
             n_ff=self._require(f"{a}.feed_forward_length", int, 1),
             conv_l=self._require(f"{a}.shortconv.l_cache", int, 1),
-            n_ctx_train=int(self.get(f"{a}.context_length", 32768)),
-            rms_eps=self._require(f"{a}.attention.layer_norm_rms_epsilon", float, 0),
-            rope_base=float(self.get(f"{a}.rope.freq_base", 1_000_000.0)),
-            sliding_window=int(self.get(f"{a}.attention.sliding_window", 0) or 0),
+            n_ctx_train=self._require(f"{a}.context_length", int, 1, default=32768),
+            # eps > 0: rmsnorm of an all-zero row divides by sqrt(eps)
+            rms_eps=self._require(f"{a}.attention.layer_norm_rms_epsilon", float, 1e-30),
+            rope_base=self._require(f"{a}.rope.freq_base", float, 1e-30, default=1_000_000.0),
+            sliding_window=self._require(f"{a}.attention.sliding_window", int, 0, default=0),
             tied_embeddings="output.weight" not in self._tensors,
         )
 
@@ -194,6 +210,39 @@ class GGUFFile:
                     row_nbytes(t.qtype, shape[1])
                 except ValueError as e:
                     raise GGUFError(f"{self.path}: tensor {name}: {e}") from None
+
+    def _check_tokenizer_fields(self) -> None:
+        """Types of the tokenizer.* metadata, and one token per embedding row.
+
+        tokenizer.py builds on these; the fuzzer reached it with integer tokens, a list as
+        eos_token_id and a vocabulary one token short (a sampled id without a token)."""
+        def bad(key: str, want: str, value) -> GGUFError:
+            return GGUFError(f"{self.path}: metadata key {key} should be {want}, found {value!r:.60}")
+
+        f = self.fields
+        for key, want, ok in (
+            ("tokenizer.ggml.model", "a string", lambda v: isinstance(v, str)),
+            ("tokenizer.ggml.pre", "a string", lambda v: isinstance(v, str)),
+            ("tokenizer.chat_template", "a string", lambda v: isinstance(v, str)),
+            ("tokenizer.ggml.tokens", "an array of strings",
+             lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
+            ("tokenizer.ggml.merges", "an array of strings",
+             lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
+            ("tokenizer.ggml.token_type", "an array of integers",
+             lambda v: isinstance(v, list) and all(type(t) is int for t in v)),
+            ("tokenizer.ggml.add_bos_token", "a boolean", lambda v: isinstance(v, (bool, int))),
+            ("tokenizer.ggml.add_eos_token", "a boolean", lambda v: isinstance(v, (bool, int))),
+        ):
+            if key in f and not ok(f[key]):
+                raise bad(key, want, f[key])
+        for name in ("bos", "eos", "padding"):
+            key = f"tokenizer.ggml.{name}_token_id"
+            if key in f and type(f[key]) is not int:
+                raise bad(key, "an integer", f[key])
+        tokens = f.get("tokenizer.ggml.tokens")
+        if tokens is not None and len(tokens) != self.config.n_vocab:
+            raise GGUFError(f"{self.path}: tokenizer.ggml.tokens has {len(tokens)} tokens for "
+                            f"{self.config.n_vocab} embedding rows — the file is damaged; reconvert it")
 
     def weight(self, name: str) -> Weight:
         """A matrix as raw bytes, never copied."""

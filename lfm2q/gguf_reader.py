@@ -29,6 +29,9 @@ from .errors import GGUFError
 MAX_DIMS = 4                 # ggml's GGML_MAX_DIMS
 MAX_KEY_BYTES = 65_535       # a key or tensor name longer than this is corruption, not data
 MAX_ARRAY_DEPTH = 2          # arrays of arrays exist in the format; deeper is corruption
+# A u8 array becomes a list of Python ints, 8 bytes per one-byte item: without a cap a file could
+# make us allocate ~8x its size. LFM2's largest arrays (vocabulary, merges) have ~65k items.
+MAX_ARRAY_ITEMS = 1 << 24
 
 _SCALARS = {  # value type -> (struct code, size)
     VT.UINT8: ("<B", 1), VT.INT8: ("<b", 1), VT.UINT16: ("<H", 2), VT.INT16: ("<h", 2),
@@ -38,6 +41,16 @@ _SCALARS = {  # value type -> (struct code, size)
 _NUMPY = {VT.UINT8: "<u1", VT.INT8: "<i1", VT.UINT16: "<u2", VT.INT16: "<i2", VT.UINT32: "<u4",
           VT.INT32: "<i4", VT.FLOAT32: "<f4", VT.BOOL: "?", VT.UINT64: "<u8", VT.INT64: "<i8",
           VT.FLOAT64: "<f8"}
+
+
+def shown_name(text: str, limit: int = 80) -> str:
+    """A key, name or value from a file, safe inside a one-line message: control characters
+    escaped (as repr does), clipped to `limit` characters. (The fuzzer found keys with newlines
+    and terminal escapes, and 64 KiB names, reaching messages verbatim.)"""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    shown = repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,8 @@ class GGUFReader:
             raise self._fail(f"{what} nests arrays too deeply")
         item = self._value_type(what + " item type")
         count = self._u64(what + " count")
+        if count > MAX_ARRAY_ITEMS:
+            raise self._fail(f"{what} claims {count} items")
         if item in _NUMPY:  # numbers in one go; the count is checked by _take
             nbytes = count * np.dtype(_NUMPY[item]).itemsize
             values = np.frombuffer(self._take(nbytes, what), _NUMPY[item]).tolist()
@@ -166,11 +181,12 @@ class GGUFReader:
             raise self._fail(f"header claims {n_kv} metadata keys and {n_tensors} tensors")
         for _ in range(n_kv):
             key = self._string("metadata key", MAX_KEY_BYTES)
+            shown = shown_name(key)
             if key in self.fields:
-                raise self._fail(f"metadata key {key} appears twice")
-            vt = self._value_type(f"metadata {key}")
+                raise self._fail(f"metadata key {shown} appears twice")
+            vt = self._value_type(f"metadata {shown}")
             self._array_item = None
-            self.fields[key] = self._value(vt, f"metadata {key}")
+            self.fields[key] = self._value(vt, f"metadata {shown}")
             self.field_types[key] = (vt, self._array_item)
         infos = [self._tensor_info() for _ in range(n_tensors)]
         align = self.fields.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
@@ -179,30 +195,31 @@ class GGUFReader:
         data_start = -(-self._pos // align) * align
         for name, shape, qtype, rel in infos:
             if name in self.tensors:
-                raise self._fail(f"tensor {name} appears twice")
+                raise self._fail(f"tensor {shown_name(name)} appears twice")
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
             if shape[-1] % block:
-                raise self._fail(f"tensor {name} rows of {shape[-1]} are not whole {block}-blocks")
+                raise self._fail(f"tensor {shown_name(name)} rows of {shape[-1]} are not whole {block}-blocks")
             nbytes = int(np.prod(shape, dtype=object)) // block * type_size
             start = data_start + rel
             if rel % align or start + nbytes > self.size:
-                raise self._fail(f"tensor {name} data (offset {rel}, {nbytes} bytes) lies outside the file")
+                raise self._fail(f"tensor {shown_name(name)} data (offset {rel}, {nbytes} bytes) lies outside the file")
             self.tensors[name] = TensorInfo(name, shape, qtype, start, nbytes)
 
     def _tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
         name = self._string("tensor name", MAX_KEY_BYTES)
-        n_dims = self._u32(f"tensor {name} rank")
+        shown = shown_name(name)
+        n_dims = self._u32(f"tensor {shown} rank")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise self._fail(f"tensor {name} has {n_dims} dimensions")
-        ne = [self._u64(f"tensor {name} shape") for _ in range(n_dims)]
+            raise self._fail(f"tensor {shown} has {n_dims} dimensions")
+        ne = [self._u64(f"tensor {shown} shape") for _ in range(n_dims)]
         if any(d == 0 for d in ne) or int(np.prod(ne, dtype=object)) > self.size * 8:
-            raise self._fail(f"tensor {name} has shape {ne}")
-        qtype = self._u32(f"tensor {name} type")
+            raise self._fail(f"tensor {shown} has shape {ne}")
+        qtype = self._u32(f"tensor {shown} type")
         try:
             GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         except (ValueError, KeyError):
-            raise self._fail(f"tensor {name} has unknown type {qtype}") from None
-        offset = self._u64(f"tensor {name} offset")
+            raise self._fail(f"tensor {shown} has unknown type {qtype}") from None
+        offset = self._u64(f"tensor {shown} offset")
         return name, tuple(reversed(ne)), qtype, offset
 
     def data(self, name: str) -> np.ndarray:
