@@ -4,6 +4,7 @@
     model = lfm2q.load("model.gguf")
     print(model.generate("The meaning of", max_tokens=32))
 """
+from . import numba_cache  # noqa: F401  (first: kernels compiled below must cache in the right place)
 from .api import Model, load
 from .builtin import builtin_model_path
 from .errors import ConvertError, GenerationError, GGUFError, Lfm2qError, TokenizerError

@@ -71,7 +71,7 @@ def llamacpp_ppl(path: Path, wins, n_ctx: int) -> float | None:
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=1)  # spins otherwise on a busy machine
 
     def logits(w):
         llm.reset()
@@ -85,6 +85,9 @@ def main() -> None:
     ap.add_argument("--ckpt", type=Path, default=ROOT / "training/out/lfm2q-tiny")
     ap.add_argument("--data", type=Path, default=ROOT / "training/out/data/test.jsonl")
     ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--llamacpp", action="store_true",
+                    help="also score each file with llama.cpp (llama-cpp-python; slow through its Python API)")
+    ap.add_argument("--tokens", type=int, default=64_000, help="score the first N tokens of the held-out text")
     ap.add_argument("--out", type=Path, default=ROOT / "training/out/quality")
     args = ap.parse_args()
 
@@ -96,7 +99,6 @@ def main() -> None:
         else json.loads((args.ckpt / "tokenizer_config.json").read_text())["chat_template"]
     text = heldout_text(args.data, template)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "heldout.txt").write_text(text, encoding="utf-8")
 
     rows, wins = [], None
     for t in TYPES:
@@ -105,13 +107,16 @@ def main() -> None:
             convert_hf(args.ckpt, path, t)
         model = lfm2q.load(path, n_ctx=args.ctx)
         if wins is None:
+            ids = model.tokenize(text)[:args.tokens]
+            text = model.detokenize(ids[1:])  # the scored text: whole records' worth of the first N tokens
+            (args.out / "heldout.txt").write_text(text, encoding="utf-8")
             ids = model.tokenize(text)
             wins = windows(ids, args.ctx, model.tokenizer.bos_id)
             print(f"held-out text: {len(text):,} chars, {len(ids):,} tokens, {len(wins)} windows of {args.ctx}",
                   file=sys.stderr)
         r = perplexity(model, text, n_ctx=args.ctx)
         rows.append({"type": t, "bytes": path.stat().st_size, "lfm2q": r.ppl, "lfm2q_stderr": r.ppl_stderr,
-                     "llama.cpp": llamacpp_ppl(path, wins, args.ctx)})
+                     "llama.cpp": llamacpp_ppl(path, wins, args.ctx) if args.llamacpp else None})
         print(f"{t}: {r.ppl:.4f}", file=sys.stderr)
     hf = transformers_ppl(args.ckpt, wins)
     result = {"ctx": args.ctx, "n_windows": len(wins), "transformers_f32": hf, "rows": rows}
