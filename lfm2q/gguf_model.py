@@ -149,7 +149,9 @@ class GGUFFile:
             # eps > 0: rmsnorm of an all-zero row divides by sqrt(eps)
             rms_eps=self._require(f"{a}.attention.layer_norm_rms_epsilon", float, 1e-30),
             rope_base=self._require(f"{a}.rope.freq_base", float, 1e-30, default=1_000_000.0),
-            sliding_window=self._require(f"{a}.attention.sliding_window", int, 0, default=0),
+            # the kernels take it as int64: 2**64-1 raised OverflowError there (found by the fuzzer)
+            sliding_window=self._require(f"{a}.attention.sliding_window", int, 0, default=0,
+                                         maximum=2**31 - 1),
             tied_embeddings="output.weight" not in self._tensors,
         )
 

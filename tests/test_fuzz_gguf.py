@@ -146,6 +146,7 @@ def _bytes_at_slot(seed, kind, index, value) -> bytes:
     ("lfm2.attention.layer_norm_rms_epsilon", VT.FLOAT32, 0.0, None, "epsilon = 0.0 is out of range"),
     ("lfm2.attention.layer_norm_rms_epsilon", VT.FLOAT32, float("inf"), None, "should be a number, found inf"),
     ("lfm2.attention.sliding_window", VT.STRING, "none", None, "sliding_window should be a number"),
+    ("lfm2.attention.sliding_window", VT.UINT64, 2**64 - 1, None, "sliding_window = 18446744073709551615 is out of range"),
     ("lfm2.vocab_size", VT.ARRAY, [-1] * 6, VT.INT32, "vocab_size should be a number"),
     ("lfm2.embedding_length", VT.UINT64, 2**64 - 1, None, "is not a multiple of 4 heads"),
     ("general.alignment", VT.UINT32, 3, None, "general.alignment 3 is not a power of two"),

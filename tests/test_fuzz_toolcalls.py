@@ -87,16 +87,19 @@ ident = st.builds(lambda a, b: a + b, st.sampled_from(IDENT_START),
     lambda n: not keyword.iskeyword(n) and n not in ("True", "False", "None", "true", "false", "null"))
 names = st.lists(ident, min_size=1, max_size=3).map(".".join)
 keys = ident
+# A string holding a marker cannot round-trip: the block ends at the first end marker, by design
+# (the model writes markers as single special tokens); such blocks are covered by the tests above.
+plain_text = st.text(max_size=30).filter(lambda t: S not in t and E not in t)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+                    st.floats(allow_nan=False, allow_infinity=False), plain_text)
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                      st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                                                      st.dictionaries(plain_text, inner, max_size=4)),
                       max_leaves=12)
 calls = st.lists(st.tuples(names, st.dictionaries(keys, values, max_size=4)), min_size=1, max_size=4)
 
 
 @settings(max_examples=ROUND_TRIPS)
-@given(calls, st.text(max_size=30).filter(lambda t: S not in t), st.booleans())
+@given(calls, plain_text, st.booleans())
 def test_pythonic_and_json_calls_round_trip(expected, before, as_json):
     if as_json:
         body = json.dumps([{"name": n, "arguments": a} for n, a in expected])

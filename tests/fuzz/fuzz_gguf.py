@@ -305,7 +305,7 @@ def _error_family(msg: str) -> str:
     import re
     msg = msg.split(": ", 1)[1] if ": " in msg else msg
     msg = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", msg)
-    return re.sub(r"-?\d+(\.\d+)?(e[+-]?\d+)?", "N", msg)[:120]
+    return re.sub(r"(?<![\w-])-?\d+(\.\d+)?(e[+-]?\d+)?(?!\w)", "N", msg)[:120]
 
 
 def main(argv=None) -> int:
