@@ -112,19 +112,42 @@ def _parse_block(body: str) -> tuple[list[ToolCall], str]:
 def _first_parsable_prefix(src: str) -> tuple[Any, str]:
     """Cut at the first `]` / `)` / `}` that ends a parsable expression.
 
-    `[f(a=1)] junk` → (the list, " junk"). A closer inside a string literal does not parse
-    (the string is unterminated), so it is skipped. Tries at most _MAX_CUTS closers.
+    `[f(a=1)] junk` → (the list, " junk"). Only closers that bring the bracket depth back to
+    zero, outside string literals, are tried (at most _MAX_CUTS of them): a block of hundreds
+    of stray closers costs one parse, not hundreds.
     """
     tries = 0
-    for i, ch in enumerate(src):
-        if ch in "])}":
-            try:
-                return ast.parse(src[: i + 1], mode="eval").body, src[i + 1:]
-            except (SyntaxError, ValueError):
-                tries += 1
-                if tries >= _MAX_CUTS:
-                    break
+    for i in _balanced_closers(src):
+        try:
+            return ast.parse(src[: i + 1], mode="eval").body, src[i + 1:]
+        except (SyntaxError, ValueError):
+            tries += 1
+            if tries >= _MAX_CUTS:
+                break
     return None, src
+
+
+def _balanced_closers(src: str):
+    """Indices of the closers at which the bracket depth returns to zero, strings skipped."""
+    depth, i, n = 0, 0, len(src)
+    while i < n:
+        ch = src[i]
+        if ch in "'\"":
+            quote = src[i:i + 3] if src[i:i + 3] in ('"""', "'''") else ch
+            i += len(quote)
+            while i < n and not src.startswith(quote, i):
+                i += 2 if src[i] == "\\" else 1
+            i += len(quote)
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                yield i
+            elif depth < 0:
+                return
+        i += 1
 
 
 def _from_ast(node: ast.AST) -> list[ToolCall]:

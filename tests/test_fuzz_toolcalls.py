@@ -159,9 +159,6 @@ def test_adversarial_blocks_are_refused_quickly():
     assert got[0].arguments["x"] == math.inf
 
 
-@pytest.mark.xfail(strict=True, reason="toolcalls._first_parsable_prefix re-parses the block at each of up to "
-                   "256 closers; CPython's error pass makes each failing parse slow: a 4.5 KB block takes ~1.5 s, "
-                   "a 90 KB one ~30 s")
 def test_a_block_whose_closers_all_fail_is_refused_quickly():
     # what a prompt-injected model could write: an opener, then hundreds of closers that never match
     body = "(" + "a, " * 1_500 + "]" * 300
