@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow bench run clean
+.PHONY: install llamacpp test test-slow test-llamacpp bench bench-compare run clean
 
 install: $(STAMP)
 
@@ -24,6 +24,19 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_350m.py
+
+# llama-cpp-python (the `llamacpp` extra) is installed on first use: the first time pip builds
+# llama.cpp from source (~10 min on 2 cores); later installs take the wheel from pip's cache.
+llamacpp: install
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  echo "installing llama-cpp-python (first time: builds llama.cpp, ~10 min)"; \
+	  $(BIN)/pip install --quiet -e '.[llamacpp]'; }
+
+test-llamacpp: llamacpp
+	$(BIN)/python -m pytest -q -m llamacpp
+
+bench-compare: llamacpp
+	$(BIN)/python benchmarks/bench_compare.py
 
 run: install
 	$(BIN)/lfm2q run $(MODEL)

@@ -1,0 +1,282 @@
+"""Interop with llama.cpp itself, through llama-cpp-python (`make test-llamacpp`).
+
+For several seeded random LFM2 checkpoints (tests/hf_fixtures.make_checkpoint), lfm2q converts
+to F32, Q8_0 and Q4_K_M, and llama.cpp's own `llama_model_quantize` quantizes lfm2q's F32 file.
+
+  1. llama.cpp's Q8_0 / Q4_K_M files equal lfm2q's (both `quantize_gguf` from the same F32 file
+     and `convert_hf` from the checkpoint): same tensors, types, bytes, and metadata;
+  2. F32 files: both engines do plain f32 arithmetic, and their logits agree to 1e-4;
+  3. lfm2q reads llama.cpp's quantized files exactly: its logits equal transformers' on the
+     weights stored in them (1e-4);
+  4. on quantized files, llama.cpp's logits agree with lfm2q's: argmax >= 99.5% of positions
+     and max|Δ| <= 1e-2 * max|logit|, prompt and token-by-token decoding.
+
+Check 4 and llama.cpp's activation rounding. For a quantized weight, llama.cpp's CPU matmul
+first rounds the activations to 8 bits (Q8_K for K-quants, Q8_0 for Q8_0/Q5_0); lfm2q keeps them
+in f32. make_checkpoint's weights make a chaotic network (each block's output is as large as the
+residual stream, and the gated short conv is cubic in its input): there that rounding alone
+moves the logits by 3-18% of max|logit| (measured by emulating it in transformers; a 1e-7
+jitter before the rounding moves them by 4%), so no engine with f32 activations can meet
+check 4 on them. Check 4 therefore runs on "conditioned" variants: the same checkpoints with the
+residual branches' output projections (conv/attention out_proj, ffn w2) scaled by 1/16, where
+that rounding moves logits by ~0.5%. Untied random LM heads give Gaussian logits with
+near-tied maxima, where the rounding flips 1-2% of the argmaxes: check 4 uses tied configs.
+
+Logits: 256-token prompts (BOS + random ids from the tokenizer's range), llama.cpp with an
+F32 KV cache (its default F16 cache alone moves logits by ~5e-4 relative), 2 threads.
+Every test carries the `llamacpp` marker (deselected by default; see pyproject.toml).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from safetensors.numpy import load_file, save_file
+
+import lfm2q
+from hf_fixtures import hf_model, make_checkpoint, tokenizer_size
+from lfm2q.convert import convert_hf
+from lfm2q.convert.gguf_layout import plan_tensors
+from lfm2q.convert.hf import read_config
+from lfm2q.convert.requantize import quantize_gguf
+from lfm2q.gguf_reader import GGUFReader
+from lfm2q.kernels import dequantize
+
+pytestmark = pytest.mark.llamacpp
+
+N_PROMPT = 256
+N_THREADS = 2
+GGML_TYPE_F32 = 0
+LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15}  # LLAMA_FTYPE_MOSTLY_Q8_0, LLAMA_FTYPE_MOSTLY_Q4_K_M
+BRANCH_SCALE = 1 / 16  # conditioned variants: residual-branch output projections scaled by this
+
+CONFIGS = {
+    # LFM2-350M's layer pattern (16 layers, attention at 2,5,8,10,12,14) at width 256, FFN 768
+    # (intermediate 1152 auto-adjusted): every row splits into 256-blocks, so Q4_K_M really uses
+    # Q4_K and Q6_K (8 of 16 ffn_down, 2 of 6 attn_v, the tied token_embd).
+    "350m-pattern-h256": dict(hidden_size=256, intermediate_size=1152, num_hidden_layers=16,
+                              attn_layers=(2, 5, 8, 10, 12, 14), num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=1024, seed=11),
+    # width 64: no row splits into 256-blocks, so Q4_K falls back to Q5_0 and Q6_K to Q8_0.
+    "h64-fallbacks": dict(hidden_size=64, num_hidden_layers=6, attn_layers=(2, 5),
+                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512, seed=12),
+    # an untied output.weight (Q6_K under Q4_K_M, token_embd then Q4_K), no GQA, FFN 512,
+    # old-style config.json
+    "untied-h256": dict(hidden_size=256, num_hidden_layers=4, attn_layers=(1, 3),
+                        num_attention_heads=4, num_key_value_heads=4, vocab_size=768, tie=False,
+                        config_style="old", seed=13),
+}
+TIED = [name for name, c in CONFIGS.items() if c.get("tie", True)]
+
+
+# --- llama.cpp access ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:  # the marker was asked for explicitly: missing means a broken setup
+        pytest.fail("llama-cpp-python is not installed — `make test-llamacpp` installs it "
+                    "(pip install -e '.[llamacpp]')")
+    llama_cpp.llama_backend_init()
+    return llama_cpp
+
+
+def llama_quantize(llama_cpp, src, dst, mix: str):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = N_THREADS
+    params.ftype = LLAMA_FTYPE[mix]
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    assert rc == 0, f"llama_model_quantize({src} -> {mix}) returned {rc}"
+    return dst
+
+
+def llama_logits(llama_cpp, path, ids, decode_from: int | None = None) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (F32 KV cache, 2 threads). decode_from:
+    evaluate ids[:decode_from] as one batch, then the rest one token at a time."""
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_ubatch=512,
+                          n_threads=N_THREADS, n_threads_batch=N_THREADS, logits_all=True,
+                          type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False,
+                          verbose=False)
+    try:
+        if decode_from is None:
+            llm.eval(ids)
+        else:
+            llm.eval(ids[:decode_from])
+            for t in ids[decode_from:]:
+                llm.eval([t])
+        return np.array(llm.scores[:len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+# --- models and files ------------------------------------------------------------------------
+
+def condition(hf_dir, scale: float = BRANCH_SCALE):
+    """Scale the residual branches' output projections in place (see the module docstring)."""
+    path = hf_dir / "model.safetensors"
+    w = load_file(path)
+    for k in w:
+        if k.endswith(("out_proj.weight", "feed_forward.w2.weight")):
+            w[k] = (w[k] * np.float32(scale)).astype(np.float32)
+    save_file(w, path, metadata={"format": "pt"})
+    return hf_dir
+
+
+def build_files(llama_cpp, d, config: str, conditioned: bool) -> dict:
+    """{(engine, type): GGUF path}: ("lfm2q", t) from convert_hf, ("llama", mix) from
+    llama_model_quantize of lfm2q's F32 file, ("lfm2q-requant", mix) from quantize_gguf;
+    plus "hf" (the checkpoint folder) and "vocab" (ids the tokenizer covers)."""
+    hf_dir = make_checkpoint(d / "hf", **CONFIGS[config])
+    if conditioned:
+        condition(hf_dir)
+    files = {("lfm2q", t): convert_hf(hf_dir, d / f"lfm2q-{t}.gguf", t) for t in ("f32", "q8_0", "q4_k_m")}
+    for mix in LLAMA_FTYPE:
+        files["llama", mix] = llama_quantize(llama_cpp, files["lfm2q", "f32"], d / f"llama-{mix}.gguf", mix)
+        files["lfm2q-requant", mix] = quantize_gguf(files["lfm2q", "f32"], d / f"requant-{mix}.gguf", mix)
+    files["hf"] = hf_dir
+    files["vocab"] = tokenizer_size(CONFIGS[config]["vocab_size"])
+    return files
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model_files(request, tmp_path_factory, llama_cpp):
+    """make_checkpoint's weights, as they are."""
+    return build_files(llama_cpp, tmp_path_factory.mktemp(request.param), request.param, False)
+
+
+@pytest.fixture(scope="module", params=TIED)
+def conditioned_files(request, tmp_path_factory, llama_cpp):
+    """make_checkpoint's weights with the residual branches scaled by BRANCH_SCALE."""
+    return build_files(llama_cpp, tmp_path_factory.mktemp(request.param + "-cond"), request.param, True)
+
+
+def prompt(n_tokens: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [1] + rng.integers(14, n_tokens, N_PROMPT - 1).tolist()
+
+
+@functools.lru_cache(maxsize=None)
+def _lfm2q_model(path):
+    return lfm2q.load(path, n_ctx=512, n_threads=N_THREADS)
+
+
+def check_agreement(got: np.ndarray, ref: np.ndarray, rel: float = 1e-2) -> None:
+    """Assert argmax agreement >= 99.5% of positions and max|Δ| <= rel * max|logit|."""
+    assert got.shape == ref.shape and np.isfinite(got).all() and np.isfinite(ref).all()
+    argmax = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert argmax >= 0.995 and err <= rel, f"argmax agreement {argmax:.4f}, max|Δ|/max|logit| {err:.2e}"
+
+
+# --- 1. identical files ----------------------------------------------------------------------
+
+def tensor_mismatches(ours, theirs) -> list[str]:
+    a, b = GGUFReader(ours), GGUFReader(theirs)
+    problems = []
+    if set(a.tensors) != set(b.tensors):
+        problems.append(f"tensor names differ: only lfm2q {sorted(set(a.tensors) - set(b.tensors))}, "
+                        f"only llama.cpp {sorted(set(b.tensors) - set(a.tensors))}")
+    for name in sorted(set(a.tensors) & set(b.tensors)):
+        ta, tb = a.tensors[name], b.tensors[name]
+        qa, qb = GGMLQuantizationType(ta.qtype).name, GGMLQuantizationType(tb.qtype).name
+        if qa != qb or ta.shape != tb.shape:
+            problems.append(f"{name}: lfm2q {qa}{list(ta.shape)}, llama.cpp {qb}{list(tb.shape)}")
+            continue
+        da, db = a.data(name), b.data(name)
+        if da.tobytes() != db.tobytes():
+            rows = int(np.any(da != db, axis=1).sum())
+            problems.append(f"{name} ({qa}): bytes differ in {rows} of {da.shape[0]} rows")
+    return problems
+
+
+@pytest.mark.parametrize("mix", list(LLAMA_FTYPE))
+@pytest.mark.parametrize("ours", ["lfm2q-requant", "lfm2q"])
+def test_quantized_tensors_identical_to_llama_quantize(model_files, mix, ours):
+    problems = tensor_mismatches(model_files[ours, mix], model_files["llama", mix])
+    assert not problems, "\n".join(problems)
+
+
+def test_conditioned_tensors_identical_too(conditioned_files):
+    for mix in LLAMA_FTYPE:
+        problems = tensor_mismatches(conditioned_files["lfm2q", mix], conditioned_files["llama", mix])
+        assert not problems, "\n".join(problems)
+
+
+def test_q4_k_m_really_uses_k_quants(model_files):
+    types = {GGMLQuantizationType(t.qtype).name for t in GGUFReader(model_files["llama", "q4_k_m"]).tensors.values()}
+    hidden = GGUFReader(model_files["lfm2q", "f32"]).fields["lfm2.embedding_length"]
+    assert types >= ({"Q4_K", "Q6_K", "F32"} if hidden % 256 == 0 else {"Q5_0", "Q8_0", "F32"})
+
+
+def test_metadata_matches_llama_quantize(model_files):
+    """llama.cpp copies every key, sets general.file_type and adds general.quantization_version."""
+    for mix in LLAMA_FTYPE:
+        a = GGUFReader(model_files["lfm2q-requant", mix]).fields
+        b = GGUFReader(model_files["llama", mix]).fields
+        assert a["general.file_type"] == b["general.file_type"] == LLAMA_FTYPE[mix]
+        assert set(b) - set(a) <= {"general.quantization_version"}, set(b) - set(a)
+        assert set(a) <= set(b), set(a) - set(b)
+        assert {k: a[k] for k in a} == {k: b[k] for k in a}
+
+
+# --- 2. F32: the same arithmetic in both engines ---------------------------------------------
+
+def test_f32_file_same_logits(llama_cpp, model_files):
+    path = model_files["lfm2q", "f32"]
+    ids = prompt(model_files["vocab"])
+    got, ref = _lfm2q_model(path).logits(ids), llama_logits(llama_cpp, path, ids)
+    check_agreement(got, ref, rel=1e-4)  # measured: <= 6e-6
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+# --- 3. lfm2q reads llama.cpp's files exactly ------------------------------------------------
+
+def logits_on_stored_weights(hf_dir, gguf_path, ids) -> np.ndarray:
+    """transformers' float32 logits with the weights `gguf_path` stores (dequantized)."""
+    reader = GGUFReader(gguf_path)
+    state = {}
+    for plan in plan_tensors(read_config(hf_dir)):
+        t = reader.tensors[plan.gguf_name]
+        state[plan.hf_name] = torch.from_numpy(dequantize(reader.data(plan.gguf_name), t.qtype)
+                                               .reshape(plan.hf_shape).copy())
+    model = hf_model(hf_dir)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+@pytest.mark.parametrize("mix", list(LLAMA_FTYPE))
+def test_lfm2q_computes_llamacpp_files_exactly(model_files, mix):
+    path = model_files["llama", mix]
+    ids = prompt(model_files["vocab"], seed=2)
+    got = _lfm2q_model(path).logits(ids)
+    ref = logits_on_stored_weights(model_files["hf"], path, ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+# --- 4. both engines on the same quantized file ----------------------------------------------
+
+@pytest.mark.parametrize("file", [("lfm2q", "q8_0"), ("lfm2q", "q4_k_m"), ("llama", "q8_0"), ("llama", "q4_k_m")],
+                         ids=lambda f: "-".join(f))
+def test_quantized_file_same_logits(llama_cpp, conditioned_files, file):
+    path = conditioned_files[file]
+    ids = prompt(conditioned_files["vocab"])
+    check_agreement(_lfm2q_model(path).logits(ids), llama_logits(llama_cpp, path, ids))
+
+
+def test_token_by_token_decoding_agrees(llama_cpp, conditioned_files):
+    path = conditioned_files["llama", "q4_k_m"]
+    ids = prompt(conditioned_files["vocab"], seed=1)
+    start = N_PROMPT - 24
+    ref = llama_logits(llama_cpp, path, ids, decode_from=start)
+    s = _lfm2q_model(path).session()
+    got = [s.eval_all(ids[:start])] + [s.eval([t])[None] for t in ids[start:]]
+    check_agreement(np.concatenate(got), ref)
