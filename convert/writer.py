@@ -140,6 +140,9 @@ def write_atomically(writer: gguf.GGUFWriter, out: Path, names: list[str],
                 del data  # release before the next tensor is made
                 advance(name)
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; a model file is for everyone to read
         os.replace(tmp, out)
     except OSError as e:
         _discard(writer, tmp)

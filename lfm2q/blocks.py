@@ -15,7 +15,7 @@ from numba import njit, prange
 from .kernels.dispatch import matvec
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
     ss = 0.0
     for i in range(x.shape[0]):
@@ -25,13 +25,13 @@ def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
         out[i] = (x[i] * inv) * w[i]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def rmsnorm_rows(x, w, eps, out):  # x f32[n, D] -> out f32[n, D]
     for t in prange(x.shape[0]):
         rmsnorm(x[t], w, eps, out[t])
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def silu_mul(g, u):  # g, u f32[..] -> g = silu(g) * u, in place
     gf = g.reshape(-1)
     uf = u.reshape(-1)
@@ -41,7 +41,7 @@ def silu_mul(g, u):  # g, u f32[..] -> g = silu(g) * u, in place
 
 # --- short convolution --------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def shortconv_mix(bcx, conv_w, state, y):
     """The gated causal depthwise convolution over a run of positions.
 
@@ -64,7 +64,7 @@ def shortconv_mix(bcx, conv_w, state, y):
             y[t, c] = bcx[t, D + c] * acc
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o):
     """x f32[D] += out_proj(C * conv(B * x')) with x' = rmsnorm(x); bcx f32[1, 3D], y f32[1, D]."""
     rmsnorm(x, norm_w, eps, h)
@@ -76,7 +76,7 @@ def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h,
 
 # --- attention ----------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq, tmp):
     """Per-head RMSNorm then NEOX rotary embedding, in place on v f32[n_heads * hd] at `pos`.
 
@@ -96,7 +96,7 @@ def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq, tmp):
             head[i + half] = b * c + a * s
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def attend(q, kc, vc, p0, window, out):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
 
@@ -137,7 +137,7 @@ def attend(q, kc, vc, p0, window, out):
                 oh[d] += p * vc[kvh, j, d]
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
     """Norm and rotate q, k rows for positions p0.. and store k, v in the caches.
 
@@ -153,7 +153,7 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
             vc[g, pos, :] = v[t, g * HD:(g + 1) * HD]
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
                      kc, vc, pos, window, inv_freq, h, q, k, v, att, o, tmp):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
@@ -170,7 +170,7 @@ def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w,
 
 # --- feed-forward -------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o):
     """x f32[D] += ffn_down(silu(ffn_gate(x')) * ffn_up(x')), x' = rmsnorm(x); g/u f32[FF]."""
     rmsnorm(x, norm_w, eps, h)

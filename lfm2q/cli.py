@@ -212,7 +212,11 @@ def generate(
         if prompt is None:
             if sys.stdin.isatty():
                 raise Lfm2qError("no prompt: pass -p TEXT or pipe the prompt on stdin")
-            prompt = sys.stdin.read()
+            try:
+                prompt = sys.stdin.buffer.read().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise Lfm2qError(f"stdin is not UTF-8 text (invalid byte at offset {e.start}) — "
+                                 "pipe UTF-8 text or pass -p") from None
         if not prompt:
             raise Lfm2qError("the prompt is empty")
         m = load(_model_path(model), n_ctx=ctx, n_threads=threads)

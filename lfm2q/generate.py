@@ -150,10 +150,18 @@ def generate_text(session: Session, tokenizer: Tokenizer, prompt_ids: list[int],
     return result
 
 
+def _checked(logits: np.ndarray) -> np.ndarray:
+    # Damaged weights (NaN/Inf in a file) surface here as NaN logits: say so, never sample them.
+    if not np.isfinite(logits.max()):  # one pass; any NaN or +Inf makes the max non-finite
+        raise GenerationError("the model produced NaN or infinite logits — the file's weights are "
+                              "damaged (re-download or re-convert it)")
+    return logits
+
+
 def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_strings, end_ids,
           markup) -> Iterator[Step]:
     t0 = time.perf_counter()
-    logits = session.eval(prompt_ids)  # [V]
+    logits = _checked(session.eval(prompt_ids))  # [V]
     t1 = time.perf_counter()
     paused = 0.0  # time spent in the consumer between steps, kept out of decode_seconds
 
@@ -195,7 +203,7 @@ def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_str
         if session.n_past >= session.n_ctx:
             finish = "context"  # no position left to evaluate this token
             break
-        logits = session.eval([tid])
+        logits = _checked(session.eval([tid]))
 
     tail = ""
     if not string_stop and hasattr(decoder, "flush"):

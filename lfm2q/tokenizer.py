@@ -81,7 +81,11 @@ class Tokenizer:
                 raise TokenizerError(f"tokenizer.ggml.merges: entry {m!r} is not 'a b'; the file is damaged")
             pairs.append((m[:cut], m[cut + 1:]))
         # ignore_merges=False as in LFM2's tokenizer.json (llama.cpp sets it; ids differ only in rare cases).
-        hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, byte_fallback=False, ignore_merges=False))
+        try:
+            hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, byte_fallback=False, ignore_merges=False))
+        except Exception as e:  # tokenizers raises a bare Exception, e.g. a merge of unknown tokens
+            raise TokenizerError(f"tokenizer.ggml.merges do not fit tokenizer.ggml.tokens "
+                                 f"({str(e).splitlines()[0][:120]})") from None
         hf.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -126,7 +130,12 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids of `text`; special tokens written in it ("<|im_start|>") become their ids."""
-        ids = self._hf.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self._hf.encode(text, add_special_tokens=False).ids
+        except TypeError:  # tokenizers refuses str with lone surrogates (undecodable bytes)
+            bad = next((i for i, ch in enumerate(text) if 0xD800 <= ord(ch) <= 0xDFFF), -1)
+            raise TokenizerError(f"text is not UTF-8 (an undecodable character at position {bad}) "
+                                 "— give UTF-8 text") from None
         # Chat templates already write the BOS token; never start with two.
         if add_bos and self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids.insert(0, self.bos_id)

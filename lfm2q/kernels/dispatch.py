@@ -26,7 +26,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def row_dot(w, qtype, r, x):  # -> f32: row r of W (type qtype) . x
     if qtype == Q8_0:
         return dot_q8_0(w, r, x)
@@ -53,7 +53,7 @@ def row_dot(w, qtype, r, x):  # -> f32: row r of W (type qtype) . x
     return np.float32(np.nan)  # unreachable: the loader rejects other types
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
     if qtype == Q8_0:
         dequant_q8_0(w, r, out)
@@ -87,19 +87,19 @@ def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
 PARALLEL_MIN_BYTES = 256 * 1024
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def _matvec_parallel(w, qtype, x, out):
     for r in prange(w.shape[0]):
         out[r] = row_dot(w, qtype, r, x)
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def _matvec_serial(w, qtype, x, out):
     for r in range(w.shape[0]):
         out[r] = row_dot(w, qtype, r, x)
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
     if w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES:
         _matvec_serial(w, qtype, x, out)
@@ -107,13 +107,13 @@ def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f3
         _matvec_parallel(w, qtype, x, out)
 
 
-@njit(parallel=True, cache=True)
+@njit(error_model="numpy", parallel=True, cache=True)
 def dequant_rows(w, qtype, rows, out):  # rows int64[n] -> out f32[n, cols]
     for i in prange(rows.shape[0]):
         row_dequant(w, qtype, rows[i], out[i])
 
 
-@njit(nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def _dequant_range(w, qtype, r0, out):  # out f32[n, cols] = W[r0 : r0+n]; runs without the GIL
     for i in range(out.shape[0]):
         row_dequant(w, qtype, r0 + i, out[i])

@@ -8,7 +8,7 @@ from numba import njit
 from .formats import F16_TO_F32
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_f32(w, r, x):  # w uint8[rows, 4*cols], x f32[cols] -> f32
     wf = w[r].view(np.float32)
     acc = np.zeros(16, np.float32)
@@ -23,7 +23,7 @@ def dot_f32(w, r, x):  # w uint8[rows, 4*cols], x f32[cols] -> f32
     return s
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_f16(w, r, x):  # w uint8[rows, 2*cols]
     wh = w[r].view(np.uint16)
     acc = np.zeros(16, np.float32)
@@ -38,7 +38,7 @@ def dot_f16(w, r, x):  # w uint8[rows, 2*cols]
     return s
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_bf16(w, r, x):  # w uint8[rows, 2*cols]; bf16 is the top half of an fp32
     wh = w[r].view(np.uint16)
     bits = np.empty(16, np.uint32)
@@ -58,19 +58,19 @@ def dot_bf16(w, r, x):  # w uint8[rows, 2*cols]; bf16 is the top half of an fp32
     return s
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_f32(w, r, out):  # out f32[cols]
     out[:] = w[r].view(np.float32)
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_f16(w, r, out):
     wh = w[r].view(np.uint16)
     for i in range(out.shape[0]):
         out[i] = F16_TO_F32[wh[i]]
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_bf16(w, r, out):
     wh = w[r].view(np.uint16)
     bits = out.view(np.uint32)

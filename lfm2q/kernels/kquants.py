@@ -52,12 +52,12 @@ ONE, TWO, THREE, TWELVE, H48, H192 = (np.uint8(v) for v in (1, 2, 3, 12, 48, 192
 B32 = np.float32(32.0)
 
 
-@njit(inline="always")
+@njit(error_model="numpy", inline="always")
 def _f16(row, o):  # fp16 at byte o of a row -> f32
     return F16_TO_F32[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
 
 
-@njit(inline="always")
+@njit(error_model="numpy", inline="always")
 def _scale_min(row, o, j):  # ggml's get_scale_min_k4 on the 12 scale bytes at row[o:] -> (sc, m)
     if j < 4:
         return np.int32(row[o + j]) & 63, np.int32(row[o + j + 4]) & 63
@@ -68,7 +68,7 @@ def _scale_min(row, o, j):  # ggml's get_scale_min_k4 on the 12 scale bytes at r
 
 # --- Q4_K ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q4_k(w, r, x):  # w uint8[rows, cols/256*144], x f32[cols] -> f32
     row = w[r]
     acc = np.zeros(32, np.float32)
@@ -90,7 +90,7 @@ def dot_q4_k(w, r, x):  # w uint8[rows, cols/256*144], x f32[cols] -> f32
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q4_k(w, r, out):  # out f32[cols]
     row = w[r]
     for b in range(row.shape[0] // Q4_K_BYTES):
@@ -112,7 +112,7 @@ def dequant_q4_k(w, r, out):  # out f32[cols]
 
 # --- Q5_K ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q5_k(w, r, x):  # w uint8[rows, cols/256*176]
     row = w[r]
     acc = np.zeros(32, np.float32)
@@ -137,7 +137,7 @@ def dot_q5_k(w, r, x):  # w uint8[rows, cols/256*176]
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q5_k(w, r, out):
     row = w[r]
     for b in range(row.shape[0] // Q5_K_BYTES):
@@ -160,7 +160,7 @@ def dequant_q5_k(w, r, out):
 
 # --- Q6_K ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q6_k(w, r, x):  # w uint8[rows, cols/256*210]
     row = w[r]
     acc = np.zeros(32, np.float32)
@@ -192,7 +192,7 @@ def dot_q6_k(w, r, x):  # w uint8[rows, cols/256*210]
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q6_k(w, r, out):
     row = w[r]
     for b in range(row.shape[0] // Q6_K_BYTES):

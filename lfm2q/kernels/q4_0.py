@@ -26,12 +26,12 @@ M4, S4 = np.uint8(15), np.uint8(4)
 B8 = np.float32(8.0)
 
 
-@njit(inline="always")
+@njit(error_model="numpy", inline="always")
 def _f16(row, o):  # fp16 at byte o of a row -> f32
     return F16_TO_F32[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
 
 
-@njit(inline="always")
+@njit(error_model="numpy", inline="always")
 def _u32(row, o):
     return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8)
             | (np.uint32(row[o + 2]) << 16) | (np.uint32(row[o + 3]) << 24))
@@ -39,7 +39,7 @@ def _u32(row, o):
 
 # --- Q4_0 ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q4_0(w, r, x):  # w uint8[rows, cols/32*18], x f32[cols] -> f32
     row = w[r]
     acc = np.zeros(QK, np.float32)
@@ -54,7 +54,7 @@ def dot_q4_0(w, r, x):  # w uint8[rows, cols/32*18], x f32[cols] -> f32
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q4_0(w, r, out):  # out f32[cols]
     row = w[r]
     for b in range(row.shape[0] // Q4_0_BYTES):
@@ -68,7 +68,7 @@ def dequant_q4_0(w, r, out):  # out f32[cols]
 
 # --- Q4_1 ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q4_1(w, r, x):  # w uint8[rows, cols/32*20]
     row = w[r]
     acc = np.zeros(QK, np.float32)
@@ -84,7 +84,7 @@ def dot_q4_1(w, r, x):  # w uint8[rows, cols/32*20]
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q4_1(w, r, out):
     row = w[r]
     for b in range(row.shape[0] // Q4_1_BYTES):
@@ -99,7 +99,7 @@ def dequant_q4_1(w, r, out):
 
 # --- Q5_0 ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q5_0(w, r, x):  # w uint8[rows, cols/32*22]
     row = w[r]
     acc = np.zeros(QK, np.float32)
@@ -117,7 +117,7 @@ def dot_q5_0(w, r, x):  # w uint8[rows, cols/32*22]
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q5_0(w, r, out):
     row = w[r]
     for b in range(row.shape[0] // Q5_0_BYTES):
@@ -134,7 +134,7 @@ def dequant_q5_0(w, r, out):
 
 # --- Q5_1 ------------------------------------------------------------------------------------
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q5_1(w, r, x):  # w uint8[rows, cols/32*24]
     row = w[r]
     acc = np.zeros(QK, np.float32)
@@ -153,7 +153,7 @@ def dot_q5_1(w, r, x):  # w uint8[rows, cols/32*24]
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q5_1(w, r, out):
     row = w[r]
     for b in range(row.shape[0] // Q5_1_BYTES):

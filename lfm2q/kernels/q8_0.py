@@ -12,7 +12,7 @@ QK = 32
 BLOCK_BYTES = 34
 
 
-@njit(fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def dot_q8_0(w, r, x):  # w uint8[rows, cols/32*34], x f32[cols] -> f32
     # One 32-lane accumulator per row and a single horizontal sum at the end: the loop
     # body is then a straight multiply-add that LLVM vectorises.
@@ -26,7 +26,7 @@ def dot_q8_0(w, r, x):  # w uint8[rows, cols/32*34], x f32[cols] -> f32
     return acc.sum()
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def dequant_q8_0(w, r, out):  # out f32[cols]
     for b in range(w.shape[1] // BLOCK_BYTES):
         o = b * BLOCK_BYTES
