@@ -47,7 +47,7 @@ run: install
 FUZZ_CASES ?= 100000
 .PHONY: fuzz
 fuzz: install
-	$(BIN)/python tests/fuzz/fuzz_gguf.py --cases $(FUZZ_CASES) --own-numba-cache --out build/fuzz/gguf-record.json
+	$(BIN)/python tests/fuzz/fuzz_gguf.py --cases $(FUZZ_CASES) --out build/fuzz/gguf-record.json
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_toolcalls.py
 
 clean:

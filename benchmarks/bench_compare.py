@@ -16,8 +16,9 @@ medians and the ratio lfm2q / llama.cpp. llama.cpp runs with its default context
 
     .venv/bin/python benchmarks/bench_compare.py [--threads 2] [--rounds 3] [--types q4_k_m,q8_0]
 
-Time it on a quiet machine only (load average < 1): llama.cpp's worker threads spin-wait, and
-a competing process distorts both engines unevenly. Needs the `llamacpp` extra (make bench-compare).
+Time it on a quiet machine only: llama.cpp's worker threads spin-wait, and a competing process
+distorts both engines unevenly. Before each measurement the script waits until the CPUs are
+--min-idle (90%) idle, and prints how idle they were. Needs the `llamacpp` extra (make bench-compare).
 """
 from __future__ import annotations
 
@@ -127,6 +128,32 @@ def worker(engine_name: str, path: Path, threads: int) -> dict:
     return out
 
 
+def idle_fraction(seconds: float = 2.0) -> float:
+    """Share of all CPUs idle over `seconds` (from /proc/stat; 1.0 where it is unavailable)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        i0, t0 = sample()
+        time.sleep(seconds)
+        i1, t1 = sample()
+    except OSError:
+        return 1.0
+    return (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_until_quiet(min_idle: float, max_wait: float) -> float:
+    """Block until the machine is at least `min_idle` idle (or max_wait seconds pass)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        idle = idle_fraction()
+        if idle >= min_idle or time.monotonic() > deadline:
+            return idle
+        print(f"  machine busy ({100 * (1 - idle):.0f}% CPU used by others), waiting …", file=sys.stderr)
+        time.sleep(15)
+
+
 def run_worker(engine: str, path: Path, threads: int) -> dict:
     r = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), "--threads", str(threads)],
                        capture_output=True, text=True)
@@ -152,6 +179,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--types", default="q4_k_m,q8_0")
+    ap.add_argument("--min-idle", type=float, default=0.9,
+                    help="before each measurement wait until this share of the CPUs is idle")
+    ap.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for that, at most")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -177,8 +207,12 @@ def main() -> None:
     for rnd in range(args.rounds):
         for t in types:
             for engine in (ENGINES if rnd % 2 == 0 else reversed(list(ENGINES))):
-                print(f"round {rnd + 1}/{args.rounds}: {engine} {t} …", file=sys.stderr)
-                results.setdefault((engine, t), []).append(run_worker(engine, files[t], args.threads))
+                idle = wait_until_quiet(args.min_idle, args.max_wait)
+                print(f"round {rnd + 1}/{args.rounds}: {engine} {t} (idle before: {100 * idle:.0f}%) …",
+                      file=sys.stderr)
+                r = run_worker(engine, files[t], args.threads)
+                r["idle_before"] = idle
+                results.setdefault((engine, t), []).append(r)
 
     def med(engine: str, t: str, key: str) -> float:
         return statistics.median(r[key] for r in results[engine, t])
@@ -199,6 +233,8 @@ def main() -> None:
     print("\npp = prefill (prompt of N tokens in one call); tgN@P = N greedy decode steps after a "
           "P-token prompt; the @4000 prompt itself ran at (tok/s): "
           + ", ".join(f"{e} {t.upper()} {med(e, t, 'pp4000'):.0f}" for t in types for e in ENGINES))
+    idles = [r["idle_before"] for rs in results.values() for r in rs]
+    print(f"CPU idle before each measurement: {100 * min(idles):.0f}% at least, {100 * statistics.median(idles):.0f}% median")
     print("load + warm-up (s): " + ", ".join(f"{e} {t.upper()} {med(e, t, 'load_s'):.1f}"
                                              for t in types for e in ENGINES))
 

@@ -206,7 +206,7 @@ class _Limits:
         if isinstance(value, dict):
             items = [x for kv in value.items() for x in kv]
         elif isinstance(value, jinja2.utils.Namespace):
-            items = list(value._Namespace__attrs.items())
+            items = list(getattr(value, "_Namespace__attrs", {}).items())  # jinja's private store
         else:
             items = value
         total = 2

@@ -149,7 +149,11 @@ class Tokenizer:
         if cached is None:
             text, kind = self._tokens[token_id], self._types[token_id]
             if kind == NORMAL:
-                cached = bytes(self._byte_of[c] for c in text)
+                try:
+                    cached = bytes(self._byte_of[c] for c in text)
+                except KeyError:  # checked here, not at load: 65k tokens would slow every start
+                    raise TokenizerError(f"tokenizer.ggml.tokens[{token_id}] {text!r} has a character outside "
+                                         "the byte-level alphabet — the file's vocabulary is damaged") from None
             elif kind == UNUSED:
                 cached = b""
             else:  # control and user-defined tokens are stored as literal text, as llama.cpp prints them
