@@ -14,7 +14,7 @@ Python-level hang into a `hang` result at once. A case that loads is also run: l
 tokens, two generated tokens, a tokenize/detokenize round.
 
 Outcomes: ok (loaded and ran), error (an Lfm2qError with a one-line message), known (a
-non-lfm2q exception matching a known, reported bug — see KNOWN), other, bad-message (an
+non-lfm2q exception matching an open, reported bug — see KNOWN), other, bad-message (an
 Lfm2qError whose message is not one short line), hang, crash. The JSON record (`--out`) has
 the counts and one example case per distinct problem.
 """
@@ -53,16 +53,12 @@ SEED_SPECS = [
 ]
 MAX_MESSAGE = 400  # characters; an error message longer than this is not "one line" to a user
 
-# Non-lfm2q exceptions from bugs already reported (each has a strict-xfail test); counted apart
-# from unknown ones. (exception type, text in the message, text in the innermost frames)
-# Fixed since (regressions would now count as "other"): NaN/Inf weights raised ZeroDivisionError in
-# the kernels (now NaN logits, and a GenerationError when sampling); merges naming unknown tokens
-# raised a bare Exception from tokenizers (now a TokenizerError).
-KNOWN = [
-    ("KeyError", "", "tokenizer.py",
-     "a NORMAL token with a character outside the byte-level alphabet: Tokenizer.token_bytes raises KeyError "
-     "on decode; xfail test_hostile_inputs.py::test_a_token_outside_the_byte_alphabet_is_refused"),
-]
+# Non-lfm2q exceptions from bugs that are reported and still open, each with a strict-xfail test,
+# as (exception type, text in its message, text in the innermost frames, why). None are open:
+# NaN/Inf weights (ZeroDivisionError in the kernels), merges naming unknown tokens (a bare
+# Exception from tokenizers) and tokens outside the byte alphabet (KeyError on decode) were
+# fixed, so a regression there counts as "other".
+KNOWN: list[tuple[str, str, str, str]] = []
 
 
 class CaseTimeout(BaseException):
