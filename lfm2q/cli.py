@@ -213,7 +213,8 @@ def generate(
             if sys.stdin.isatty():
                 raise Lfm2qError("no prompt: pass -p TEXT or pipe the prompt on stdin")
             try:
-                prompt = sys.stdin.buffer.read().decode("utf-8")
+                raw = getattr(sys.stdin, "buffer", None)  # a text-only stdin (tests, IDEs) has none
+                prompt = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
             except UnicodeDecodeError as e:
                 raise Lfm2qError(f"stdin is not UTF-8 text (invalid byte at offset {e.start}) — "
                                  "pipe UTF-8 text or pass -p") from None
