@@ -6,7 +6,8 @@ scores every file with `lfm2q.perplexity` (llama-perplexity's method: back-to-ba
 first, second half of each window scored). transformers scores the HF checkpoint on the very
 same windows; llama.cpp scores the same GGUF files when llama-cpp-python is installed.
 
-    .venv/bin/python training/quality.py [--ckpt training/out/lfm2q-tiny] [--ctx 256]
+    .venv/bin/python training/quality.py [--ckpt training/out/lfm2q-tiny] [--ctx 256] [--llamacpp]
+    .venv/bin/python training/quality.py --only-llamacpp   # redo the llama.cpp column alone
 
 Writes training/out/quality.json and prints a markdown table for the README.
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,17 +69,108 @@ def transformers_ppl(ckpt: Path, wins) -> float:
 
 
 def llamacpp_ppl(path: Path, wins, n_ctx: int) -> float | None:
+    """PPL of the GGUF file at `path` under llama.cpp on `wins`, scored as `ppl_from_logits` does.
+
+    Low-level llama-cpp-python: one model and one context per file (n_ctx = n_batch = n_ubatch =
+    the window, one thread: it spins otherwise on a busy machine); per window the memory is
+    cleared and the whole window decoded in one batch (positions 0..n_ctx-1, sequence 0). Logits
+    are requested only for the scored positions n_ctx//2 .. n_ctx-2 — the same rows
+    `ppl_from_logits` takes, each predicting the next token of the window — and read as a numpy
+    view of llama_get_logits. None when llama-cpp-python is not installed.
+    """
     try:
-        from llama_cpp import Llama
+        import llama_cpp as lc
+        from llama_cpp._logger import set_verbose
     except ImportError:
         return None
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=1)  # spins otherwise on a busy machine
+    from lfm2q.perplexity import token_nll
+    set_verbose(False)  # importing llama_cpp routes llama.cpp's log through its logger: errors only
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    ctx = batch = None
+    try:
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = 1
+        cp.no_perf = True
+        ctx = lc.llama_init_from_model(model, cp)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a {n_ctx}-token context for {path}")
+        n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
+        mem = lc.llama_get_memory(ctx)
+        first = n_ctx // 2
+        n_out = n_ctx - 1 - first                       # scored rows: positions first .. n_ctx-2
+        batch = lc.llama_batch_init(n_ctx, 0, 1)
+        batch.n_tokens = n_ctx
+        for i in range(n_ctx):
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = first <= i < n_ctx - 1
+        tokens = np.ctypeslib.as_array(batch.token, shape=(n_ctx,))  # the batch's int32 token array
+        nll, n = 0.0, 0
+        for win in wins:
+            if win.shape[0] != n_ctx:
+                raise ValueError(f"window of {win.shape[0]} tokens, context {n_ctx}")
+            lc.llama_memory_clear(mem, True)
+            tokens[:] = win
+            rc = lc.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed ({rc}) on {path}")
+            logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(n_out, n_vocab))  # [n_out, V] view
+            x = token_nll(logits.astype(np.float64), win[first + 1:])
+            nll += float(x.sum())
+            n += x.shape[0]
+        return math.exp(nll / n)
+    finally:
+        if batch is not None:
+            lc.llama_batch_free(batch)
+        if ctx:
+            lc.llama_free(ctx)
+        lc.llama_model_free(model)
 
-    def logits(w):
-        llm.reset()
-        llm.eval(w.tolist())
-        return np.array(llm.scores[:len(w)])
-    return ppl_from_logits((logits(w), w) for w in wins)
+
+def print_table(result: dict) -> None:
+    hf = result["transformers_f32"]
+    print(f"| file | size | lfm2q PPL | llama.cpp PPL | Δ vs transformers f32 ({hf:.3f}) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in result["rows"]:
+        lc = "—" if r["llama.cpp"] is None else f"{r['llama.cpp']:.3f}"
+        print(f"| {r['type'].upper()} | {r['bytes'] / 2**20:.2f} MiB | {r['lfm2q']:.3f} ± {r['lfm2q_stderr']:.3f} "
+              f"| {lc} | {100 * (r['lfm2q'] / hf - 1):+.2f}% |")
+
+
+def rescore_llamacpp(out: Path) -> None:
+    """Re-score only the llama.cpp column of `out`/../quality.json with the files already in `out`,
+    on the windows of the saved held-out text; the lfm2q and transformers figures are kept."""
+    import lfm2q
+    qpath = out.parent / "quality.json"
+    result = json.loads(qpath.read_text())
+    n_ctx = result["ctx"]
+    files = {r["type"]: out / f"lfm2q-tiny-{r['type']}.gguf" for r in result["rows"]}
+    present = [t for t, f in files.items() if f.exists()]
+    if not present:
+        sys.exit(f"no GGUF files of {qpath} in {out}")
+    text = (out / "heldout.txt").read_bytes().decode("utf-8")  # bytes: no newline translation
+    model = lfm2q.load(files[present[0]], n_ctx=n_ctx)      # the tokenizer, as main() tokenized it
+    wins = windows(model.tokenize(text), n_ctx, model.tokenizer.bos_id)
+    if len(wins) != result["n_windows"]:
+        sys.exit(f"{out / 'heldout.txt'} gives {len(wins)} windows of {n_ctx}, {qpath} has {result['n_windows']}")
+    for r in result["rows"]:
+        if r["type"] not in present:
+            print(f"{r['type']}: {files[r['type']]} missing, llama.cpp figure kept", file=sys.stderr)
+            continue
+        t0 = time.perf_counter()
+        r["llama.cpp"] = llamacpp_ppl(files[r["type"]], wins, n_ctx)
+        if r["llama.cpp"] is None:
+            sys.exit("llama-cpp-python is not installed")
+        print(f"{r['type']}: llama.cpp {r['llama.cpp']:.4f} (lfm2q {r['lfm2q']:.4f}) "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    qpath.write_text(json.dumps(result, indent=2))
+    print_table(result)
 
 
 def main() -> None:
@@ -86,10 +179,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "training/out/data/test.jsonl")
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--llamacpp", action="store_true",
-                    help="also score each file with llama.cpp (llama-cpp-python; slow through its Python API)")
+                    help="also score each file with llama.cpp (llama-cpp-python)")
+    ap.add_argument("--only-llamacpp", action="store_true",
+                    help="re-score only the llama.cpp column for the files already in --out and merge it into "
+                         "quality.json (windows from the saved heldout.txt; lfm2q and transformers are not rerun)")
     ap.add_argument("--tokens", type=int, default=64_000, help="score the first N tokens of the held-out text")
     ap.add_argument("--out", type=Path, default=ROOT / "training/out/quality")
     args = ap.parse_args()
+    if args.only_llamacpp:
+        rescore_llamacpp(args.out)
+        return
 
     import lfm2q
     from lfm2q.convert import convert_hf
@@ -122,12 +221,7 @@ def main() -> None:
     result = {"ctx": args.ctx, "n_windows": len(wins), "transformers_f32": hf, "rows": rows}
     (args.out.parent / "quality.json").write_text(json.dumps(result, indent=2))
 
-    print(f"| file | size | lfm2q PPL | llama.cpp PPL | Δ vs transformers f32 ({hf:.3f}) |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        lc = "—" if r["llama.cpp"] is None else f"{r['llama.cpp']:.3f}"
-        print(f"| {r['type'].upper()} | {r['bytes'] / 2**20:.2f} MiB | {r['lfm2q']:.3f} ± {r['lfm2q_stderr']:.3f} "
-              f"| {lc} | {100 * (r['lfm2q'] / hf - 1):+.2f}% |")
+    print_table(result)
 
 
 if __name__ == "__main__":
