@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lfm2q.errors import ConvertError
+from lfm2q.errors import ConvertError, one_line
 
 # transformers' Lfm2Config defaults, used when an optional key is absent.
 _DEFAULTS = {
@@ -296,7 +296,7 @@ def _read_header(path: Path) -> list[TensorEntry]:
         with safe_open(str(path), framework="numpy") as f:
             meta = {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ConvertError(f"{corrupt} ({_one_line(e)}) — re-download it") from None
+        raise ConvertError(f"{corrupt} ({one_line(e)}) — re-download it") from None
 
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -323,7 +323,3 @@ def _read_header(path: Path) -> list[TensorEntry]:
             raise ConvertError(f"{corrupt} (tensor {name!r} lies outside the file) — re-download it")
         entries.append(TensorEntry(name=name, file=path, dtype=dtype, shape=shape, offset=data_start + begin))
     return entries
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

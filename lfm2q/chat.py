@@ -40,7 +40,7 @@ import jinja2.nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import GenerationError
+from .errors import GenerationError, one_line
 
 # Used when a model file has no template: the LFM2 ChatML layout (same output as the LFM2
 # template for text and tool conversations).
@@ -131,11 +131,11 @@ def _render(compiled: jinja2.Template, context: dict) -> str:
     except ChatTemplateError:
         raise
     except jinja2.TemplateError as e:  # raise_exception, undefined names, sandbox refusals
-        raise ChatTemplateError(f"chat template: {_one_line(e)}") from None
+        raise ChatTemplateError(f"chat template: {one_line(e)}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, RecursionError,
             OverflowError, MemoryError) as e:
         raise ChatTemplateError(
-            f"chat template failed on this conversation ({type(e).__name__}: {_one_line(e)})"
+            f"chat template failed on this conversation ({type(e).__name__}: {one_line(e)})"
         ) from None
     return "".join(parts)
 
@@ -439,11 +439,7 @@ def _compile(source: str) -> jinja2.Template:
     try:
         return _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat template does not compile: line {e.lineno}: {_one_line(e.message or e)}") from None
-
-
-def _one_line(e: object) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+        raise ChatTemplateError(f"chat template does not compile: line {e.lineno}: {one_line(e.message or e)}") from None
 
 
 class _GenerationTag(jinja2.ext.Extension):

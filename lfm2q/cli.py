@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import Lfm2qError
+from .errors import Lfm2qError, read_json
 
 app = typer.Typer(
     add_completion=False,
@@ -78,12 +78,7 @@ def _model_path(model: Optional[Path]) -> Path:
 def _read_tools(path: Optional[Path]) -> Optional[list]:
     if path is None:
         return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise Lfm2qError(f"{path}: cannot read the tools file ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Lfm2qError(f"{path}: the tools file is not valid JSON ({e})") from None
+    data = read_json(path, unreadable="cannot read the tools file", invalid="the tools file is not valid JSON")
     if isinstance(data, dict):
         data = data.get("tools", [data])
     if not isinstance(data, list) or not data or not all(isinstance(t, (dict, str)) for t in data):

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from .cache import Snapshot
 from .chat import render_chat
-from .errors import GenerationError, Lfm2qError
+from .errors import GenerationError, Lfm2qError, read_json
 from .generate import GenerationResult, Step, generate_stream
 from .sampling import SamplingParams
 from .toolcalls import ToolCall, parse_tool_calls
@@ -459,12 +459,7 @@ class Conversation:
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the transcript and settings with a saved chat's. The cache is reused where it matches."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ChatFileError(f"{path}: cannot read ({e.strerror})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ChatFileError(f"{path}: not a saved chat (invalid JSON: {e})") from None
+        data = read_json(path, ChatFileError, invalid="not a saved chat, invalid JSON")
         if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
             raise ChatFileError(f"{path}: not a saved lfm2q chat (no \"format\": \"{FILE_FORMAT}\")")
         if data.get("version") != FILE_VERSION:

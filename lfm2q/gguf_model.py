@@ -264,4 +264,4 @@ class GGUFFile:
         return {t.name: type_name(t.qtype) for t in self._tensors.values()}
 
     def tokenizer_fields(self) -> dict:
-        return {k: v for k, v in self.fields.items() if k.startswith("tokenizer.")}
+        return self.reader.tokenizer_fields()

@@ -222,6 +222,11 @@ class GGUFReader:
         offset = self._u64(f"tensor {shown} offset")
         return name, tuple(reversed(ne)), qtype, offset
 
+    def tokenizer_fields(self) -> dict:
+        """The `tokenizer.*` fields, as `Tokenizer.from_gguf_fields` takes them. Here on the reader (not only
+        on GGUFFile) so vocab-only files, which GGUFFile rejects as models, can be read too."""
+        return {k: v for k, v in self.fields.items() if k.startswith("tokenizer.")}
+
     def data(self, name: str) -> np.ndarray:
         """The tensor's bytes as uint8[rows, row_bytes] (1-D tensors: [1, bytes]); no copy."""
         t = self.tensors[name]

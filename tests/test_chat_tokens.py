@@ -18,8 +18,7 @@ LFM2_DIR = Path(__file__).parent / "data" / "lfm2-tokenizer"
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory) -> Tokenizer:
     path = vocab_gguf(tmp_path_factory.mktemp("vocab") / "vocab.gguf", LFM2_DIR, 65536)
-    fields = {k: v for k, v in GGUFReader(path).fields.items() if k.startswith("tokenizer.")}
-    return Tokenizer.from_gguf_fields(fields)
+    return Tokenizer.from_gguf_fields(GGUFReader(path).tokenizer_fields())
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,7 @@ SAMPLES = {
 def tok(tmp_path_factory) -> Tokenizer:
     path = vocab_gguf(tmp_path_factory.mktemp("tok") / "vocab.gguf", LFM2_DIR, 65536)
     from lfm2q.gguf_reader import GGUFReader as OurReader  # gguf-py's takes seconds on 65k tokens
-    return Tokenizer.from_gguf_fields({k: v for k, v in OurReader(path).fields.items()
-                                       if k.startswith("tokenizer.")})
+    return Tokenizer.from_gguf_fields(OurReader(path).tokenizer_fields())
 
 
 @pytest.mark.slow  # gguf-py's reader takes ~30 s on a 65k vocabulary; tests/test_gguf_reader.py does a small one
@@ -52,7 +51,7 @@ def test_fields_from_our_reader_equal_gguf_py(tok, tmp_path):
     # lfm2q's own header reader must hand the tokenizer exactly what gguf-py reads.
     from lfm2q.gguf_reader import GGUFReader as OurReader
     path = vocab_gguf(tmp_path / "vocab.gguf", LFM2_DIR, 65536)
-    ours = {k: v for k, v in OurReader(path).fields.items() if k.startswith("tokenizer.")}
+    ours = OurReader(path).tokenizer_fields()
     theirs = read_tokenizer_fields(gguf.GGUFReader(path))
     assert ours.keys() == theirs.keys()
     for k in ours:
