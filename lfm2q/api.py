@@ -14,9 +14,17 @@ from .tokenizer import Tokenizer
 
 
 class Model:
-    """An LFM2 model whose weights stay in the memory-mapped GGUF file."""
+    """An LFM2 model whose weights stay in the memory-mapped GGUF file.
 
-    def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None):
+    exact: by default each matrix's input is rounded as llama.cpp rounds it for the weight's
+    type (8-bit blocks for quantized weights, fp16 for F16), so lfm2q and llama.cpp compute
+    the same logits on the same file and decode multiplies integers. exact=True keeps the
+    activations in f32: the logits of the stored weights as transformers would compute them,
+    at some speed cost on quantized files.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
+                 exact: bool = False):
         _check_int("n_ctx", n_ctx, 1)
         set_threads(n_threads)
         self.file = GGUFFile(path)
@@ -26,7 +34,8 @@ class Model:
             raise Lfm2qError(f"n_ctx {n_ctx} is larger than the {self.config.n_ctx_train} tokens "
                              f"{self.path.name} was trained for — use at most that")
         self.n_ctx = n_ctx
-        self.weights = Weights(self.file)
+        self.exact = bool(exact)
+        self.weights = Weights(self.file, exact=self.exact)
         try:
             self.tokenizer = Tokenizer.from_gguf_fields(self.file.tokenizer_fields())
         except Lfm2qError as e:
@@ -110,9 +119,10 @@ def _text_pieces(steps) -> Iterator[str]:
             yield text
 
 
-def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None) -> Model:
-    """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM."""
-    return Model(path, n_ctx=n_ctx, n_threads=n_threads)
+def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
+         exact: bool = False) -> Model:
+    """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM (see Model)."""
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact)
 
 
 def set_threads(n_threads: int | None) -> None:

@@ -15,14 +15,18 @@ from numba import njit, prange
 from .kernels.dispatch import matvec
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", cache=True)
 def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
+    # ggml's rms_norm operation by operation (f32 squares summed in f64, f32 mean and sqrt,
+    # then x * scale and * w as two roundings): its output feeds llama.cpp's 8-bit rounding of
+    # the next matmul's input, where one ulp of difference can flip a quant.
     ss = 0.0
     for i in range(x.shape[0]):
-        ss += np.float64(x[i]) * x[i]
-    inv = np.float32(1.0 / math.sqrt(ss / x.shape[0] + eps))
+        ss += np.float64(x[i] * x[i])
+    mean = np.float32(ss / x.shape[0])
+    inv = np.float32(1.0) / np.float32(math.sqrt(mean + np.float32(eps)))
     for i in range(x.shape[0]):
-        out[i] = (x[i] * inv) * w[i]
+        out[i] = np.float32(x[i] * inv) * w[i]
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)

@@ -62,6 +62,11 @@ class Weight:
     rows: int
     cols: int
     raw: np.ndarray  # uint8[rows, row_bytes], a view of the memory map
+    kernel: int = -1  # the code matvec/matmul take: qtype, + kernels.EXACT for f32 activations
+
+    def __post_init__(self):
+        if self.kernel < 0:
+            object.__setattr__(self, "kernel", self.qtype)
 
 
 class GGUFFile:

@@ -8,7 +8,7 @@ fused kernels, one numba call per block.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from . import blocks
 from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
-from .kernels import dequant_rows, matmul, matvec
+from .kernels import EXACT, dequant_rows, matmul, matvec
 from .kernels.dispatch import single_threaded_blas
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
@@ -44,40 +44,50 @@ class Layer:
 
 
 class Weights:
-    """Every tensor the forward pass reads, as views of the file."""
+    """Every tensor the forward pass reads, as views of the file.
 
-    def __init__(self, f: GGUFFile):
+    exact=False (the default) rounds each matrix's input the way llama.cpp does for its type
+    (kernels/actquant.py); exact=True multiplies f32 activations, as transformers would.
+    """
+
+    def __init__(self, f: GGUFFile, exact: bool = False):
         c = f.config
-        self.token_embd = f.weight("token_embd.weight")                 # [V, D]
+        self.exact = exact
+        weight = (lambda name: _exact(f.weight(name))) if exact else f.weight
+        self.token_embd = weight("token_embd.weight")                   # [V, D]
         self.output_norm = f.vector(f.final_norm_name)                  # f32[D]
-        self.output = self.token_embd if c.tied_embeddings else f.weight("output.weight")
+        self.output = self.token_embd if c.tied_embeddings else weight("output.weight")
         self.layers: list[Layer] = []
         for il in range(c.n_layer):
             p = f"blk.{il}."
             common = dict(attn_norm=f.vector(p + "attn_norm.weight"),
                           ffn_norm=f.vector(p + "ffn_norm.weight"),
-                          ffn_gate=f.weight(p + "ffn_gate.weight"),
-                          ffn_up=f.weight(p + "ffn_up.weight"),
-                          ffn_down=f.weight(p + "ffn_down.weight"))
+                          ffn_gate=weight(p + "ffn_gate.weight"),
+                          ffn_up=weight(p + "ffn_up.weight"),
+                          ffn_down=weight(p + "ffn_down.weight"))
             if c.is_attention(il):
                 layer = Layer(**common,
-                              attn_q=f.weight(p + "attn_q.weight"),
-                              attn_k=f.weight(p + "attn_k.weight"),
-                              attn_v=f.weight(p + "attn_v.weight"),
-                              attn_output=f.weight(p + "attn_output.weight"),
+                              attn_q=weight(p + "attn_q.weight"),
+                              attn_k=weight(p + "attn_k.weight"),
+                              attn_v=weight(p + "attn_v.weight"),
+                              attn_output=weight(p + "attn_output.weight"),
                               attn_q_norm=f.vector(p + "attn_q_norm.weight"),
                               attn_k_norm=f.vector(p + "attn_k_norm.weight"))
             else:
                 layer = Layer(**common,
-                              in_proj=f.weight(p + "shortconv.in_proj.weight"),
+                              in_proj=weight(p + "shortconv.in_proj.weight"),
                               conv=np.ascontiguousarray(f.vector(p + "shortconv.conv.weight")),
-                              out_proj=f.weight(p + "shortconv.out_proj.weight"))
+                              out_proj=weight(p + "shortconv.out_proj.weight"))
             self.layers.append(layer)
+
+
+def _exact(w: Weight) -> Weight:
+    return replace(w, kernel=w.qtype | EXACT)
 
 
 def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]
     out = np.empty((x.shape[0], w.rows), np.float32)
-    matmul(w.raw, w.qtype, x, out)
+    matmul(w.raw, w.kernel, x, out)
     return out
 
 
@@ -120,23 +130,23 @@ class Forward:
         dequant_rows(w.token_embd.raw, w.token_embd.qtype, self.id_buf, x.reshape(1, -1))
         for il, L in enumerate(w.layers):
             if L.in_proj is not None:
-                blocks.shortconv_decode(x, L.attn_norm, eps, L.in_proj.raw, L.in_proj.qtype, L.conv,
-                                        s.conv[il], L.out_proj.raw, L.out_proj.qtype,
+                blocks.shortconv_decode(x, L.attn_norm, eps, L.in_proj.raw, L.in_proj.kernel, L.conv,
+                                        s.conv[il], L.out_proj.raw, L.out_proj.kernel,
                                         self.h, self.bcx, self.y, self.o)
             else:
                 kvh = c.n_head_kv[il] * c.head_dim
-                blocks.attention_decode(x, L.attn_norm, eps, L.attn_q.raw, L.attn_q.qtype,
-                                        L.attn_k.raw, L.attn_k.qtype, L.attn_v.raw, L.attn_v.qtype,
-                                        L.attn_output.raw, L.attn_output.qtype, L.attn_q_norm,
+                blocks.attention_decode(x, L.attn_norm, eps, L.attn_q.raw, L.attn_q.kernel,
+                                        L.attn_k.raw, L.attn_k.kernel, L.attn_v.raw, L.attn_v.kernel,
+                                        L.attn_output.raw, L.attn_output.kernel, L.attn_q_norm,
                                         L.attn_k_norm, c.n_head, s.k[il], s.v[il], pos,
                                         c.sliding_window, self.inv_freq, self.h, self.q,
                                         self.k[:, :kvh], self.v[:, :kvh], self.att, self.o, self.tmp)
-            blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.qtype, L.ffn_up.raw,
-                              L.ffn_up.qtype, L.ffn_down.raw, L.ffn_down.qtype, self.h, self.g,
+            blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
+                              L.ffn_up.kernel, L.ffn_down.raw, L.ffn_down.kernel, self.h, self.g,
                               self.u, self.o)
         s.n_past = pos + 1
         blocks.rmsnorm(x, w.output_norm, eps, self.h)
-        matvec(w.output.raw, w.output.qtype, self.h, self.logits)
+        matvec(w.output.raw, w.output.kernel, self.h, self.logits)
         return self.logits
 
     # --- prefill: a chunk of positions --------------------------------------------------
@@ -175,7 +185,7 @@ class Forward:
             blocks.rmsnorm_rows(x, w.output_norm, eps, h)
             return _mm(w.output, h)                                   # [n, V]
         blocks.rmsnorm(x[-1], w.output_norm, eps, self.h)
-        matvec(w.output.raw, w.output.qtype, self.h, self.logits)
+        matvec(w.output.raw, w.output.kernel, self.h, self.logits)
         return self.logits
 
 

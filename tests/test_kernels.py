@@ -7,7 +7,8 @@ import gguf
 import numpy as np
 import pytest
 
-from lfm2q.kernels import BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
+from lfm2q.kernels.actquant import act_of, round_activations_np
+from lfm2q.kernels import EXACT, BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
 from lfm2q.kernels.formats import Q4_0, Q4_1, Q5_0, Q5_1
 from lfm2q.kernels import dispatch as matmul_module
 
@@ -15,6 +16,11 @@ TYPES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0",
          Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1"}  # K-quants: tests/test_kquants.py
 SHAPES = [(1, 32), (3, 64), (67, 96), (257, 160), (1000, 1024)]
 
+
+
+def as_multiplied(x, qtype, exact):
+    """x as the kernels multiply it: f32 in exact mode, else rounded as llama.cpp rounds it."""
+    return x if exact else round_activations_np(x, act_of(qtype))
 
 def random_weight(qtype, rows, cols, seed):
     """Raw GGUF bytes of a random matrix, quantized by gguf-py (an independent writer)."""
@@ -34,25 +40,29 @@ def test_numpy_dequantizer_equals_gguf_py(qtype, rows, cols):
 
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
 @pytest.mark.parametrize("rows,cols", SHAPES)
-def test_matvec_equals_dequantize_then_dot(qtype, rows, cols):
+@pytest.mark.parametrize("exact", [False, True], ids=["llama-rounding", "exact"])
+def test_matvec_equals_dequantize_then_dot(qtype, rows, cols, exact):
+    # Default: x rounded as llama.cpp rounds it for this type (the NumPy oracle of that
+    # rounding), then the product; exact: f32 x.
     raw = random_weight(qtype, rows, cols, seed=cols)
     x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
-    ref = dequantize(raw, qtype).astype(np.float64) @ x.astype(np.float64)
+    ref = dequantize(raw, qtype).astype(np.float64) @ as_multiplied(x, qtype, exact).astype(np.float64)
     out = np.full(rows, np.nan, np.float32)
-    matvec(raw, qtype, x, out)
+    matvec(raw, qtype | (EXACT if exact else 0), x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
 @pytest.mark.parametrize("n", [1, 5, 33])
-def test_matmul_equals_dequantize_then_matmul(qtype, n, monkeypatch):
+@pytest.mark.parametrize("exact", [False, True], ids=["llama-rounding", "exact"])
+def test_matmul_equals_dequantize_then_matmul(qtype, n, exact, monkeypatch):
     rows, cols = 301, 96
     monkeypatch.setattr(matmul_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles and workers
     raw = random_weight(qtype, rows, cols, seed=n)
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
-    ref = x.astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
+    ref = as_multiplied(x, qtype, exact).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
     out = np.full((n, rows), np.nan, np.float32)
-    matmul(raw, qtype, x, out)
+    matmul(raw, qtype | (EXACT if exact else 0), x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 

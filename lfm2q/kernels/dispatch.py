@@ -1,7 +1,11 @@
 """Matrix kernels over raw GGUF weights of any supported type.
 
+Every kernel takes a *kernel code*: the weight's ggml type, plus EXACT to keep the activations
+in f32. Without EXACT the activations are first rounded the way llama.cpp rounds them for that
+weight type (kernels/actquant.py), so both engines compute the same products.
+
 - `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
-  never expanded to floats.
+  never expanded to floats. K-quant and Q8_0 rows multiply integers (kernels/intdot.py).
 - `matmul`: prefill. Dequantizes an L2-sized tile of rows at a time and multiplies it with
   every prompt position at once through BLAS. Threads are ours, not BLAS's: each of
   n_threads workers owns a share of the rows and runs single-threaded BLAS on its tiles.
@@ -17,7 +21,10 @@ from numba import njit, prange
 
 from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
                      dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
+from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
+                       round_activation_rows, round_activations)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from .intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
                       dequantize_q5_k_np, dequantize_q6_k_np, dot_q4_k, dot_q5_k, dot_q6_k)
 from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequantize_q4_0_np,
@@ -87,6 +94,23 @@ def row_dequant(w, qtype, r, out):  # out f32[cols] = row r of W
 PARALLEL_MIN_BYTES = 256 * 1024
 
 
+EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
+
+
+@njit(inline="always")
+def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
+    return ACT_F32 if code & EXACT else act_of(code & 255)
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
+    if qtype == Q4_K:
+        return idot_q4_k(w, r, xq, xd, bsum)
+    if qtype == Q6_K:
+        return idot_q6_k(w, r, xq, xd, bsum)
+    return idot_q5_k(w, r, xq, xd, bsum)
+
+
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def _matvec_parallel(w, qtype, x, out):
     for r in prange(w.shape[0]):
@@ -99,12 +123,65 @@ def _matvec_serial(w, qtype, x, out):
         out[r] = row_dot(w, qtype, r, x)
 
 
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+def _imatvec_k_parallel(w, qtype, xq, xd, bsum, out):
+    for r in prange(w.shape[0]):
+        out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
-def matvec(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
-    if w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES:
-        _matvec_serial(w, qtype, x, out)
-    else:
-        _matvec_parallel(w, qtype, x, out)
+def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
+    for r in range(w.shape[0]):
+        out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
+
+
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+def _imatvec_q8_0_parallel(w, xq, xd, out):
+    for r in prange(w.shape[0]):
+        out[r] = idot_q8_0(w, r, xq, xd)
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def _imatvec_q8_0_serial(w, xq, xd, out):
+    for r in range(w.shape[0]):
+        out[r] = idot_q8_0(w, r, xq, xd)
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+    qtype = code & 255
+    act = activation_rounding(code)
+    serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
+    n = x.shape[0]
+    if act == ACT_Q8_K:
+        xq = np.empty(n, np.int8)
+        xd = np.empty(n // QK_K, np.float32)
+        bsum = np.empty(n // 32, np.int32)
+        quantize_q8_k(x, xq, xd, bsum)
+        if serial:
+            _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
+        else:
+            _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)
+    elif act == ACT_Q8_0 and qtype == Q8_0:
+        xq = np.empty(n, np.int8)
+        xd = np.empty(n // QK8_0, np.float32)
+        quantize_q8_0(x, xq, xd)
+        if serial:
+            _imatvec_q8_0_serial(w, xq, xd, out)
+        else:
+            _imatvec_q8_0_parallel(w, xq, xd, out)
+    elif act == ACT_F32:
+        if serial:
+            _matvec_serial(w, qtype, x, out)
+        else:
+            _matvec_parallel(w, qtype, x, out)
+    else:  # the float form of the rounding, then the f32 kernel
+        xr = np.empty(n, np.float32)
+        round_activations(x, act, xr)
+        if serial:
+            _matvec_serial(w, qtype, xr, out)
+        else:
+            _matvec_parallel(w, qtype, xr, out)
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
@@ -135,12 +212,18 @@ def _matmul_rows(w, qtype, x, out, start, stop, tile):
 _pool: ThreadPoolExecutor | None = None
 
 
-def matmul(w: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
+def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     """out[n, rows] = x[n, cols] @ W.T over numba.get_num_threads() workers.
 
-    Call it with BLAS limited to one thread (see `single_threaded_blas`).
+    The activations are rounded first (the float form), so prefill computes what decode's
+    integer kernels compute. Call it with BLAS limited to one thread (`single_threaded_blas`).
     """
     global _pool
+    qtype, act = code & 255, activation_rounding(code)
+    if act != ACT_F32:
+        xr = np.empty_like(x)
+        round_activation_rows(x, act, xr)
+        x = xr
     rows, cols = out.shape[1], x.shape[1]
     tile = max(16, min(rows, TILE_BYTES // (4 * cols)))
     n_tiles = -(-rows // tile)
