@@ -10,23 +10,90 @@ Dimension legend: see `Lfm2Config` (D, H, KVH, HD, FF, L); n = positions in a ch
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .kernels.dispatch import matvec
 
+# --- llama.cpp's float arithmetic -------------------------------------------------------------
+# llama.cpp rounds each matrix's input to 8 bits (kernels/actquant.py), so an input one ulp
+# off can flip a quant and the conv/attention state carries that on. The element-wise ops
+# below therefore follow ggml's CPU code (x86 AVX2+FMA build) operation by operation, fused
+# multiply-adds included, where that costs little. They set fastmath=False explicitly: numba
+# lets a callee without its own fastmath setting inherit the caller's, and the first compiled
+# (and cached) version of a signature is then shared by every caller.
 
-@njit(error_model="numpy", cache=True)
+F32 = np.float32
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):  # f32 a*b + c rounded once (llvm.fma, vfmadd on x86)
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f], ir.FunctionType(f, [f, f, f]))
+        return builder.call(fn, args)
+    return sig, codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, a):  # f32 -> its bits as u32
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, a):  # u32 bits -> f32
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+# ggml_v_expf's constants (a minimax exp after ARM's optimized-routines: 2^n * (1 + poly(b)))
+_SHIFT = F32(float.fromhex("0x1.8p23"))
+_LOG2E = F32(float.fromhex("0x1.715476p+0"))
+_LN2_HI = F32(float.fromhex("0x1.62e4p-1"))
+_LN2_LO = F32(float.fromhex("0x1.7f7d1cp-20"))
+_C1 = F32(float.fromhex("0x1.ffffecp-1"))
+_C2 = F32(float.fromhex("0x1.fffdb6p-2"))
+_C3 = F32(float.fromhex("0x1.555e66p-3"))
+_C4 = F32(float.fromhex("0x1.573e2ep-5"))
+_C5 = F32(float.fromhex("0x1.0e4020p-7"))
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def ggml_expf(x):  # f32 -> f32: one lane of ggml_v_expf (AVX2), ~1.5 ulp, bit for bit
+    z = fma32(x, _LOG2E, _SHIFT)          # n + shift: the shift rounds x*log2(e) to an integer
+    n = z - _SHIFT
+    b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))   # x - n*ln2 in two parts
+    e = _f32_bits(z) << np.uint32(23)     # 2^n as exponent bits
+    k = _bits_f32(e + np.uint32(0x3F800000))
+    u = b * b
+    j = fma32(fma32(fma32(_C5, b, _C4), u, fma32(_C3, b, _C2)), u, _C1 * b)
+    # |n| > 126: 2^n split in two factors so neither over/underflows on its own; > 192:
+    # the result is 0 or inf.
+    an = abs(n)
+    g = np.uint32(0x82000000) if n <= F32(0.0) else np.uint32(0)
+    s1 = _bits_f32(g + np.uint32(0x7F000000))
+    s2 = _bits_f32(e - g)
+    big = s1 * s1 if an > F32(192.0) else fma32(s2, j, s2) * s1
+    return big if an > F32(126.0) else fma32(j, k, k)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
 def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
-    # ggml's rms_norm operation by operation (f32 squares summed in f64, f32 mean and sqrt,
-    # then x * scale and * w as two roundings): its output feeds llama.cpp's 8-bit rounding of
-    # the next matmul's input, where one ulp of difference can flip a quant.
+    # ggml's rms_norm then mul (f32 squares summed in f64, f32 mean, scale = 1/sqrtf(mean +
+    # eps) in f32, then x * scale and * w as two roundings).
     ss = 0.0
     for i in range(x.shape[0]):
         ss += np.float64(x[i] * x[i])
-    mean = np.float32(ss / x.shape[0])
-    inv = np.float32(1.0) / np.float32(math.sqrt(mean + np.float32(eps)))
+    mean = F32(ss / x.shape[0])
+    inv = F32(1.0) / F32(math.sqrt(np.float64(mean + F32(eps))))
     for i in range(x.shape[0]):
-        out[i] = np.float32(x[i] * inv) * w[i]
+        out[i] = F32(x[i] * inv) * w[i]
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -35,32 +102,37 @@ def rmsnorm_rows(x, w, eps, out):  # x f32[n, D] -> out f32[n, D]
         rmsnorm(x[t], w, eps, out[t])
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=False, cache=True)
 def silu_mul(g, u):  # g, u f32[..] -> g = silu(g) * u, in place
+    # ggml_vec_swiglu_f32: (x / (1 + ggml_v_expf(0 - x))) * u. (Its scalar tail, for rows not
+    # a multiple of 8 long, uses libm's expf; LFM2's n_ff is a multiple of 8.)
     gf = g.reshape(-1)
     uf = u.reshape(-1)
     for i in range(gf.shape[0]):
-        gf[i] = gf[i] / (np.float32(1.0) + np.exp(-gf[i])) * uf[i]
+        x = gf[i]
+        gf[i] = (x / (F32(1.0) + ggml_expf(F32(0.0) - x))) * uf[i]
 
 
 # --- short convolution --------------------------------------------------------------------
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=False, cache=True)
 def shortconv_mix(bcx, conv_w, state, y):
     """The gated causal depthwise convolution over a run of positions.
 
     bcx f32[n, 3D] = in_proj output (B | C | x), conv_w f32[D, L], state f32[L-1, D] (the
     last L-1 values of B*x before this run; updated), y f32[n, D] = C * conv(B * x).
-    conv_w[:, L-1] weighs the current position, conv_w[:, 0] the oldest.
+    conv_w[:, L-1] weighs the current position, conv_w[:, 0] the oldest. As ggml_ssm_conv:
+    an f32 sum from the oldest tap on, each step a fused multiply-add.
     """
     n = bcx.shape[0]
     D, L = conv_w.shape
     for t in range(n):
         for c in range(D):
             bx = bcx[t, c] * bcx[t, 2 * D + c]
-            acc = conv_w[c, L - 1] * bx
+            acc = F32(0.0)
             for k in range(L - 1):
-                acc += conv_w[c, k] * state[k, c]
+                acc = fma32(state[k, c], conv_w[c, k], acc)
+            acc = fma32(bx, conv_w[c, L - 1], acc)
             for k in range(L - 2):
                 state[k, c] = state[k + 1, c]
             if L > 1:
