@@ -96,9 +96,11 @@ def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
         out[i] = F32(x[i] * inv) * w[i]
 
 
-@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, cache=True)
 def rmsnorm_rows(x, w, eps, out):  # x f32[n, D] -> out f32[n, D]
-    for t in prange(x.shape[0]):
+    # Serial: cheap, and a parallel region's OpenMP threads keep spinning into the BLAS
+    # matmul that follows in prefill, where they compete with our own workers.
+    for t in range(x.shape[0]):
         rmsnorm(x[t], w, eps, out[t])
 
 

@@ -83,3 +83,25 @@ def test_each_weight_type_gets_llama_cpps_vec_dot_type():
     assert all(act_of(t) == ACT_Q8_K for t in (Q4_K, Q5_K, Q6_K))
     assert all(act_of(t) == ACT_Q8_0 for t in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1))
     assert all(act_of(t) == ACT_F32 for t in (F32, F16, BF16))
+
+
+def test_nan_activation_reaches_the_output_through_every_matvec_path():
+    # The integer paths quantize x inside matvec, which is compiled with fastmath: the NaN
+    # check must survive there too (a fresh process compiles matvec before anything else).
+    import subprocess
+    import sys
+    code = """
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from lfm2q.convert.quantize import quantize
+from lfm2q.kernels import matvec
+x = np.ones(512, np.float32); x[5] = np.nan
+for t in (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_0):
+    w = quantize(np.ones((4, 512), np.float32), t).view(np.uint8).reshape(4, -1)
+    out = np.zeros(4, np.float32)
+    matvec(w, int(t), x, out)
+    assert np.isnan(out).all(), (t, out)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.stdout.strip() == "ok", r.stderr[-2000:]
