@@ -135,12 +135,13 @@ def llamacpp_ppl(path: Path, wins, n_ctx: int) -> float | None:
 
 def print_table(result: dict) -> None:
     hf = result["transformers_f32"]
-    print(f"| file | size | lfm2q PPL | llama.cpp PPL | Δ vs transformers f32 ({hf:.3f}) |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| file | size | lfm2q PPL | llama.cpp PPL | lfm2q `exact=True` | Δ lfm2q vs transformers f32 ({hf:.3f}) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
         lc = "—" if r["llama.cpp"] is None else f"{r['llama.cpp']:.3f}"
+        ex = f"{r['lfm2q_exact']:.3f}" if r.get("lfm2q_exact") is not None else "—"
         print(f"| {r['type'].upper()} | {r['bytes'] / 2**20:.2f} MiB | {r['lfm2q']:.3f} ± {r['lfm2q_stderr']:.3f} "
-              f"| {lc} | {100 * (r['lfm2q'] / hf - 1):+.2f}% |")
+              f"| {lc} | {ex} | {100 * (r['lfm2q'] / hf - 1):+.2f}% |")
 
 
 def rescore_llamacpp(out: Path) -> None:
@@ -214,7 +215,10 @@ def main() -> None:
             print(f"held-out text: {len(text):,} chars, {len(ids):,} tokens, {len(wins)} windows of {args.ctx}",
                   file=sys.stderr)
         r = perplexity(model, text, n_ctx=args.ctx)
+        # exact=True: f32 activations; the default rounds them to 8 bits as llama.cpp does
+        r_exact = perplexity(lfm2q.load(path, n_ctx=args.ctx, exact=True), text, n_ctx=args.ctx)
         rows.append({"type": t, "bytes": path.stat().st_size, "lfm2q": r.ppl, "lfm2q_stderr": r.ppl_stderr,
+                     "lfm2q_exact": r_exact.ppl,
                      "llama.cpp": llamacpp_ppl(path, wins, args.ctx) if args.llamacpp else None})
         print(f"{t}: {r.ppl:.4f}", file=sys.stderr)
     hf = transformers_ppl(args.ckpt, wins)
