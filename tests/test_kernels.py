@@ -7,20 +7,15 @@ import gguf
 import numpy as np
 import pytest
 
-from lfm2q.kernels.actquant import act_of, round_activations_np
 from lfm2q.kernels import EXACT, BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
 from lfm2q.kernels.formats import Q4_0, Q4_1, Q5_0, Q5_1
+from lfm2q.kernels.dispatch import activations_np
 from lfm2q.kernels import dispatch as matmul_module
 
 TYPES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0",
          Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1"}  # K-quants: tests/test_kquants.py
 SHAPES = [(1, 32), (3, 64), (67, 96), (257, 160), (1000, 1024)]
 
-
-
-def as_multiplied(x, qtype, exact):
-    """x as the kernels multiply it: f32 in exact mode, else rounded as llama.cpp rounds it."""
-    return x if exact else round_activations_np(x, act_of(qtype))
 
 def random_weight(qtype, rows, cols, seed):
     """Raw GGUF bytes of a random matrix, quantized by gguf-py (an independent writer)."""
@@ -46,9 +41,10 @@ def test_matvec_equals_dequantize_then_dot(qtype, rows, cols, exact):
     # rounding), then the product; exact: f32 x.
     raw = random_weight(qtype, rows, cols, seed=cols)
     x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
-    ref = dequantize(raw, qtype).astype(np.float64) @ as_multiplied(x, qtype, exact).astype(np.float64)
+    code = qtype | (EXACT if exact else 0)
+    ref = dequantize(raw, qtype).astype(np.float64) @ activations_np(x, code).astype(np.float64)
     out = np.full(rows, np.nan, np.float32)
-    matvec(raw, qtype | (EXACT if exact else 0), x, out)
+    matvec(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
@@ -60,9 +56,10 @@ def test_matmul_equals_dequantize_then_matmul(qtype, n, exact, monkeypatch):
     monkeypatch.setattr(matmul_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles and workers
     raw = random_weight(qtype, rows, cols, seed=n)
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
-    ref = as_multiplied(x, qtype, exact).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
+    code = qtype | (EXACT if exact else 0)
+    ref = activations_np(x, code).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
     out = np.full((n, rows), np.nan, np.float32)
-    matmul(raw, qtype | (EXACT if exact else 0), x, out)
+    matmul(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 

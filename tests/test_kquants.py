@@ -21,8 +21,8 @@ from numba import njit
 from lfm2q.convert.kquants import (fp32_to_fp16, quantize_q4_0, quantize_q4_k, quantize_q5_0, quantize_q5_1,
                                    quantize_q5_k, quantize_q6_k)
 from lfm2q.errors import ConvertError
-from lfm2q.kernels.actquant import act_of, round_activations_np
 from lfm2q.kernels import EXACT, dequant_rows, dequantize, matmul, matvec
+from lfm2q.kernels.dispatch import activations_np
 from lfm2q.kernels import dispatch as dispatch_module
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_size
 
@@ -30,11 +30,6 @@ KTYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
 FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}  # byte offsets of fp16 scales in a block
 SHAPES = [(1, 256), (3, 512), (67, 768), (257, 1280), (300, 2048)]
 
-
-
-def as_multiplied(x, qtype, exact):
-    """x as the kernels multiply it: f32 in exact mode, else rounded as llama.cpp rounds it."""
-    return x if exact else round_activations_np(x, act_of(qtype))
 
 def random_blocks(qtype, rows, cols, seed):
     """uint8[rows, row_bytes]: random quants and packed scales, small random fp16 super-scales."""
@@ -66,9 +61,10 @@ def test_matvec_equals_dequantize_then_dot(qtype, rows, cols, exact):
     # rounding), then the product; exact: f32 x.
     raw = random_blocks(qtype, rows, cols, seed=cols)
     x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
-    ref = dequantize(raw, qtype).astype(np.float64) @ as_multiplied(x, qtype, exact).astype(np.float64)
+    code = qtype | (EXACT if exact else 0)
+    ref = dequantize(raw, qtype).astype(np.float64) @ activations_np(x, code).astype(np.float64)
     out = np.full(rows, np.nan, np.float32)
-    matvec(raw, qtype | (EXACT if exact else 0), x, out)
+    matvec(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
@@ -80,9 +76,10 @@ def test_matmul_equals_dequantize_then_matmul(qtype, n, exact, monkeypatch):
     monkeypatch.setattr(dispatch_module, "TILE_BYTES", 64 * cols * 4)  # force several tiles
     raw = random_blocks(qtype, rows, cols, seed=n)
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
-    ref = as_multiplied(x, qtype, exact).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
+    code = qtype | (EXACT if exact else 0)
+    ref = activations_np(x, code).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
     out = np.full((n, rows), np.nan, np.float32)
-    matmul(raw, qtype | (EXACT if exact else 0), x, out)
+    matmul(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 

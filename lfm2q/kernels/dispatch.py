@@ -22,7 +22,7 @@ from numba import njit, prange
 from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
                      dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
 from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
-                       round_activation_rows, round_activations)
+                       round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 from .intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
@@ -260,3 +260,9 @@ def dequantize(w: np.ndarray, qtype: int) -> np.ndarray:
         return _NUMPY_DEQUANT[qtype](w)
     except KeyError:
         raise ValueError(f"no NumPy dequantizer for {type_name(qtype)}") from None
+
+
+def activations_np(x: np.ndarray, code: int) -> np.ndarray:
+    """NumPy oracle: x as the kernels given `code` multiply it (f32 with EXACT, else rounded
+    as llama.cpp rounds it for the weight type). For tests and tools."""
+    return x if code & EXACT else round_activations_np(x, act_of(code & 255))
