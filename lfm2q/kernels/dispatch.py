@@ -5,7 +5,8 @@ in f32. Without EXACT the activations are first rounded the way llama.cpp rounds
 weight type (kernels/actquant.py), so both engines compute the same products.
 
 - `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
-  never expanded to floats. K-quant and Q8_0 rows multiply integers (kernels/intdot.py).
+  never expanded to floats. K-quant and Q8_0 rows multiply integers (kernels/intdot.py;
+  kernels/avx2.py on x86 CPUs with AVX2).
 - `matmul`: prefill. Dequantizes an L2-sized tile of rows at a time and multiplies it with
   every prompt position at once through BLAS. Threads are ours, not BLAS's: each of
   n_threads workers owns a share of the rows and runs single-threaded BLAS on its tiles.
@@ -24,6 +25,7 @@ from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
 from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
                        round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
+from . import avx2
 from .intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
                       dequantize_q5_k_np, dequantize_q6_k_np, dot_q4_k, dot_q5_k, dot_q6_k)
@@ -102,13 +104,32 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
     return ACT_F32 if code & EXACT else act_of(code & 255)
 
 
+# The integer row kernels: AVX2 instructions where the CPU has them (kernels/avx2.py), else the
+# portable loops of intdot.py (ARM, older x86). A global read at compile time; numba's cache
+# is keyed by CPU, so a cached choice never reaches another machine.
+USE_AVX2 = avx2.HAVE_AVX2
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
+    if USE_AVX2:
+        if qtype == Q4_K:
+            return avx2.q4_k_row(w[r], xq, xd, bsum)
+        if qtype == Q6_K:
+            return avx2.q6_k_row(w[r], xq, xd)
+        return avx2.q5_k_row(w[r], xq, xd, bsum)
     if qtype == Q4_K:
         return idot_q4_k(w, r, xq, xd, bsum)
     if qtype == Q6_K:
         return idot_q6_k(w, r, xq, xd, bsum)
     return idot_q5_k(w, r, xq, xd, bsum)
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def row_idot_q8_0(w, r, xq, xd):  # Q8_0 row . x in Q8_0
+    if USE_AVX2:
+        return avx2.q8_0_row(w[r], xq, xd)
+    return idot_q8_0(w, r, xq, xd)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -138,13 +159,13 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def _imatvec_q8_0_parallel(w, xq, xd, out):
     for r in prange(w.shape[0]):
-        out[r] = idot_q8_0(w, r, xq, xd)
+        out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def _imatvec_q8_0_serial(w, xq, xd, out):
     for r in range(w.shape[0]):
-        out[r] = idot_q8_0(w, r, xq, xd)
+        out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)

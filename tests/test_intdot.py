@@ -1,0 +1,146 @@
+"""The integer row kernels, portable (kernels/intdot.py) and AVX2 (kernels/avx2.py), against the
+NumPy oracle "dequantized weights . x rounded as llama.cpp rounds it", on random blocks and on
+blocks at the edges of the 8- and 16-bit ranges the SIMD steps rely on (all-ones quants, the
+largest scales, activations at +-127)."""
+import numpy as np
+import pytest
+from numba import njit
+
+from lfm2q.kernels import avx2, dispatch, intdot
+from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
+from lfm2q.kernels.dispatch import activations_np, dequantize
+from lfm2q.kernels.formats import Q4_K, Q5_K, Q6_K, Q8_0, block_size
+
+TYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
+FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}
+
+
+@njit(error_model="numpy", fastmath=True)
+def _portable(w, qtype, xq, xd, bsum, out):
+    for r in range(w.shape[0]):
+        if qtype == Q4_K:
+            out[r] = intdot.idot_q4_k(w, r, xq, xd, bsum)
+        elif qtype == Q5_K:
+            out[r] = intdot.idot_q5_k(w, r, xq, xd, bsum)
+        elif qtype == Q6_K:
+            out[r] = intdot.idot_q6_k(w, r, xq, xd, bsum)
+        else:
+            out[r] = intdot.idot_q8_0(w, r, xq, xd)
+
+
+@njit(error_model="numpy", fastmath=True)
+def _avx2(w, qtype, xq, xd, bsum, out):
+    for r in range(w.shape[0]):
+        if qtype == Q4_K:
+            out[r] = avx2.q4_k_row(w[r], xq, xd, bsum)
+        elif qtype == Q5_K:
+            out[r] = avx2.q5_k_row(w[r], xq, xd, bsum)
+        elif qtype == Q6_K:
+            out[r] = avx2.q6_k_row(w[r], xq, xd)
+        else:
+            out[r] = avx2.q8_0_row(w[r], xq, xd)
+
+
+IMPLS = {"portable": _portable, "avx2": _avx2}
+
+
+def run(impl, w, qtype, x):
+    n = x.shape[0]
+    xq = np.empty(n, np.int8)
+    bsum = np.empty(n // 32, np.int32)
+    if qtype == Q8_0:
+        xd = np.empty(n // 32, np.float32)
+        quantize_q8_0(x, xq, xd)
+    else:
+        xd = np.empty(n // 256, np.float32)
+        quantize_q8_k(x, xq, xd, bsum)
+    out = np.full(w.shape[0], np.nan, np.float32)
+    IMPLS[impl](w, qtype, xq, xd, bsum, out)
+    return out
+
+
+def weights(qtype, rows, cols, seed, fill=None):
+    """uint8[rows, row_bytes]: random bytes (or every byte = fill) with sane fp16 scales."""
+    rng = np.random.default_rng(seed)
+    per, nbytes = block_size(qtype)
+    raw = (rng.integers(0, 256, (rows, cols // per * nbytes), dtype=np.uint8) if fill is None
+           else np.full((rows, cols // per * nbytes), fill, np.uint8))
+    blocks = raw.reshape(rows, -1, nbytes)
+    for o in FP16_FIELDS[qtype]:
+        scale = rng.uniform(0.001, 0.02, blocks.shape[:2]).astype(np.float16)
+        blocks[:, :, o:o + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    if qtype == Q8_0 and fill is None:  # ggml writes quants in -127..127, never -128
+        q = blocks[:, :, 2:].view(np.int8)
+        q[q == -128] = -127
+    return raw
+
+
+def oracle(w, qtype, x):  # -> (products summed in float64, the sum of their magnitudes)
+    wf = dequantize(w, qtype).astype(np.float64)
+    xr = activations_np(x, qtype).astype(np.float64)
+    return wf @ xr, np.abs(wf) @ np.abs(xr)
+
+
+def edge_vectors(n):
+    ones = np.ones(n, np.float32)
+    flipped = ones.copy()
+    flipped[0] = -1.0                   # Q8_K maps the extreme (first largest) to -127: others +127
+    rng = np.random.default_rng(n)
+    return {"random": rng.standard_normal(n).astype(np.float32), "ones": ones, "flipped": flipped,
+            "-ones": -ones}
+
+
+def edge_weights(qtype, rows, cols):
+    out = {"random": weights(qtype, rows, cols, seed=cols), "all-0xff": weights(qtype, rows, cols, 1, 0xFF),
+           "all-0x00": weights(qtype, rows, cols, 2, 0x00)}
+    if qtype == Q6_K:  # int8 scales at -128 with the largest and the smallest quants
+        for name, w in list(out.items()):
+            big = w.copy()
+            big.reshape(rows, -1, 210)[:, :, 192:208] = 0x80
+            out[name + ",scales=-128"] = big
+    if qtype == Q8_0:  # quants at +-127
+        w = weights(qtype, rows, cols, 3)
+        q = w.reshape(rows, -1, 34)[:, :, 2:].view(np.int8)
+        q[:] = np.where(np.arange(32) % 2, 127, -127)
+        out["+-127"] = w
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_row_kernels_equal_the_oracle(impl, qtype):
+    if impl == "avx2" and not avx2.HAVE_AVX2:
+        pytest.skip("this CPU has no AVX2: the portable kernels are the ones in use")
+    rows, cols = 37, 1024
+    for wname, w in edge_weights(qtype, rows, cols).items():
+        for xname, x in edge_vectors(cols).items():
+            got = run(impl, w, qtype, x)
+            ref, scale = oracle(w, qtype, x)
+            err = np.abs(got - ref) / np.maximum(scale, 1e-30)
+            assert err.max() <= 1e-6, (wname, xname, err.max())
+
+
+@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_avx2_and_portable_kernels_agree(qtype):
+    for cols in (256, 768, 4608):
+        w = weights(qtype, 65, cols, seed=cols)
+        x = np.random.default_rng(cols).standard_normal(cols).astype(np.float32)
+        a, b = run("avx2", w, qtype, x), run("portable", w, qtype, x)
+        _, scale = oracle(w, qtype, x)
+        assert (np.abs(a - b) / scale).max() <= 1e-6
+
+
+def test_nan_activations_reach_the_output():
+    for qtype in TYPES:
+        w = weights(qtype, 3, 512, seed=1)
+        x = np.ones(512, np.float32)
+        x[300] = np.nan
+        for impl in IMPLS:
+            if impl == "avx2" and not avx2.HAVE_AVX2:
+                continue
+            assert np.isnan(run(impl, w, qtype, x)).all(), (TYPES[qtype], impl)
+
+
+def test_matvec_uses_the_avx2_kernels_where_the_cpu_has_them():
+    assert dispatch.USE_AVX2 == avx2.HAVE_AVX2
