@@ -62,6 +62,9 @@ class TensorInfo:
     nbytes: int
 
 
+_U64 = struct.Struct("<Q")
+
+
 class GGUFReader:
     """Metadata as `fields` (key -> Python value) and tensors as zero-copy uint8 views."""
 
@@ -146,18 +149,21 @@ class GGUFReader:
         return values
 
     def _string_array(self, count: int, what: str) -> list[str]:
-        # The vocabulary: tens of thousands of short strings. One tight loop over the bytes.
-        buf, pos, end = self._buf, self._pos, self.size
+        # The vocabulary: tens of thousands of short strings, on the path to the first token.
+        # One tight loop; slicing the mmap itself (bytes) decodes faster than memoryview slices.
+        data, pos, end = self._map, self._pos, self.size
         out = []
         append = out.append
-        from_bytes = int.from_bytes
+        length = _U64.unpack_from
         try:
             for _ in range(count):
-                n = from_bytes(buf[pos:pos + 8], "little")
+                if pos + 8 > end:
+                    raise self._fail(f"{what} item runs past the end of the file")
+                (n,) = length(data, pos)
                 pos += 8
                 if pos + n > end:
                     raise self._fail(f"{what} item runs past the end of the file")
-                append(str(buf[pos:pos + n], "utf-8"))
+                append(data[pos:pos + n].decode())
                 pos += n
         except UnicodeDecodeError:
             raise self._fail(f"{what} has an item that is not valid UTF-8") from None

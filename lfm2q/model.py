@@ -21,9 +21,11 @@ from .kernels.dispatch import single_threaded_blas
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens run token by token through decode's integer kernels: prefill
-# dequantizes every weight tile once per call (~330 ms fixed on the 350M Q4_K_M file, 2 threads),
-# which a decode step (~40 ms) beats below ~8 tokens. Both paths compute the same products.
-SHORT_PROMPT = 6
+# dequantizes every weight tile once per call (~200 ms fixed on the 350M Q4_K_M file, 2 threads,
+# then ~19 ms a token), which decode (~28 ms a token with the AVX2 kernels) beats below ~24
+# tokens (measured: 16 tokens 437 against 585 ms, 32 tokens 874 against 810). A chat's first
+# short turn then never loads the prefill kernels. Both paths compute the same products.
+SHORT_PROMPT = 20
 
 
 @dataclass(frozen=True)

@@ -39,17 +39,17 @@ def test_integer_forms_are_the_float_form():
         quantize_q8_0(x, xq, xd)
         assert np.abs(xq.astype(int)).max() <= 127
         np.testing.assert_array_equal(np.repeat(xd, 32) * xq, round_activations_np(x, ACT_Q8_0))
-        xq, xd, bsum = np.empty(1024, np.int8), np.empty(4, np.float32), np.empty(32, np.int32)
+        xq, xd, bsum = np.empty(1024, np.int8), np.empty(4, np.float32), np.empty(64, np.int16)
         quantize_q8_k(x, xq, xd, bsum)
         assert np.abs(xq.astype(int)).max() <= 127
         np.testing.assert_array_equal(np.repeat(xd, 256) * xq, round_activations_np(x, ACT_Q8_K))
-        np.testing.assert_array_equal(bsum, xq.astype(np.int32).reshape(-1, 32).sum(1))
+        np.testing.assert_array_equal(bsum, xq.astype(np.int32).reshape(-1, 16).sum(1))
 
 
 def test_q8_k_follows_the_signed_extreme_and_q8_0_rounds_half_to_even():
     x = np.zeros(256, np.float32)
     x[:3] = [-2.0, 1.0, 0.5]                     # extreme is negative: iscale = -127 / -2
-    xq, xd, bsum = np.empty(256, np.int8), np.empty(1, np.float32), np.empty(8, np.int32)
+    xq, xd, bsum = np.empty(256, np.int8), np.empty(1, np.float32), np.empty(16, np.int16)
     quantize_q8_k(x, xq, xd, bsum)
     assert xq[:3].tolist() == [-127, 64, 32]     # 63.5 and 31.75: half to even, then nearest
     assert xd[0] == np.float32(1) / np.float32(63.5)

@@ -36,7 +36,7 @@ def _avx2(w, qtype, xq, xd, bsum, out):
         elif qtype == Q5_K:
             out[r] = avx2.q5_k_row(w[r], xq, xd, bsum)
         elif qtype == Q6_K:
-            out[r] = avx2.q6_k_row(w[r], xq, xd)
+            out[r] = avx2.q6_k_row(w[r], xq, xd, bsum)
         else:
             out[r] = avx2.q8_0_row(w[r], xq, xd)
 
@@ -47,7 +47,7 @@ IMPLS = {"portable": _portable, "avx2": _avx2}
 def run(impl, w, qtype, x):
     n = x.shape[0]
     xq = np.empty(n, np.int8)
-    bsum = np.empty(n // 32, np.int32)
+    bsum = np.empty(n // 16, np.int16)
     if qtype == Q8_0:
         xd = np.empty(n // 32, np.float32)
         quantize_q8_0(x, xq, xd)

@@ -124,12 +124,16 @@ def test_quantized_file_equals_transformers_on_its_weights(checkpoint, tmp_path,
 
 def test_session_in_pieces_equals_whole_sequence(tmp_path):
     hf_dir = make_checkpoint(tmp_path / "hf", num_hidden_layers=6, attn_layers=(1, 4), seed=5)
-    model = lfm2q.load(convert_hf(hf_dir, tmp_path / "m.gguf", "q8_0"), n_ctx=128)
+    # exact=True: f32 activations. With llama.cpp's 8-bit activation rounding, decode (integer
+    # kernels) and prefill (BLAS) sum in different orders, and on this untrained net a one-ulp
+    # difference that flips one quant grows to ~1% of the logits; the bookkeeping under test
+    # (KV cache and conv state across mixed pieces) is the same in both modes.
+    model = lfm2q.load(convert_hf(hf_dir, tmp_path / "m.gguf", "q8_0"), n_ctx=128, exact=True)
     ids = prompt(model.config.n_vocab, seed=2)
     whole = model.logits(ids)
     session = model.session()
     fed = 0
-    for piece in (1, 7, 33, 1, 1, 20, 18):  # decode steps and prefill chunks, mixed
+    for piece in (1, 7, 33, 1, 1, 21, 17):  # decode steps and prefill chunks (> SHORT_PROMPT), mixed
         last = session.eval(ids[fed:fed + piece])
         fed += piece
         assert session.n_past == fed

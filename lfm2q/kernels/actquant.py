@@ -13,7 +13,7 @@ logits on F16 files (its matmul takes another path there), and only costs precis
 with f32 activations, as transformers would.
 
 Two forms of the same rounding:
-  - integer form for decode: int8 quants, per-block scales, per-32 sums (Q8_K's bsums);
+  - integer form for decode: int8 quants, per-block scales, per-16 sums (Q8_K's bsums);
   - rounded-float form ("fake quantization") for prefill and the types without an integer
     kernel: x~ = d * q in f32, multiplied with dequantized weights through BLAS. Both give
     the same products up to float summation order.
@@ -68,7 +68,7 @@ def quantize_q8_0(x, xq, xd):  # x f32[cols] -> xq int8[cols], xd f32[cols/32] (
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
-def quantize_q8_k(x, xq, xd, bsum):  # -> xq int8[cols], xd f32[cols/256], bsum int32[cols/32]
+def quantize_q8_k(x, xq, xd, bsum):  # -> xq int8[cols], xd f32[cols/256], bsum int16[cols/16]
     for b in range(x.shape[0] // QK_K):
         o = b * QK_K
         amax = np.float32(0.0)
@@ -83,17 +83,17 @@ def quantize_q8_k(x, xq, xd, bsum):  # -> xq int8[cols], xd f32[cols/256], bsum 
                 mx = v
         if amax == 0 or not finite:
             xq[o:o + QK_K] = 0
-            bsum[b * 8:b * 8 + 8] = 0
+            bsum[b * 16:b * 16 + 16] = 0
             xd[b] = np.float32(0.0) if finite else np.float32(np.nan)
             continue
         iscale = np.float32(-127.0) / mx
         for j in range(QK_K):
             xq[o + j] = np.int8(min(127, nearest_int(iscale * x[o + j])))
-        for s in range(8):
+        for s in range(16):  # |sum| <= 16 * 127: fits int16, as ggml's block_q8_K.bsums
             t = 0
-            for j in range(32):
-                t += np.int32(xq[o + 32 * s + j])
-            bsum[b * 8 + s] = t
+            for j in range(16):
+                t += np.int32(xq[o + 16 * s + j])
+            bsum[b * 16 + s] = t
         xd[b] = np.float32(1.0) / iscale
 
 
@@ -109,7 +109,7 @@ def round_activations(x, act, out):  # out f32[cols] = x as the weight multiplie
     elif act == ACT_Q8_K:
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK_K, np.float32)
-        bsum = np.empty(n // 32, np.int32)
+        bsum = np.empty(n // 16, np.int16)
         quantize_q8_k(x, xq, xd, bsum)
         for i in range(n):
             out[i] = xd[i // QK_K] * np.float32(xq[i])

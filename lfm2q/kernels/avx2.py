@@ -14,7 +14,8 @@ llama.cpp's ggml_vec_dot_<type>_q8_<K|0> (AVX2) uses. The portable kernels stay 
 (ARM, old x86) and the reference these are tested against, bit for bit in the integers.
 
 Range checks that make the 16-bit steps exact (vpmaddubsw saturates; none of these reach it):
-Q4_K q*x pairs <= 2*15*127, Q5_K 2*31*127, Q6_K q in 0..63: 2*63*127 minus 2*32*127;
+Q4_K q*x pairs <= 2*15*127, Q5_K 2*31*127, Q6_K (q in 0..63, the 32 taken off through x's
+per-16 sums afterwards) 2*63*127;
 Q8_0 |w|, |x| <= 127 (ggml rounds to +-127), so |w|*|x| pairs <= 2*127*127 < 32768.
 """
 import llvmlite.binding as llvm
@@ -119,7 +120,7 @@ def _offset(v, k):
     return ir.Constant(v.type, k)
 
 
-# --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int32[cols/32]) -------------
+# --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------
 
 def _kquant_row(ir_, nb, super_block):
     """Sum over super-blocks of d * isum (8 lanes) and dmin * msum (8 lanes), each fused into
@@ -185,7 +186,9 @@ def _q4_q5_k_row(context, builder, sig, args, block_bytes, qs_at, high_bits):
             x_hi = ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 32)), V32I8)
             isum = b.add(isum, ir_.maddwd(ir_.maddubs(lo, x_lo), ir_.lanes(sc16, [2 * c] * 16)))
             isum = b.add(isum, ir_.maddwd(ir_.maddubs(hi, x_hi), ir_.lanes(sc16, [2 * c + 1] * 16)))
-        msum = b.mul(b.zext(mins, V8I32), ir_.load(sp, b.mul(k, ir.Constant(I64, 8)), V8I32))
+        # min of sub-block j times the sum of x's quants over it (two 16-sums): one vpmaddwd
+        mins16 = ir_.lanes(b.zext(mins, ir.VectorType(I16, 8)), [j // 2 for j in range(16)])
+        msum = ir_.maddwd(mins16, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
         dx = b.load(b.gep(dp, [k]))
         d = b.fmul(dx, ir_.f16(w, o))
         dmin = b.fmul(b.fneg(dx), ir_.f16(w, b.add(o, _offset(o, 2))))
@@ -211,17 +214,18 @@ def q5_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*176] . x in Q8
 
 
 @intrinsic
-def q6_k_row(typingctx, row, xq, xd):  # row uint8[cols/256*210] . x in Q8_K -> f32
+def q6_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*210] . x in Q8_K -> f32
     def codegen(context, builder, sig, args):
-        row_, xq_, xd_ = args
+        row_, xq_, xd_, bsum_ = args
         ir_ = _IR(builder)
         b = builder
         w = _data(context, b, sig.args[0], row_)
         xp = _data(context, b, sig.args[1], xq_)
         dp = _data(context, b, sig.args[2], xd_)
+        sp = _data(context, b, sig.args[3], bsum_)
         nb = b.udiv(cgutils.unpack_tuple(b, context.make_array(sig.args[0])(context, b, row_).shape)[0],
                     ir.Constant(I64, Q6_K_BYTES))
-        m4, k3, k32 = ir_.const(V32I8, 15), ir_.const(V32I8, 3), ir_.const(V32I8, 32)
+        m4, k3 = ir_.const(V32I8, 15), ir_.const(V32I8, 3)
 
         def shr(v, n):
             return b.lshr(v, ir_.const(V32I8, n))
@@ -239,17 +243,19 @@ def q6_k_row(typingctx, row, xq, xd):  # row uint8[cols/256*210] . x in Q8_K -> 
                             b.or_(b.and_(ql1, m4), b.shl(b.and_(shr(qh, 2), k3), ir_.const(V32I8, 4))),
                             b.or_(shr(ql0, 4), b.shl(b.and_(shr(qh, 4), k3), ir_.const(V32I8, 4))),
                             b.or_(shr(ql1, 4), b.shl(shr(qh, 6), ir_.const(V32I8, 4))))
-                for j, q in enumerate(quarters):  # q in 0..63; (q - 32) . x = q . x - 32 . x
+                for j, q in enumerate(quarters):  # q in 0..63, stored with +32
                     x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j)), V32I8)
-                    p = b.sub(ir_.maddubs(q, x), ir_.maddubs(k32, x))
                     s = 8 * h + 2 * j  # elements 0-15 of the quarter use scale s, 16-31 s + 1
-                    isum = b.add(isum, ir_.maddwd(p, ir_.lanes(scales, [s] * 8 + [s + 1] * 8)))
+                    isum = b.add(isum, ir_.maddwd(ir_.maddubs(q, x), ir_.lanes(scales, [s] * 8 + [s + 1] * 8)))
+            # (q - 32) . x = q . x - 32 * sum over each 16-group of scale * (sum of x's quants)
+            offset = ir_.maddwd(scales, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
+            isum = b.sub(isum, b.shl(offset, ir_.const(V8I32, 5)))
             d = b.fmul(b.load(b.gep(dp, [k])), ir_.f16(w, b.add(o, _offset(o, 208))))
             return d, isum, None, None
 
         return _kquant_row(ir_, nb, super_block)
-    if _contiguous(row, xq, xd):
-        return types.float32(row, xq, xd), codegen
+    if _contiguous(row, xq, xd, bsum):
+        return types.float32(row, xq, xd, bsum), codegen
 
 
 # --- Q8_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) ----------------------------------------

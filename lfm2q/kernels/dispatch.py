@@ -116,7 +116,7 @@ def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
         if qtype == Q4_K:
             return avx2.q4_k_row(w[r], xq, xd, bsum)
         if qtype == Q6_K:
-            return avx2.q6_k_row(w[r], xq, xd)
+            return avx2.q6_k_row(w[r], xq, xd, bsum)
         return avx2.q5_k_row(w[r], xq, xd, bsum)
     if qtype == Q4_K:
         return idot_q4_k(w, r, xq, xd, bsum)
@@ -177,7 +177,7 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
     if act == ACT_Q8_K:
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK_K, np.float32)
-        bsum = np.empty(n // 32, np.int32)
+        bsum = np.empty(n // 16, np.int16)
         quantize_q8_k(x, xq, xd, bsum)
         if serial:
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)

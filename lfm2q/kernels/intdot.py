@@ -30,6 +30,11 @@ I32 = np.int32
 M4, S4 = np.uint8(15), np.uint8(4)
 
 
+@njit(error_model="numpy", inline="always")
+def _bsum32(bsum, b, j):  # sum of x's quants over sub-block j (32 elements) of super-block b
+    return np.int32(bsum[b * 16 + 2 * j]) + np.int32(bsum[b * 16 + 2 * j + 1])
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def idot_q4_k(w, r, xq, xd, bsum):  # w uint8[rows, cols/256*144]; x as Q8_K -> f32
     row = w[r]
@@ -50,7 +55,7 @@ def idot_q4_k(w, r, xq, xd, bsum):  # w uint8[rows, cols/256*144]; x as Q8_K -> 
                 s1 = I32(s1 + I32(I32(v & M4) * I32(xq[xo + l])))
                 s2 = I32(s2 + I32(I32(v >> S4) * I32(xq[xo + 32 + l])))
             isum += sc1 * s1 + sc2 * s2
-            msum += m1 * bsum[b * 8 + 2 * c] + m2 * bsum[b * 8 + 2 * c + 1]
+            msum += m1 * _bsum32(bsum, b, 2 * c) + m2 * _bsum32(bsum, b, 2 * c + 1)
         acc += xd[b] * (_f16(row, o) * np.float32(isum) - _f16(row, o + 2) * np.float32(msum))
     return acc
 
@@ -79,7 +84,7 @@ def idot_q5_k(w, r, xq, xd, bsum):  # w uint8[rows, cols/256*176]; x as Q8_K
                 s1 = I32(s1 + I32(lo * I32(xq[xo + l])))
                 s2 = I32(s2 + I32(hi * I32(xq[xo + 32 + l])))
             isum += sc1 * s1 + sc2 * s2
-            msum += m1 * bsum[b * 8 + 2 * c] + m2 * bsum[b * 8 + 2 * c + 1]
+            msum += m1 * _bsum32(bsum, b, 2 * c) + m2 * _bsum32(bsum, b, 2 * c + 1)
         acc += xd[b] * (_f16(row, o) * np.float32(isum) - _f16(row, o + 2) * np.float32(msum))
     return acc
 
