@@ -28,7 +28,7 @@ def _portable(w, qtype, xq, xd, bsum, out):
             out[r] = intdot.idot_q8_0(w, r, xq, xd)
 
 
-@njit(error_model="numpy", fastmath=True)
+@njit(error_model="numpy", fastmath=False)  # as dispatch calls them: see avx2.py
 def _avx2(w, qtype, xq, xd, bsum, out):
     for r in range(w.shape[0]):
         if qtype == Q4_K:
@@ -144,3 +144,17 @@ def test_nan_activations_reach_the_output():
 
 def test_matvec_uses_the_avx2_kernels_where_the_cpu_has_them():
     assert dispatch.USE_AVX2 == avx2.HAVE_AVX2
+
+
+@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: prefill multiplies through BLAS")
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
+    # TOKENS positions per call, blocks of TOKEN_BLOCK, a tail of single positions: every
+    # position's products are summed exactly as the decode kernel sums them.
+    cols = 768
+    w = weights(qtype, 29, cols, seed=2)
+    for n in (1, dispatch.TOKENS + 1, dispatch.TOKEN_BLOCK + 3):
+        x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+        out = np.full((n, 29), np.nan, np.float32)
+        dispatch.matmul(w, qtype, x, out)
+        np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]))

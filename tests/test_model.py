@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lfm2q
+from lfm2q.kernels import dispatch
 from hf_fixtures import hf_model, make_checkpoint
 from lfm2q.convert import convert_hf
 from lfm2q.convert.gguf_layout import plan_tensors
@@ -140,6 +141,21 @@ def test_session_in_pieces_equals_whole_sequence(tmp_path):
         np.testing.assert_allclose(last, whole[fed - 1], rtol=0,
                                    atol=1e-5 * np.abs(whole[fed - 1]).max())
     assert fed == N_PROMPT
+
+
+@pytest.mark.skipif(not dispatch.USE_AVX2, reason="without AVX2, prefill multiplies through BLAS")
+@pytest.mark.parametrize("out_type", ["q8_0", "q4_k_m"])
+def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
+    # With the AVX2 integer kernels both paths sum every product in the same order, so a
+    # prompt gives the same logits whether it is prefilled or decoded token by token.
+    hf_dir = make_checkpoint(tmp_path / "hf", hidden_size=256, num_hidden_layers=4,
+                             attn_layers=(1,), seed=3)
+    model = lfm2q.load(convert_hf(hf_dir, tmp_path / "m.gguf", out_type), n_ctx=128)
+    ids = prompt(model.config.n_vocab, seed=4)[:70]  # > TOKEN_BLOCK, not a multiple of TOKENS
+    whole = model.logits(ids)
+    session = model.session()
+    one_by_one = np.stack([session.eval([t]).copy() for t in ids])
+    np.testing.assert_array_equal(whole, one_by_one)
 
 
 def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf):

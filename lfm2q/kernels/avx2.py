@@ -13,6 +13,11 @@ lanes per row, one fused multiply-add per block, one horizontal sum at the end, 
 llama.cpp's ggml_vec_dot_<type>_q8_<K|0> (AVX2) uses. The portable kernels stay the fallback
 (ARM, old x86) and the reference these are tested against, bit for bit in the integers.
 
+Call the kernels only from functions compiled without fastmath. An intrinsic's instructions
+land in the body of the function that calls it, and numba's fastmath pass flags every float
+instruction there: LLVM may then reorder the accumulation differently at each call site, and
+decode and prefill no longer give the same bits (seen: 1-ulp differences on Q4_K rows).
+
 Range checks that make the 16-bit steps exact (vpmaddubsw saturates; none of these reach it):
 Q4_K q*x pairs <= 2*15*127, Q5_K 2*31*127, Q6_K (q in 0..63, the 32 taken off through x's
 per-16 sums afterwards) 2*63*127;
@@ -108,34 +113,81 @@ class _IR:
         return [self.b.load(s) for s in slots]
 
 
-def _contiguous(*arrays):  # the kernels index raw pointers: rows and vectors must be C arrays
-    return all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+def _arrays(ndim, *arrays):  # the kernels index raw pointers: C-contiguous arrays only
+    return all(isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" for a in arrays)
 
 
 def _data(context, builder, arrty, arr):
     return context.make_array(arrty)(context, builder, arr).data
 
 
+def _row_ptr(context, builder, arrty, arr, index):  # &arr[index, 0] of a C-contiguous 2D array
+    a = context.make_array(arrty)(context, builder, arr)
+    stride = cgutils.unpack_tuple(builder, a.strides)[0]
+    raw = builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(index, stride)])
+    return builder.bitcast(raw, a.data.type)
+
+
+def _n_blocks(context, builder, rowty, row, block_bytes):
+    a = context.make_array(rowty)(context, builder, row)
+    return builder.udiv(cgutils.unpack_tuple(builder, a.shape)[0], ir.Constant(I64, block_bytes))
+
+
 def _offset(v, k):
     return ir.Constant(v.type, k)
 
 
+def _tokens(context, builder, sig, args, n_arrays):
+    """Pointers (xq, xd[, bsum]) for each token the kernel multiplies: one token for 1-D
+    activation arrays, or TOKENS consecutive rows t.. of 2-D ones (the last argument is t)."""
+    arrs = list(zip(sig.args[1:1 + n_arrays], args[1:1 + n_arrays]))
+    if sig.args[1].ndim == 1:
+        return [[_data(context, builder, ty, v) for ty, v in arrs]]
+    t = args[1 + n_arrays]
+    return [[_row_ptr(context, builder, ty, v, builder.add(t, ir.Constant(t.type, i))) for ty, v in arrs]
+            for i in range(TOKENS)]
+
+
+def _result(context, builder, sig, values):
+    if len(values) == 1:
+        return values[0]
+    return context.make_tuple(builder, sig.return_type, values)
+
+
+def _typed(codegen, row, *arrays, t=None):
+    """(signature, codegen) for numba: f32 for one token (1-D activations), a TOKENS-tuple for
+    rows t.. of 2-D ones; None (no match) for any other argument types."""
+    if t is None and _arrays(1, row, *arrays):
+        return types.float32(row, *arrays), codegen
+    if t is not None and _arrays(1, row) and _arrays(2, *arrays) and isinstance(t, types.Integer):
+        return types.UniTuple(types.float32, TOKENS)(row, *arrays, t), codegen
+    return None
+
+
+# Prefill multiplies each weight row with TOKENS prompt positions at once: the weights are
+# loaded and unpacked once for all of them. 4 keeps the accumulators in AVX2's 16 registers.
+TOKENS = 4
+
+
 # --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------
 
-def _kquant_row(ir_, nb, super_block):
-    """Sum over super-blocks of d * isum (8 lanes) and dmin * msum (8 lanes), each fused into
-    its own accumulator as llama.cpp does, then the two horizontal sums added."""
+def _kquant_rows(ir_, nb, n_tok, super_block):
+    """Per token, the sum over super-blocks of d * isum (8 lanes) and dmin * msum (8 lanes),
+    each fused into its own accumulator as llama.cpp does, then the two horizontal sums added.
+    super_block(k) -> [(d, isum, dmin, msum) per token]."""
     zero = ir.Constant(V8F32, [0.0] * 8)
 
-    def body(b, acc, acc_m):
-        d, isum, dmin, msum = super_block(b)
-        acc = ir_.fma(ir_.splat(d, V8F32), ir_.b.sitofp(isum, V8F32), acc)
-        if msum is not None:
-            acc_m = ir_.fma(ir_.splat(dmin, V8F32), ir_.b.sitofp(msum, V8F32), acc_m)
-        return acc, acc_m
+    def body(k, *accs):
+        out = []
+        for (d, isum, dmin, msum), acc, acc_m in zip(super_block(k), accs[0::2], accs[1::2]):
+            acc = ir_.fma(ir_.splat(d, V8F32), ir_.b.sitofp(isum, V8F32), acc)
+            if msum is not None:
+                acc_m = ir_.fma(ir_.splat(dmin, V8F32), ir_.b.sitofp(msum, V8F32), acc_m)
+            out += [acc, acc_m]
+        return out
 
-    acc, acc_m = ir_.loop(nb, body, zero, zero)
-    return ir_.b.fadd(ir_.hsum(acc), ir_.hsum(acc_m))
+    accs = ir_.loop(nb, body, *[zero] * (2 * n_tok))
+    return [ir_.b.fadd(ir_.hsum(a), ir_.hsum(m)) for a, m in zip(accs[0::2], accs[1::2])]
 
 
 def _scales_mins_k4(ir_, w, o):
@@ -157,16 +209,12 @@ def _scales_mins_k4(ir_, w, o):
     return bytes8(b.and_(u0, low6), sc_hi), bytes8(b.and_(u1, low6), m_hi)
 
 
-def _q4_q5_k_row(context, builder, sig, args, block_bytes, qs_at, high_bits):
-    row, xq, xd, bsum = args
+def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
     ir_ = _IR(builder)
     b = builder
-    w = _data(context, builder, sig.args[0], row)
-    xp = _data(context, builder, sig.args[1], xq)
-    dp = _data(context, builder, sig.args[2], xd)
-    sp = _data(context, builder, sig.args[3], bsum)
-    nb = b.udiv(cgutils.unpack_tuple(b, context.make_array(sig.args[0])(context, b, row).shape)[0],
-                ir.Constant(I64, block_bytes))
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
     m4, s4 = ir_.const(V32I8, 15), ir_.const(V32I8, 4)
 
     def super_block(k):
@@ -175,114 +223,152 @@ def _q4_q5_k_row(context, builder, sig, args, block_bytes, qs_at, high_bits):
         scales, mins = _scales_mins_k4(ir_, w, o)
         sc16 = b.zext(scales, ir.VectorType(I16, 8))
         qh = ir_.load(w, b.add(o, _offset(o, 16)), V32I8) if high_bits else None
-        isum = ir.Constant(V8I32, [0] * 8)
+        isums = [ir.Constant(V8I32, [0] * 8)] * len(toks)
         for c in range(4):
             v = ir_.load(w, b.add(o, _offset(o, qs_at + 32 * c)), V32I8)
             lo, hi = b.and_(v, m4), b.lshr(v, s4)
             if high_bits:  # bit 2c of qh[l] tops element l of sub-block 2c, bit 2c+1 of 2c+1
                 lo = b.or_(lo, b.shl(b.and_(b.lshr(qh, ir_.const(V32I8, 2 * c)), ir_.const(V32I8, 1)), s4))
                 hi = b.or_(hi, b.shl(b.and_(b.lshr(qh, ir_.const(V32I8, 2 * c + 1)), ir_.const(V32I8, 1)), s4))
-            x_lo = ir_.load(xp, b.add(xo, _offset(xo, 64 * c)), V32I8)
-            x_hi = ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 32)), V32I8)
-            isum = b.add(isum, ir_.maddwd(ir_.maddubs(lo, x_lo), ir_.lanes(sc16, [2 * c] * 16)))
-            isum = b.add(isum, ir_.maddwd(ir_.maddubs(hi, x_hi), ir_.lanes(sc16, [2 * c + 1] * 16)))
+            sc_lo, sc_hi = ir_.lanes(sc16, [2 * c] * 16), ir_.lanes(sc16, [2 * c + 1] * 16)
+            for i, (xp, _, _) in enumerate(toks):
+                x_lo = ir_.load(xp, b.add(xo, _offset(xo, 64 * c)), V32I8)
+                x_hi = ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 32)), V32I8)
+                isums[i] = b.add(isums[i], ir_.maddwd(ir_.maddubs(lo, x_lo), sc_lo))
+                isums[i] = b.add(isums[i], ir_.maddwd(ir_.maddubs(hi, x_hi), sc_hi))
         # min of sub-block j times the sum of x's quants over it (two 16-sums): one vpmaddwd
         mins16 = ir_.lanes(b.zext(mins, ir.VectorType(I16, 8)), [j // 2 for j in range(16)])
-        msum = ir_.maddwd(mins16, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
-        dx = b.load(b.gep(dp, [k]))
-        d = b.fmul(dx, ir_.f16(w, o))
-        dmin = b.fmul(b.fneg(dx), ir_.f16(w, b.add(o, _offset(o, 2))))
-        return d, isum, dmin, msum
+        d_w, dmin_w = ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
+        out = []
+        for isum, (_, dp, sp) in zip(isums, toks):
+            msum = ir_.maddwd(mins16, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
+            dx = b.load(b.gep(dp, [k]))
+            out.append((b.fmul(dx, d_w), isum, b.fmul(b.fneg(dx), dmin_w), msum))
+        return out
 
-    return _kquant_row(ir_, nb, super_block)
-
-
-@intrinsic
-def q4_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*144] . x in Q8_K -> f32
-    def codegen(context, builder, sig, args):
-        return _q4_q5_k_row(context, builder, sig, args, Q4_K_BYTES, 16, False)
-    if _contiguous(row, xq, xd, bsum):
-        return types.float32(row, xq, xd, bsum), codegen
+    return _result(context, b, sig, _kquant_rows(ir_, nb, len(toks), super_block))
 
 
-@intrinsic
-def q5_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*176] . x in Q8_K -> f32
-    def codegen(context, builder, sig, args):
-        return _q4_q5_k_row(context, builder, sig, args, Q5_K_BYTES, 48, True)
-    if _contiguous(row, xq, xd, bsum):
-        return types.float32(row, xq, xd, bsum), codegen
+def _q6_k(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q6_K_BYTES)
+    m4, k3 = ir_.const(V32I8, 15), ir_.const(V32I8, 3)
 
+    def shr(v, n):
+        return b.lshr(v, ir_.const(V32I8, n))
 
-@intrinsic
-def q6_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*210] . x in Q8_K -> f32
-    def codegen(context, builder, sig, args):
-        row_, xq_, xd_, bsum_ = args
-        ir_ = _IR(builder)
-        b = builder
-        w = _data(context, b, sig.args[0], row_)
-        xp = _data(context, b, sig.args[1], xq_)
-        dp = _data(context, b, sig.args[2], xd_)
-        sp = _data(context, b, sig.args[3], bsum_)
-        nb = b.udiv(cgutils.unpack_tuple(b, context.make_array(sig.args[0])(context, b, row_).shape)[0],
-                    ir.Constant(I64, Q6_K_BYTES))
-        m4, k3 = ir_.const(V32I8, 15), ir_.const(V32I8, 3)
+    def top(v):  # two high bits into place above the low four
+        return b.shl(v, ir_.const(V32I8, 4))
 
-        def shr(v, n):
-            return b.lshr(v, ir_.const(V32I8, n))
-
-        def super_block(k):
-            o = b.mul(k, ir.Constant(I64, Q6_K_BYTES))
-            xo = b.mul(k, ir.Constant(I64, QK_K))
-            scales = b.sext(ir_.load(w, b.add(o, _offset(o, 192)), V16I8), V16I16)
-            isum = ir.Constant(V8I32, [0] * 8)
-            for h in range(2):
-                ql0 = ir_.load(w, b.add(o, _offset(o, 64 * h)), V32I8)
-                ql1 = ir_.load(w, b.add(o, _offset(o, 64 * h + 32)), V32I8)
-                qh = ir_.load(w, b.add(o, _offset(o, 128 + 32 * h)), V32I8)
-                quarters = (b.or_(b.and_(ql0, m4), b.shl(b.and_(qh, k3), ir_.const(V32I8, 4))),
-                            b.or_(b.and_(ql1, m4), b.shl(b.and_(shr(qh, 2), k3), ir_.const(V32I8, 4))),
-                            b.or_(shr(ql0, 4), b.shl(b.and_(shr(qh, 4), k3), ir_.const(V32I8, 4))),
-                            b.or_(shr(ql1, 4), b.shl(shr(qh, 6), ir_.const(V32I8, 4))))
-                for j, q in enumerate(quarters):  # q in 0..63, stored with +32
+    def super_block(k):
+        o = b.mul(k, ir.Constant(I64, Q6_K_BYTES))
+        xo = b.mul(k, ir.Constant(I64, QK_K))
+        scales = b.sext(ir_.load(w, b.add(o, _offset(o, 192)), V16I8), V16I16)
+        isums = [ir.Constant(V8I32, [0] * 8)] * len(toks)
+        for h in range(2):
+            ql0 = ir_.load(w, b.add(o, _offset(o, 64 * h)), V32I8)
+            ql1 = ir_.load(w, b.add(o, _offset(o, 64 * h + 32)), V32I8)
+            qh = ir_.load(w, b.add(o, _offset(o, 128 + 32 * h)), V32I8)
+            quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
+                        b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
+                        b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
+                        b.or_(shr(ql1, 4), top(shr(qh, 6))))
+            for j, q in enumerate(quarters):  # q in 0..63, stored with +32
+                s = 8 * h + 2 * j  # elements 0-15 of the quarter use scale s, 16-31 s + 1
+                sc = ir_.lanes(scales, [s] * 8 + [s + 1] * 8)
+                for i, (xp, _, _) in enumerate(toks):
                     x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j)), V32I8)
-                    s = 8 * h + 2 * j  # elements 0-15 of the quarter use scale s, 16-31 s + 1
-                    isum = b.add(isum, ir_.maddwd(ir_.maddubs(q, x), ir_.lanes(scales, [s] * 8 + [s + 1] * 8)))
+                    isums[i] = b.add(isums[i], ir_.maddwd(ir_.maddubs(q, x), sc))
+        d_w = ir_.f16(w, b.add(o, _offset(o, 208)))
+        out = []
+        for isum, (_, dp, sp) in zip(isums, toks):
             # (q - 32) . x = q . x - 32 * sum over each 16-group of scale * (sum of x's quants)
             offset = ir_.maddwd(scales, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
             isum = b.sub(isum, b.shl(offset, ir_.const(V8I32, 5)))
-            d = b.fmul(b.load(b.gep(dp, [k])), ir_.f16(w, b.add(o, _offset(o, 208))))
-            return d, isum, None, None
+            out.append((b.fmul(b.load(b.gep(dp, [k])), d_w), isum, None, None))
+        return out
 
-        return _kquant_row(ir_, nb, super_block)
-    if _contiguous(row, xq, xd, bsum):
-        return types.float32(row, xq, xd, bsum), codegen
+    return _result(context, b, sig, _kquant_rows(ir_, nb, len(toks), super_block))
 
 
 # --- Q8_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) ----------------------------------------
 
-@intrinsic
-def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34] . x in Q8_0 -> f32
-    def codegen(context, builder, sig, args):
-        row_, xq_, xd_ = args
-        ir_ = _IR(builder)
-        b = builder
-        w = _data(context, b, sig.args[0], row_)
-        xp = _data(context, b, sig.args[1], xq_)
-        dp = _data(context, b, sig.args[2], xd_)
-        nb = b.udiv(cgutils.unpack_tuple(b, context.make_array(sig.args[0])(context, b, row_).shape)[0],
-                    ir.Constant(I64, Q8_0_BYTES))
-        ones = ir_.const(V16I16, 1)
+def _q8_0(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 2)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q8_0_BYTES)
+    ones = ir_.const(V16I16, 1)
 
-        def body(k, acc):
-            o = b.mul(k, ir.Constant(I64, Q8_0_BYTES))
-            q = ir_.load(w, b.add(o, _offset(o, 2)), V32I8)
+    def body(k, *accs):
+        o = b.mul(k, ir.Constant(I64, Q8_0_BYTES))
+        q = ir_.load(w, b.add(o, _offset(o, 2)), V32I8)
+        q_abs, d_w = ir_.sign(q, q), ir_.f16(w, o)
+        out = []
+        for acc, (xp, dp) in zip(accs, toks):
             x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
             # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
-            sums = ir_.maddwd(ir_.maddubs(ir_.sign(q, q), ir_.sign(x, q)), ones)
-            d = b.fmul(ir_.f16(w, o), b.load(b.gep(dp, [k])))
-            return (ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc),)
+            sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
+        return out
 
-        (acc,) = ir_.loop(nb, body, ir.Constant(V8F32, [0.0] * 8))
-        return ir_.hsum(acc)
-    if _contiguous(row, xq, xd):
-        return types.float32(row, xq, xd), codegen
+    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
+    return _result(context, b, sig, [ir_.hsum(a) for a in accs])
+
+
+# --- the kernels numba code calls -------------------------------------------------------------
+# <type>_row(row, xq, xd[, bsum]) -> f32: row . x for 1-D activations (decode);
+# <type>_rows(row, xq, xd[, bsum], t) -> (f32,) * TOKENS: row . x[t + i] for 2-D ones (prefill),
+# each token summed in exactly the order of the 1-D kernel.
+
+def _q4_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q4_K_BYTES, 16, False)
+
+
+def _q5_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q5_K_BYTES, 48, True)
+
+
+@intrinsic
+def q4_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*144]
+    return _typed(_q4_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q4_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q4_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q5_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*176]
+    return _typed(_q5_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q5_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q5_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q6_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*210]
+    return _typed(_q6_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q6_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q6_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34], x in Q8_0
+    return _typed(_q8_0, row, xq, xd)
+
+
+@intrinsic
+def q8_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q8_0, row, xq, xd, t=t)
