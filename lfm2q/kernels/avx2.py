@@ -92,8 +92,15 @@ class _IR:
     def sign(self, a, b):  # vpsignb: a negated where b < 0, zeroed where b == 0
         return self.b.call(self.fn("llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8]), [a, b])
 
-    def fma(self, a, b, c):  # a * b + c, one rounding
-        return self.b.call(self.fn("llvm.fma.v8f32", V8F32, [V8F32, V8F32, V8F32]), [a, b, c])
+    def fma(self, a, b, c):  # a * b + c, one rounding (8 lanes or one f32)
+        name, t = ("llvm.fma.v8f32", V8F32) if a.type == V8F32 else ("llvm.fma.f32", F32)
+        return self.b.call(self.fn(name, t, [t, t, t]), [a, b, c])
+
+    def isum(self, v):  # <8 x i32> -> i32 (exact: any order)
+        q = self.b.add(self.lanes(v, [0, 1, 2, 3]), self.lanes(v, [4, 5, 6, 7]))
+        h = self.b.add(self.lanes(q, [0, 1]), self.lanes(q, [2, 3]))
+        return self.b.add(self.b.extract_element(h, ir.Constant(I32, 0)),
+                          self.b.extract_element(h, ir.Constant(I32, 1)))
 
     def hsum(self, v):  # ggml's hsum_float_8 order: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))
         b = self.b
@@ -171,23 +178,35 @@ TOKENS = 4
 
 # --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------
 
-def _kquant_rows(ir_, nb, n_tok, super_block):
-    """Per token, the sum over super-blocks of d * isum (8 lanes) and dmin * msum (8 lanes),
-    each fused into its own accumulator as llama.cpp does, then the two horizontal sums added.
-    super_block(k) -> [(d, isum, dmin, msum) per token]."""
-    zero = ir.Constant(V8F32, [0.0] * 8)
+def _kquant_rows(ir_, nb, n_tok, super_block, scalar=False):
+    """Per token, the sum over super-blocks of d * isum and dmin * msum, each fused into its
+    own accumulator, in llama.cpp's order for the type. super_block(k) -> [(d, isum, dmin,
+    msum) per token], with isum and msum either
+      - <8 x i32> lanes (Q5_K, Q6_K, as ggml_vec_dot_q<5|6>_K_q8_K): 8 f32 lanes per row, d
+        and dmin (negative) fused per block, the two horizontal sums added at the end; or
+      - one i32 each (scalar=True; Q4_K: llama.cpp repacks Q4_K rows 8 at a time, and its
+        ggml_gemv/gemm_q4_K_8x8_q8_K keep one f32 lane per row): isum * d and msum * dmin
+        fused into one scalar chain each, subtracted at the end."""
+    zero = ir.Constant(F32, 0.0) if scalar else ir.Constant(V8F32, [0.0] * 8)
 
     def body(k, *accs):
         out = []
         for (d, isum, dmin, msum), acc, acc_m in zip(super_block(k), accs[0::2], accs[1::2]):
-            acc = ir_.fma(ir_.splat(d, V8F32), ir_.b.sitofp(isum, V8F32), acc)
-            if msum is not None:
-                acc_m = ir_.fma(ir_.splat(dmin, V8F32), ir_.b.sitofp(msum, V8F32), acc_m)
+            if scalar:
+                acc = ir_.fma(ir_.b.sitofp(isum, F32), d, acc)
+                acc_m = ir_.fma(ir_.b.sitofp(msum, F32), dmin, acc_m)
+            else:
+                acc = ir_.fma(ir_.splat(d, V8F32), ir_.b.sitofp(isum, V8F32), acc)
+                if msum is not None:
+                    acc_m = ir_.fma(ir_.splat(dmin, V8F32), ir_.b.sitofp(msum, V8F32), acc_m)
             out += [acc, acc_m]
         return out
 
     accs = ir_.loop(nb, body, *[zero] * (2 * n_tok))
-    return [ir_.b.fadd(ir_.hsum(a), ir_.hsum(m)) for a, m in zip(accs[0::2], accs[1::2])]
+    pairs = zip(accs[0::2], accs[1::2])
+    if scalar:
+        return [ir_.b.fsub(a, m) for a, m in pairs]
+    return [ir_.b.fadd(ir_.hsum(a), ir_.hsum(m)) for a, m in pairs]
 
 
 def _scales_mins_k4(ir_, w, o):
@@ -243,10 +262,14 @@ def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
         for isum, (_, dp, sp) in zip(isums, toks):
             msum = ir_.maddwd(mins16, ir_.load(sp, b.mul(k, ir.Constant(I64, 16)), V16I16))
             dx = b.load(b.gep(dp, [k]))
-            out.append((b.fmul(dx, d_w), isum, b.fmul(b.fneg(dx), dmin_w), msum))
+            if high_bits:  # Q5_K
+                out.append((b.fmul(dx, d_w), isum, b.fmul(b.fneg(dx), dmin_w), msum))
+            else:  # Q4_K: whole-block integer sums, see _kquant_rows
+                out.append((b.fmul(d_w, dx), ir_.isum(isum), b.fmul(dmin_w, dx), ir_.isum(msum)))
         return out
 
-    return _result(context, b, sig, _kquant_rows(ir_, nb, len(toks), super_block))
+    rows = _kquant_rows(ir_, nb, len(toks), super_block, scalar=not high_bits)
+    return _result(context, b, sig, rows)
 
 
 def _q6_k(context, builder, sig, args):
