@@ -35,8 +35,10 @@ llamacpp: install
 test-llamacpp: llamacpp
 	$(BIN)/python -m pytest -q -m llamacpp
 
+# ~50 min on a quiet 2-core machine (see benchmarks/bench_compare.py); BENCH_ARGS=--quick checks the
+# script in a few minutes.
 bench-compare: llamacpp
-	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_compare.py $(BENCH_ARGS)
 
 run: install
 	$(BIN)/lfm2q run $(MODEL)

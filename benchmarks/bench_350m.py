@@ -7,6 +7,9 @@ file and for transformers on the same weights, in bf16 (the issue's baseline) an
 (the faster one on a CPU without native bf16, such as an AVX2-only machine). Prints tokens/s
 and the ratios.
 
+build_checkpoint() also builds the LFM2-1.2B shape (1,170,340,608 parameters, for
+bench_compare.py); this script itself measures the 350M one.
+
     .venv/bin/python benchmarks/bench_350m.py [--threads 2] [--type q8_0] [--skip-hf]
 """
 from __future__ import annotations
@@ -24,13 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("LFM2Q_BENCH_CACHE", Path.home() / ".cache" / "lfm2q-bench"))
 TOKENIZER_FILES = ROOT / "tests" / "data" / "lfm2-tokenizer"
 N_PARAMS_350M = 354_483_968
+N_PARAMS_1_2B = 1_170_340_608
 
 
-def lfm2_350m_config():
+def _lfm2_config(hidden: int, heads: int, intermediate: int):
+    """An LFM2 config as the released checkpoints have it: 16 layers, attention at 2, 5, 8, 10,
+    12, 14 (the rest short convolutions), 8 KV heads, feed-forward width auto-adjusted from
+    `intermediate` (2/3 of it, rounded up to a multiple of 256), tied embeddings."""
     from transformers import Lfm2Config
     return Lfm2Config(
-        vocab_size=65536, hidden_size=1024, num_hidden_layers=16, num_attention_heads=16,
-        num_key_value_heads=8, intermediate_size=6656, block_auto_adjust_ff_dim=True,
+        vocab_size=65536, hidden_size=hidden, num_hidden_layers=16, num_attention_heads=heads,
+        num_key_value_heads=8, intermediate_size=intermediate, block_auto_adjust_ff_dim=True,
         block_ffn_dim_multiplier=1.0, block_multiple_of=256, conv_L_cache=3, norm_eps=1e-5,
         max_position_embeddings=128000, tie_word_embeddings=True,
         layer_types=["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)],
@@ -38,17 +45,36 @@ def lfm2_350m_config():
     )
 
 
-def build_checkpoint(hf_dir: Path) -> None:
+def lfm2_350m_config():
+    """LFM2-350M: hidden 1024, 16 heads, feed-forward 4608 (6656 auto-adjusted)."""
+    return _lfm2_config(hidden=1024, heads=16, intermediate=6656)
+
+
+def lfm2_1_2b_config():
+    """LFM2-1.2B: hidden 2048, 32 heads, feed-forward 8192 (12288 auto-adjusted)."""
+    return _lfm2_config(hidden=2048, heads=32, intermediate=12288)
+
+
+# shape name -> (config builder, exact parameter count, cached checkpoint folder name)
+SHAPES = {
+    "350m": (lfm2_350m_config, N_PARAMS_350M, "lfm2-350m-random"),
+    "1.2b": (lfm2_1_2b_config, N_PARAMS_1_2B, "lfm2-1.2b-random"),
+}
+
+
+def build_checkpoint(hf_dir: Path, shape: str = "350m") -> None:
+    """Write (once) a random-weight bf16 checkpoint of `shape` ("350m" or "1.2b") to hf_dir."""
     import torch
     from transformers import Lfm2ForCausalLM
     if (hf_dir / "config.json").exists():
         return
-    print(f"building random LFM2-350M checkpoint in {hf_dir} …", file=sys.stderr)
+    make_config, n_params, _ = SHAPES[shape]
+    print(f"building random LFM2-{shape.upper()} checkpoint in {hf_dir} …", file=sys.stderr)
     torch.manual_seed(0)
-    model = Lfm2ForCausalLM(lfm2_350m_config()).to(torch.bfloat16)
+    model = Lfm2ForCausalLM(make_config()).to(torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
-    assert n == N_PARAMS_350M, n
-    tmp = hf_dir.with_suffix(".tmp")
+    assert n == n_params, n
+    tmp = hf_dir.parent / (hf_dir.name + ".tmp")  # not with_suffix: "lfm2-1.2b-random"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     for name in ("tokenizer.json", "tokenizer_config.json"):

@@ -1,20 +1,44 @@
 """lfm2q against llama.cpp (llama-cpp-python) on the same GGUF files, in one run.
 
-The random-weight checkpoint with the exact LFM2-350M shape (built by bench_350m.py, cached in
-~/.cache/lfm2q-bench) is converted by lfm2q to Q4_K_M and Q8_0 (cached beside it). Both engines
-then run those very files with the same thread count:
+Random-weight checkpoints with the exact LFM2-350M and LFM2-1.2B shapes (built by
+bench_350m.py, cached in ~/.cache/lfm2q-bench) are converted by lfm2q to Q4_K_M and Q8_0
+(cached beside them). Both engines then run those very files with the same thread count:
 
   prefill  pp128, pp512     prompt tokens/s (one call with the whole prompt)
   decode   tg64 @128        64 greedy tokens after a 128-token prompt
   context  tg32 @1 / @4000  32 tokens after a 1-token prompt, and after a ~4000-token prompt
                             (n_ctx 4096 for both)
+  CPUs     CPU time / wall time of the process during the tg64 loop
+  memory   peak RSS of the process (n_ctx 4096, after the ~4000-token prompt), MB = 10^6 bytes
 
-Each (engine, file) pair runs in its own subprocess (so neither engine's idle threads or
-caches touch the other's timings), engines alternating, for --rounds rounds; the table shows
-medians and the ratio lfm2q / llama.cpp. llama.cpp runs with its default context parameters
-(F16 KV cache, flash attention "auto"), n_batch = n_ubatch = 512, like llama-cli.
+That is the first table (350M, both files); the sections after it:
+
+  1.2B              pp128 and tg64@128 (and CPUs, peak RSS) on the 1.2B files
+  threads           350M Q4_K_M, pp128 and tg64@128 and the CPUs used, at --thread-counts 1,2,4
+                    (one round; more threads than cores oversubscribe, reported anyway)
+  first token       wall time from starting a Python process to reading the line it prints
+                    after loading the 350M Q4_K_M file (n_ctx 4096) and taking the argmax of a
+                    7-token prompt's logits: median of 3, numba's cache warm; then one lfm2q run
+                    with a cold numba cache (NUMBA_CACHE_DIR = a fresh folder: compiles every kernel)
+  long context      350M Q4_K_M, one round, n_ctx --long + 64: tg32 after a (--long - 64)-token
+                    prompt against tg32@1 in the same process, each engine against itself
+  targets           each target of the issue with the measured value, met / not met
+
+Each measurement runs in its own subprocess (so neither engine's idle threads or caches touch
+the other's timings; one untimed lfm2q process per file first fills numba's cache, so no timed
+process compiles), engines alternating, for --rounds rounds; the tables show medians and
+the ratio lfm2q / llama.cpp. llama.cpp runs with its default context parameters (F16 KV cache,
+flash attention "auto"), n_batch = n_ubatch = 512, like llama-cli.
 
     .venv/bin/python benchmarks/bench_compare.py [--threads 2] [--rounds 3] [--types q4_k_m,q8_0]
+        [--shapes 350m,1.2b] [--thread-counts 1,2,4] [--long 16384] [--no-cold] [--quick]
+
+A full default run takes about 50 minutes on a quiet 2-core AVX2 machine: 350M table ~24 min
+(most of it the ~4000-token prompts), 1.2B ~5, threads ~2, first token ~1 plus ~1 for the
+cold cache, long context ~15 (the ~16k-token prompts: lfm2q ~10 min, llama.cpp ~5); building
+and converting the 1.2B checkpoint the first time adds ~5 min. --quick (tiny prompts and
+decodes, 1 round, --long 1024, no cold-cache run, at most 10 s waiting for a quiet machine per
+measurement) checks the script itself in 3-5 minutes; its figures mean little.
 
 Time it on a quiet machine only: llama.cpp's worker threads spin-wait, and a competing process
 distorts both engines unevenly. Before each measurement the script waits until the CPUs are
@@ -28,31 +52,80 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_350m import CACHE, build_checkpoint, prompt_ids  # noqa: E402
+from bench_350m import CACHE, SHAPES, build_checkpoint, prompt_ids  # noqa: E402
 
 N_CTX = 4096
-N_LONG = 4000
 N_BATCH = 512
-# (key, prompt length, tokens generated); "pp" keys time the prompt, "tg" keys the generation
-MEASURES = [("pp128", 128, 0), ("pp512", 512, 0), ("tg64@128", 128, 64),
-            ("tg32@1", 1, 32), ("tg32@4000", N_LONG, 32)]
+FIRST_PROMPT = 7  # tokens of the first-token prompt
+RSS_MARGIN_MB = 120  # target: peak RSS ≤ llama.cpp's + this
+FIRST_TOKEN_S = 1.5  # target: first token (warm numba cache) within this many seconds
+CONTEXT_KEEP = 0.8  # target: decode at a long context ≥ this share of decode at an empty one
+PREFILL_RATIO = 1.0  # bar applied to prefill (the issue states 1.0× for decode)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Prompt and decode lengths of the measurements (the full ones, or --quick's)."""
+    short: int = 128  # prompt of pp128 and tg64@128
+    mid: int = 512  # prompt of pp512
+    gen: int = 64  # tokens of tg64@128
+    gen_ctx: int = 32  # tokens of tg32@1, tg32@4000 and the long-context run
+    ctx: int = 4000  # prompt of tg32@4000 (n_ctx N_CTX)
+
+    @property
+    def pp_short(self) -> str:
+        return f"pp{self.short}"
+
+    @property
+    def pp_mid(self) -> str:
+        return f"pp{self.mid}"
+
+    @property
+    def tg(self) -> str:
+        return f"tg{self.gen}@{self.short}"
+
+    @property
+    def tg_empty(self) -> str:
+        return f"tg{self.gen_ctx}@1"
+
+    @property
+    def tg_ctx(self) -> str:
+        return f"tg{self.gen_ctx}@{self.ctx}"
+
+    def main(self) -> list[tuple[str, int, int]]:
+        """(key, prompt length, tokens generated): "pp" keys time the prompt, "tg" the decode."""
+        return [(self.pp_short, self.short, 0), (self.pp_mid, self.mid, 0), (self.tg, self.short, self.gen),
+                (self.tg_empty, 1, self.gen_ctx), (self.tg_ctx, self.ctx, self.gen_ctx)]
+
+    def short_pair(self) -> list[tuple[str, int, int]]:
+        return [(self.pp_short, self.short, 0), (self.tg, self.short, self.gen)]
+
+    def long(self, n: int) -> list[tuple[str, int, int]]:
+        return [(self.tg_empty, 1, self.gen_ctx), (f"tg{self.gen_ctx}@{n - 64}", n - 64, self.gen_ctx)]
+
+
+FULL = Sizes()
+QUICK = Sizes(short=16, mid=48, gen=8, gen_ctx=8, ctx=256)
 
 
 # --- the two engines, behind one interface: reset(), eval(ids) -> last logits ----------------
 
 class Lfm2qEngine:
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX):
         import lfm2q
-        self.model = lfm2q.load(path, n_ctx=N_CTX, n_threads=threads)
+        self.model = lfm2q.load(path, n_ctx=n_ctx, n_threads=threads)
         self.session = self.model.session()
 
     def reset(self) -> None:
@@ -65,7 +138,7 @@ class Lfm2qEngine:
 class LlamaCppEngine:
     """llama.cpp through llama-cpp-python's C bindings (no high-level wrapper in the timed path)."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX):
         import llama_cpp as L
         self.L = L
         self._log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
@@ -75,7 +148,7 @@ class LlamaCppEngine:
         if not self.model:
             raise RuntimeError(f"llama.cpp cannot load {path}")
         cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch = N_CTX, N_BATCH, N_BATCH
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, N_BATCH, N_BATCH
         cp.n_threads = cp.n_threads_batch = threads
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
@@ -106,14 +179,24 @@ class LlamaCppEngine:
 ENGINES = {"lfm2q": Lfm2qEngine, "llama.cpp": LlamaCppEngine}
 
 
-def worker(engine_name: str, path: Path, threads: int) -> dict:
+def cpu_seconds() -> float:
+    """CPU time this process used so far (all threads, user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
+    """spec: {"n_ctx": int, "measures": [(key, prompt length, tokens generated), …]}.
+    Returns tokens/s per key, "<key> cpus" (CPU time / wall time of each decode loop),
+    "<key> prompt" (the tokens/s of a decode measure's prompt), load_s and rss_mb."""
+    measures = spec["measures"]
     t0 = time.perf_counter()
-    engine = ENGINES[engine_name](path, threads)
-    ids = prompt_ids(N_LONG + 1)
+    engine = ENGINES[engine_name](path, threads, spec["n_ctx"])
+    ids = prompt_ids(max([n for _, n, _ in measures] + [16]) + 1)
     engine.eval(ids[:16])  # warm-up: both paths (lfm2q compiles or loads its kernels here)
     engine.eval([ids[16]])
     out = {"load_s": time.perf_counter() - t0}
-    for key, n_prompt, n_gen in MEASURES:
+    for key, n_prompt, n_gen in measures:
         engine.reset()
         t = time.perf_counter()
         logits = engine.eval(ids[:n_prompt])
@@ -121,13 +204,24 @@ def worker(engine_name: str, path: Path, threads: int) -> dict:
         if n_gen == 0:
             out[key] = n_prompt / prompt_s
             continue
+        c = cpu_seconds()
         t = time.perf_counter()
         for _ in range(n_gen):
             logits = engine.eval([int(np.argmax(logits))])
-        out[key] = n_gen / (time.perf_counter() - t)
-        if key == "tg32@4000":
-            out["pp4000"] = n_prompt / prompt_s
+        wall = time.perf_counter() - t
+        out[key] = n_gen / wall
+        out[f"{key} cpus"] = (cpu_seconds() - c) / wall
+        out[f"{key} prompt"] = n_prompt / prompt_s
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss: KiB
     return out
+
+
+def first_token(engine_name: str, path: Path, threads: int) -> None:
+    """The whole life of a process up to its first token: load (n_ctx 4096), a 7-token prompt,
+    argmax; the parent times it from starting the process to reading this line."""
+    engine = ENGINES[engine_name](path, threads, N_CTX)
+    logits = engine.eval(prompt_ids(FIRST_PROMPT))
+    print(f"first-token {int(np.argmax(logits))}", flush=True)
 
 
 def cpu_sample() -> tuple[int, int]:
@@ -156,18 +250,27 @@ def wait_until_quiet(min_idle: float, max_wait: float) -> float:
         if idle >= min_idle or time.monotonic() > deadline:
             return idle
         print(f"  machine busy ({100 * (1 - idle):.0f}% CPU used by others), waiting …", file=sys.stderr)
-        time.sleep(15)
+        time.sleep(min(15.0, max(deadline - time.monotonic(), 0.0)))
 
 
-def run_worker(engine: str, path: Path, threads: int) -> dict:
+def child_env(threads: int, extra: dict | None = None) -> dict:
+    """The environment of a measurement's process. numba starts one thread per core and lfm2q
+    refuses more: for --threads above the core count, NUMBA_NUM_THREADS is raised to match."""
+    env = dict(os.environ, **(extra or {}))
+    if threads > (os.cpu_count() or 1) and int(env.get("NUMBA_NUM_THREADS") or 0) < threads:
+        env["NUMBA_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_worker(engine: str, path: Path, threads: int, spec: dict) -> dict:
     """One measurement in a subprocess; "others" in the result is the CPU time other processes
     used meanwhile, in CPUs (busy CPU time of the machine minus the worker's own, per second)."""
     hz = os.sysconf("SC_CLK_TCK")
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     i0, t0 = cpu_sample()
     wall = time.perf_counter()
-    r = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), "--threads", str(threads)],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), "--threads", str(threads),
+                        "--spec", json.dumps(spec)], capture_output=True, text=True, env=child_env(threads))
     wall = time.perf_counter() - wall
     i1, t1 = cpu_sample()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -180,13 +283,14 @@ def run_worker(engine: str, path: Path, threads: int) -> dict:
     return out
 
 
-def measure(engine: str, path: Path, args) -> dict:
+def measure(engine: str, path: Path, args, spec: dict, threads: int | None = None) -> dict:
     """run_worker on a quiet machine: wait for --min-idle, and redo a run during which other
     processes used more than --max-others CPUs (at most --tries runs; keeps the quietest)."""
+    threads = args.threads if threads is None else threads
     best = None
     for attempt in range(args.tries):
         idle = wait_until_quiet(args.min_idle, args.max_wait)
-        r = run_worker(engine, path, args.threads)
+        r = run_worker(engine, path, threads, spec)
         r["idle_before"] = idle
         print(f"    {engine} {path.name}: other processes used {r['others']:.2f} CPUs", file=sys.stderr)
         if best is None or r["others"] < best["others"]:
@@ -194,6 +298,23 @@ def measure(engine: str, path: Path, args) -> dict:
         if r["others"] <= args.max_others:
             break
     return best
+
+
+def time_first_token(engine: str, path: Path, threads: int, env: dict | None = None) -> float:
+    """Seconds from starting a process (`--first-token`) to reading the line it prints."""
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, __file__, "--first-token", engine, str(path),
+                              "--threads", str(threads)],
+                             stdout=subprocess.PIPE, stderr=err, text=True, env=child_env(threads, env))
+        line = p.stdout.readline()
+        elapsed = time.perf_counter() - t0
+        p.stdout.read()
+        p.wait()
+        if p.returncode != 0 or not line.startswith("first-token"):
+            err.seek(0)
+            sys.exit(f"first token: {engine} on {path.name} failed:\n{err.read()}")
+    return elapsed
 
 
 def system_line() -> str:
@@ -208,11 +329,322 @@ def system_line() -> str:
             f"(llama.cpp: {info})")
 
 
+def model_file(shape: str, t: str) -> Path:
+    """The cached GGUF file of `shape` in type `t`, building and converting it if missing."""
+    from lfm2q.convert import convert_hf
+    name = SHAPES[shape][2]
+    hf_dir = CACHE / name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    build_checkpoint(hf_dir, shape)
+    path = CACHE / f"{name}-{t}.gguf"
+    if not path.exists():
+        convert_hf(hf_dir, path, t, progress=True)
+    return path
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def med(rs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rs)
+
+
+def cell(kind: str, value: float) -> str:
+    return {"rate": f"{value:.1f}", "cpus": f"{value:.2f}", "rss": f"{value:.0f}"}[kind]
+
+
+def ratio_cell(kind: str, ours: float, theirs: float) -> str:
+    if kind == "rss":
+        return f"{ours - theirs:+.0f} MB"
+    if kind == "cpus":
+        return "—"
+    return f"**{ours / theirs:.2f}×**"
+
+
+def print_table(row_head: str, rows: list[tuple[str, str, list[dict], list[dict]]],
+                cols: list[tuple[str, str, str]]) -> None:
+    """rows: (label, label of the ratio row, lfm2q results, llama.cpp results);
+    cols: (header, key, kind) with kind "rate" (tokens/s), "cpus" or "rss" (MB)."""
+    print(f"\n| {row_head} | engine | " + " | ".join(h for h, _, _ in cols) + " |")
+    print("|---|---|" + "---:|" * len(cols))
+    for label, ratio_label, ours, theirs in rows:
+        for engine, rs in (("lfm2q", ours), ("llama.cpp", theirs)):
+            print(f"| {label} | {engine} | " + " | ".join(cell(kind, med(rs, key)) for _, key, kind in cols) + " |")
+        print(f"| {ratio_label} | lfm2q / llama.cpp | "
+              + " | ".join(ratio_cell(kind, med(ours, key), med(theirs, key)) for _, key, kind in cols) + " |")
+
+
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+@dataclass
+class Run:
+    """What one invocation measures (from the options) and what it measured."""
+    args: argparse.Namespace
+    sizes: Sizes
+    shapes: list[str]
+    types: list[str]
+    thread_counts: list[int]
+    files: dict = field(default_factory=dict)  # (shape, type) -> GGUF path
+    q4: Path | None = None  # 350M Q4_K_M: threads, first token, long context (None: skipped)
+    tables: dict = field(default_factory=dict)  # (shape, engine, type) -> [worker result per round]
+    threads: dict = field(default_factory=dict)  # (n_threads, engine) -> [worker result]
+    first: dict = field(default_factory=dict)  # engine -> [seconds]
+    cold: float | None = None  # lfm2q's first token with a cold numba cache, seconds
+    long: dict = field(default_factory=dict)  # engine -> worker result
+    phase_s: dict = field(default_factory=dict)  # section -> seconds taken
+    # the issue's targets, in its order: kind -> [(target, measured, met)]
+    targets: dict = field(default_factory=lambda: {k: [] for k in
+                                                   ("decode", "prefill", "context", "first", "rss", "threads")})
+
+
+# --- the measurements -------------------------------------------------------------------------
+
+def warm_kernels(run: Run) -> None:
+    """One untimed lfm2q process per file, so no measured process compiles numba kernels (which
+    would also inflate its peak RSS): after an lfm2q source change numba's cache starts empty."""
+    t0 = time.monotonic()
+    for path in sorted(set(run.files.values()) | ({run.q4} if run.q4 else set())):
+        print(f"warming numba's cache: lfm2q {path.name} …", file=sys.stderr)
+        run_worker("lfm2q", path, run.args.threads, {"n_ctx": 64, "measures": []})
+    run.phase_s["warm-up"] = time.monotonic() - t0
+
+
+def run_tables(run: Run) -> None:
+    """The per-shape tables: --rounds rounds of every (type, engine), engines alternating."""
+    args, sizes = run.args, run.sizes
+    specs = {"350m": {"n_ctx": N_CTX, "measures": sizes.main()},
+             "1.2b": {"n_ctx": N_CTX, "measures": sizes.short_pair()}}
+    for s in run.shapes:
+        t0 = time.monotonic()
+        for rnd in range(args.rounds):
+            for t in run.types:
+                for engine in (ENGINES if rnd % 2 == 0 else reversed(list(ENGINES))):
+                    print(f"{s} round {rnd + 1}/{args.rounds}: {engine} {t} …", file=sys.stderr)
+                    run.tables.setdefault((s, engine, t), []).append(
+                        measure(engine, run.files[s, t], args, specs[s]))
+        run.phase_s[s] = time.monotonic() - t0
+
+
+def run_threads(run: Run) -> None:
+    t0 = time.monotonic()
+    spec = {"n_ctx": N_CTX, "measures": run.sizes.short_pair()}
+    for n in run.thread_counts:
+        for engine in ENGINES:
+            print(f"threads {n}: {engine} {run.q4.name} …", file=sys.stderr)
+            run.threads[n, engine] = [measure(engine, run.q4, run.args, spec, threads=n)]
+    run.phase_s["threads"] = time.monotonic() - t0
+
+
+def run_first_token(run: Run) -> None:
+    args = run.args
+    t0 = time.monotonic()
+    for engine in ENGINES:  # one discarded run each: numba's cache and the page cache warm
+        wait_until_quiet(args.min_idle, args.max_wait)
+        time_first_token(engine, run.q4, args.threads)
+    for i in range(args.first_token_runs):
+        for engine in ENGINES:
+            wait_until_quiet(args.min_idle, args.max_wait)
+            run.first.setdefault(engine, []).append(time_first_token(engine, run.q4, args.threads))
+            print(f"first token {i + 1}/{args.first_token_runs}: {engine} {run.first[engine][-1]:.2f} s",
+                  file=sys.stderr)
+    run.phase_s["first token"] = time.monotonic() - t0
+    if args.no_cold:
+        return
+    t0 = time.monotonic()
+    cache_dir = tempfile.mkdtemp(prefix="lfm2q-numba-cold-")
+    try:
+        wait_until_quiet(args.min_idle, args.max_wait)
+        print("first token, lfm2q with a cold numba cache (compiles every kernel) …", file=sys.stderr)
+        run.cold = time_first_token("lfm2q", run.q4, args.threads, {"NUMBA_CACHE_DIR": cache_dir})
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    run.phase_s["cold cache"] = time.monotonic() - t0
+
+
+def run_long(run: Run) -> None:
+    t0 = time.monotonic()
+    n = run.args.long
+    spec = {"n_ctx": n + 64, "measures": run.sizes.long(n)}
+    for engine in ENGINES:
+        print(f"long context {n}: {engine} {run.q4.name} …", file=sys.stderr)
+        run.long[engine] = measure(engine, run.q4, run.args, spec)
+    run.phase_s["long context"] = time.monotonic() - t0
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def report_tables(run: Run, load: float) -> None:
+    args, sizes, res = run.args, run.sizes, run.tables
+    cpus_col = (f"CPUs in tg{sizes.gen}", f"{sizes.tg} cpus", "cpus")
+    rss_col = ("peak RSS (MB)", "rss_mb", "rss")
+
+    def keep(rs: list[dict]) -> float:  # decode at sizes.ctx tokens of context / at an empty one
+        return med(rs, sizes.tg_ctx) / med(rs, sizes.tg_empty)
+
+    def vs(s: str, t: str, key: str) -> tuple[float, float, float]:
+        a, b = med(res[s, "lfm2q", t], key), med(res[s, "llama.cpp", t], key)
+        return a, b, a / b
+
+    for s in run.shapes:
+        name = f"LFM2-{s.upper()}"
+        title = (f"{name} shape (random weights), {args.threads} threads, median of {args.rounds} rounds, "
+                 "tokens/s")
+        if s == "350m":
+            print(f"\n{title}; load average at start {load:.2f}")
+            print(system_line())
+            keys = [k for k, _, _ in sizes.main()]
+        else:
+            print(f"\n### {title}")
+            keys = [k for k, _, _ in sizes.short_pair()]
+        rows = [(f"{t.upper()} ({run.files[s, t].stat().st_size / 2**20:.0f} MiB)", t.upper(),
+                 res[s, "lfm2q", t], res[s, "llama.cpp", t]) for t in run.types]
+        print_table("file", rows, [(k, k, "rate") for k in keys] + [cpus_col, rss_col])
+        if s == "350m":
+            print(f"\npp = prefill (prompt of N tokens in one call); tgN@P = N greedy decode steps after a "
+                  f"P-token prompt; the @{sizes.ctx} prompt itself ran at (tok/s): "
+                  + ", ".join(f"{e} {t.upper()} {med(res[s, e, t], sizes.tg_ctx + ' prompt'):.0f}"
+                              for t in run.types for e in ENGINES))
+            print(f"CPUs = process CPU time / wall time during the tg{sizes.gen} loop; peak RSS = the process's "
+                  f"ru_maxrss (n_ctx {N_CTX}, after the {sizes.ctx}-token prompt), MB = 10^6 bytes")
+            print(f"decode at {sizes.ctx} tokens of context against an empty one, each engine against itself "
+                  f"({sizes.tg_ctx} / {sizes.tg_empty}): "
+                  + ", ".join(f"{e} {t.upper()} {keep(res[s, e, t]):.2f}" for t in run.types for e in ENGINES))
+        else:
+            print(f"\npeak RSS at n_ctx {N_CTX} after a {sizes.short}-token prompt and {sizes.gen} decoded tokens")
+
+        for t in run.types:
+            a, b, r = vs(s, t, sizes.tg)
+            run.targets["decode"].append((f"decode {name} {t.upper()} {sizes.tg} ≥ 1.0× llama.cpp",
+                                          f"{a:.1f} vs {b:.1f} tok/s = {r:.2f}×", met(r >= 1.0)))
+            for k in ([sizes.pp_short, sizes.pp_mid] if s == "350m" else [sizes.pp_short]):
+                a, b, r = vs(s, t, k)
+                run.targets["prefill"].append(
+                    (f"prefill {name} {t.upper()} {k} ≥ {PREFILL_RATIO:.1f}× llama.cpp (bar assumed)",
+                     f"{a:.1f} vs {b:.1f} tok/s = {r:.2f}×", met(r >= PREFILL_RATIO)))
+            if s != "350m":
+                continue
+            rs = res[s, "lfm2q", t]
+            run.targets["context"].append(
+                (f"decode at {sizes.ctx} context ({sizes.tg_ctx}) ≥ {CONTEXT_KEEP}× empty ({sizes.tg_empty}), "
+                 f"lfm2q {name} {t.upper()}",
+                 f"{med(rs, sizes.tg_ctx):.1f} / {med(rs, sizes.tg_empty):.1f} tok/s = {keep(rs):.2f}×",
+                 met(keep(rs) >= CONTEXT_KEEP)))
+            a, b = med(rs, "rss_mb"), med(res[s, "llama.cpp", t], "rss_mb")
+            run.targets["rss"].append(
+                (f"peak RSS ≤ llama.cpp + {RSS_MARGIN_MB} MB, {name} {t.upper()}, n_ctx {N_CTX}",
+                 f"{a:.0f} vs {b:.0f} MB ({a - b:+.0f} MB)", met(a - b <= RSS_MARGIN_MB)))
+
+
+def report_threads(run: Run) -> None:
+    sizes, cores = run.sizes, os.cpu_count() or 1
+    cpus_key = f"{sizes.tg} cpus"
+    print(f"\n### Threads: LFM2-350M Q4_K_M, n_threads {', '.join(map(str, run.thread_counts))}, "
+          f"one round, tokens/s ({cores} cores here)")
+    rows = [(f"{n}", f"{n}", run.threads[n, "lfm2q"], run.threads[n, "llama.cpp"]) for n in run.thread_counts]
+    print_table("threads", rows, [(sizes.pp_short, sizes.pp_short, "rate"), (sizes.tg, sizes.tg, "rate"),
+                                  (f"CPUs in tg{sizes.gen}", cpus_key, "cpus"), ("peak RSS (MB)", "rss_mb", "rss")])
+    print(f"\nCPUs = CPU time / wall time of the process during the tg{sizes.gen} loop: at most n_threads if "
+          f"n_threads is honoured (and at most {cores} here). Above {cores} threads the run oversubscribes the "
+          f"cores; lfm2q gets NUMBA_NUM_THREADS = n_threads there (numba's default is one thread per core).")
+    for n in run.thread_counts:
+        c = med(run.threads[n, "lfm2q"], cpus_key)
+        want = min(n, cores)
+        lo, hi = want - 0.9, n + 0.1  # uses more than n - 1 cores (where there are n), at most n
+        run.targets["threads"].append(
+            (f"n_threads {n} honoured (lfm2q CPUs in tg{sizes.gen} within {lo:.1f}–{hi:.1f})",
+             f"{c:.2f} CPUs (llama.cpp {med(run.threads[n, 'llama.cpp'], cpus_key):.2f})",
+             met(lo <= c <= hi)))
+
+
+def report_first_token(run: Run) -> None:
+    first = run.first
+    a, b = statistics.median(first["lfm2q"]), statistics.median(first["llama.cpp"])
+    print(f"\n### First token: LFM2-350M Q4_K_M, from process start, {run.args.threads} threads, "
+          f"n_ctx {N_CTX}, {FIRST_PROMPT}-token prompt, seconds")
+    print("\n| measurement | lfm2q | llama.cpp | lfm2q / llama.cpp |")
+    print("|---|---:|---:|---:|")
+    print(f"| warm numba cache, median of {len(first['lfm2q'])} | {a:.2f} | {b:.2f} | **{a / b:.2f}×** |")
+    if run.cold is not None:
+        print(f"| cold numba cache (fresh NUMBA_CACHE_DIR), 1 run | {run.cold:.2f} | — | {run.cold / b:.2f}× |")
+    print("\nWall time from starting `python bench_compare.py --first-token …` (Python start-up and imports "
+          "included) to reading the line it prints after the argmax of the prompt's last logits. All runs: "
+          + "; ".join(f"{e} " + ", ".join(f"{x:.2f}" for x in first[e]) for e in ENGINES))
+    run.targets["first"].append((f"first token ≤ {FIRST_TOKEN_S} s from process start, 350M Q4_K_M, "
+                                 "warm numba cache", f"{a:.2f} s (llama.cpp {b:.2f} s)", met(a <= FIRST_TOKEN_S)))
+    if run.cold is not None:
+        run.targets["first"].append(("first token with a cold numba cache (reported, no target)",
+                                     f"{run.cold:.1f} s", "—"))
+
+
+def report_long(run: Run) -> None:
+    sizes, n = run.sizes, run.args.long - 64
+    key = f"tg{sizes.gen_ctx}@{n}"
+    ours, theirs = run.long["lfm2q"], run.long["llama.cpp"]
+    print(f"\n### Long context: LFM2-350M Q4_K_M, n_ctx {run.args.long + 64}, {run.args.threads} threads, "
+          "one round, tokens/s")
+    print("\n| measurement | lfm2q | llama.cpp | lfm2q / llama.cpp |")
+    print("|---|---:|---:|---:|")
+    for label, k in ((f"prompt of {n} tokens (pp{n})", f"{key} prompt"), (sizes.tg_empty, sizes.tg_empty),
+                     (key, key)):
+        print(f"| {label} | {ours[k]:.1f} | {theirs[k]:.1f} | **{ours[k] / theirs[k]:.2f}×** |")
+    keep_a, keep_b = ours[key] / ours[sizes.tg_empty], theirs[key] / theirs[sizes.tg_empty]
+    print(f"| {key} / {sizes.tg_empty}, each engine against itself | {keep_a:.2f} | {keep_b:.2f} | — |")
+    print(f"| peak RSS (MB) | {ours['rss_mb']:.0f} | {theirs['rss_mb']:.0f} | "
+          f"{ours['rss_mb'] - theirs['rss_mb']:+.0f} MB |")
+    print(f"\nThe {n}-token prompt runs in one call, as for {sizes.tg_ctx}; {sizes.tg_empty} runs in the same "
+          f"process (n_ctx {run.args.long + 64}).")
+    run.targets["context"].append(
+        (f"decode at {run.args.long} context ({key}) ≥ {CONTEXT_KEEP}× empty ({sizes.tg_empty}), "
+         "lfm2q 350M Q4_K_M", f"{ours[key]:.1f} / {ours[sizes.tg_empty]:.1f} tok/s = {keep_a:.2f}× "
+         f"(llama.cpp {keep_b:.2f}×)", met(keep_a >= CONTEXT_KEEP)))
+
+
+def report(run: Run, load: float, total_s: float) -> None:
+    args = run.args
+    report_tables(run, load)
+    if run.threads:
+        report_threads(run)
+    if run.first:
+        report_first_token(run)
+    if run.long:
+        report_long(run)
+
+    kept = [r for rs in run.tables.values() for r in rs] + [r for rs in run.threads.values() for r in rs] \
+        + list(run.long.values())
+    others = [r["others"] for r in kept]
+    print(f"\nother processes during the kept runs: {max(others):.2f} CPUs at most, "
+          f"{statistics.median(others):.2f} median (of {args.threads} used here)")
+    print("load + warm-up (s): " + ", ".join(f"{e} {s.upper()} {t.upper()} {med(rs, 'load_s'):.1f}"
+                                             for (s, e, t), rs in run.tables.items()))
+    print(f"time taken: {total_s / 60:.1f} min ("
+          + ", ".join(f"{k} {v / 60:.1f}" for k, v in run.phase_s.items()) + ")")
+
+    print("\n### Targets\n")
+    print("| target | measured | |")
+    print("|---|---|---|")
+    for target, value, verdict in (x for kind in run.targets.values() for x in kind):
+        print(f"| {target} | {value} | {verdict} |")
+    if args.quick:
+        print("\n(--quick: tiny prompts and decodes, one round — a check of the script, not a benchmark)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--types", default="q4_k_m,q8_0")
+    ap.add_argument("--shapes", default="350m,1.2b",
+                    help="model shapes (350m, 1.2b); threads, first token and long context need 350m")
+    ap.add_argument("--thread-counts", default="1,2,4",
+                    help="n_threads of the threads section (350M Q4_K_M); empty skips it")
+    ap.add_argument("--long", type=int, default=16384,
+                    help="context of the long-context run (350M Q4_K_M, n_ctx this + 64); 0 skips it")
+    ap.add_argument("--first-token-runs", type=int, default=3, help="runs per engine of the first-token time")
+    ap.add_argument("--no-cold", action="store_true", help="skip the first-token run with a cold numba cache")
+    ap.add_argument("--quick", action="store_true",
+                    help="check the script: tiny prompts and decodes, 1 round, --long 1024, no cold-cache "
+                         "run, 1 try per measurement, at most 10 s waiting for a quiet machine")
     ap.add_argument("--min-idle", type=float, default=0.9,
                     help="before each measurement wait until this share of the CPUs is idle")
     ap.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for that, at most")
@@ -220,57 +652,47 @@ def main() -> None:
                     help="redo a measurement during which other processes used more CPUs than this")
     ap.add_argument("--tries", type=int, default=4, help="runs per measurement, at most")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--first-token", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_token:
+        first_token(args.first_token[0], Path(args.first_token[1]), args.threads)
+        return
     if args.worker:
-        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.threads)))
+        print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.threads, json.loads(args.spec))))
         return
 
-    from lfm2q.convert import convert_hf
-    hf_dir = CACHE / "lfm2-350m-random"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    build_checkpoint(hf_dir)
-    types = args.types.split(",")
-    files = {}
-    for t in types:
-        files[t] = CACHE / f"lfm2-350m-random-{t}.gguf"
-        if not files[t].exists():
-            convert_hf(hf_dir, files[t], t, progress=True)
+    if args.quick:
+        args.rounds, args.tries, args.no_cold, args.first_token_runs = 1, 1, True, 1
+        args.max_wait = min(args.max_wait, 10.0)
+        args.long = 1024 if args.long else 0
+    shapes = [s.strip().lower() for s in args.shapes.split(",") if s.strip()]
+    for s in shapes:
+        if s not in SHAPES:
+            ap.error(f"--shapes: unknown shape {s!r} (known: {', '.join(SHAPES)})")
+    if args.long and args.long <= 65:
+        ap.error("--long must be more than 65 (or 0)")
+    run = Run(args=args, sizes=QUICK if args.quick else FULL, shapes=shapes,
+              types=[t.strip().lower() for t in args.types.split(",") if t.strip()],
+              thread_counts=[int(n) for n in args.thread_counts.split(",") if n.strip()])
+    run.files = {(s, t): model_file(s, t) for s in run.shapes for t in run.types}
+    if "350m" in shapes and (run.thread_counts or args.first_token_runs or args.long):
+        run.q4 = run.files.get(("350m", "q4_k_m")) or model_file("350m", "q4_k_m")
 
     load = os.getloadavg()[0]
     if load >= 1.0:
         print(f"warning: load average {load:.2f} >= 1 — timings are unreliable on a busy machine",
               file=sys.stderr)
-    results: dict[tuple[str, str], list[dict]] = {}
-    for rnd in range(args.rounds):
-        for t in types:
-            for engine in (ENGINES if rnd % 2 == 0 else reversed(list(ENGINES))):
-                print(f"round {rnd + 1}/{args.rounds}: {engine} {t} …", file=sys.stderr)
-                results.setdefault((engine, t), []).append(measure(engine, files[t], args))
-
-    def med(engine: str, t: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[engine, t])
-
-    print(f"\nLFM2-350M shape (random weights), {args.threads} threads, median of {args.rounds} rounds, "
-          f"tokens/s; load average at start {load:.2f}")
-    print(system_line())
-    cols = ["pp128", "pp512", "tg64@128", "tg32@1", "tg32@4000"]
-    print("\n| file | engine | " + " | ".join(cols) + " |")
-    print("|---|---|" + "---:|" * len(cols))
-    for t in types:
-        size = files[t].stat().st_size / 2**20
-        for engine in ENGINES:
-            vals = " | ".join(f"{med(engine, t, c):.1f}" for c in cols)
-            print(f"| {t.upper()} ({size:.0f} MiB) | {engine} | {vals} |")
-        ratios = " | ".join(f"**{med('lfm2q', t, c) / med('llama.cpp', t, c):.2f}×**" for c in cols)
-        print(f"| {t.upper()} | lfm2q / llama.cpp | {ratios} |")
-    print("\npp = prefill (prompt of N tokens in one call); tgN@P = N greedy decode steps after a "
-          "P-token prompt; the @4000 prompt itself ran at (tok/s): "
-          + ", ".join(f"{e} {t.upper()} {med(e, t, 'pp4000'):.0f}" for t in types for e in ENGINES))
-    others = [r["others"] for rs in results.values() for r in rs]
-    print(f"other processes during the kept runs: {max(others):.2f} CPUs at most, "
-          f"{statistics.median(others):.2f} median (of {args.threads} used here)")
-    print("load + warm-up (s): " + ", ".join(f"{e} {t.upper()} {med(e, t, 'load_s'):.1f}"
-                                             for t in types for e in ENGINES))
+    t0 = time.monotonic()
+    warm_kernels(run)
+    run_tables(run)
+    if run.q4 and run.thread_counts:
+        run_threads(run)
+    if run.q4 and args.first_token_runs:
+        run_first_token(run)
+    if run.q4 and args.long:
+        run_long(run)
+    report(run, load, time.monotonic() - t0)
 
 
 if __name__ == "__main__":
