@@ -3,8 +3,9 @@
     token_embd -> N x [ x += op(rmsnorm(x)); x += ffn(rmsnorm(x)) ] -> rmsnorm -> LM head
 
 `op` is the gated short convolution or grouped-query attention, per layer. Prefill runs a
-chunk of positions through BLAS on dequantized weight tiles; decode runs one token through
-fused kernels, one numba call per block.
+chunk of positions at once (AVX2 integer kernels, 4 positions per weight row, or BLAS on
+dequantized weight tiles); decode runs one token through fused kernels, one numba call per
+block.
 """
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
-from .kernels.dispatch import single_threaded_blas
+from .kernels.dispatch import integer_prefill, single_threaded_blas
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
-# Prompts up to this many tokens run token by token through decode's integer kernels: prefill
-# dequantizes every weight tile once per call (~200 ms fixed on the 350M Q4_K_M file, 2 threads,
-# then ~19 ms a token), which decode (~28 ms a token with the AVX2 kernels) beats below ~24
-# tokens (measured: 16 tokens 437 against 585 ms, 32 tokens 874 against 810). A chat's first
-# short turn then never loads the prefill kernels. Both paths compute the same products.
+# Prompts up to this many tokens may run token by token through decode. Where prefill goes
+# through BLAS (types without integer kernels, exact=True, no AVX2) it dequantizes every weight
+# tile per call, ~200 ms on the 350M file, which decode steps beat below ~24 tokens. The integer
+# prefill (AVX2) beats decode from 2 tokens on (8 tokens: 103 against 183 ms), and gives the
+# same bits; there only a process's first prompt, if short, runs through decode, because
+# loading the prefill kernels from numba's cache costs ~0.25 s once (the first token of
+# `lfm2q generate -p "short prompt"`: 1.9 instead of 2.15 s).
 SHORT_PROMPT = 20
+_prefill_loaded = False  # set once this process has run prefill (its kernels are loaded)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class Weights:
                               conv=np.ascontiguousarray(f.vector(p + "shortconv.conv.weight")),
                               out_proj=weight(p + "shortconv.out_proj.weight"))
             self.layers.append(layer)
+        matrices = [self.output] + [m for L in self.layers for m in vars(L).values() if isinstance(m, Weight)]
+        self.integer_prefill = all(integer_prefill(m.kernel) for m in matrices)  # AVX2 int kernels
 
 
 def _exact(w: Weight) -> Weight:
@@ -159,6 +165,8 @@ class Forward:
 
     def prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run positions n_past.. for ids int64[n]; logits f32[n, V] or of the last one f32[V]."""
+        global _prefill_loaded
+        _prefill_loaded = True
         with single_threaded_blas():
             return self._prefill(ids, all_logits)
 
@@ -215,13 +223,17 @@ class Session:
     def eval(self, ids) -> np.ndarray:
         """Append ids to the sequence; returns the last position's logits, f32[V] (a copy)."""
         ids = self._check(ids)
-        if ids.shape[0] <= SHORT_PROMPT:
+        if self._by_decode(ids.shape[0]):
             for t in ids:
                 logits = self._fwd.decode(int(t))
             return logits.copy()
         for i in range(0, ids.shape[0], PREFILL_CHUNK):
             logits = self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=False)
         return logits.copy()
+
+    def _by_decode(self, n: int) -> bool:  # see SHORT_PROMPT
+        warm = self.model.weights.integer_prefill and _prefill_loaded
+        return n <= 1 or (n <= SHORT_PROMPT and not warm)
 
     def eval_all(self, ids) -> np.ndarray:
         """Like eval, but returns logits for every fed position, f32[n, V]."""

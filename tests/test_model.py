@@ -158,6 +158,24 @@ def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
     np.testing.assert_array_equal(whole, one_by_one)
 
 
+def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkeypatch):
+    from lfm2q import model as model_module
+    monkeypatch.setattr(model_module, "_prefill_loaded", False)
+    prefilled = []
+    prefill = model_module.Forward.prefill
+    monkeypatch.setattr(model_module.Forward, "prefill",
+                        lambda self, ids, all_logits: prefilled.append(len(ids)) or prefill(self, ids, all_logits))
+    m = lfm2q.load(tiny_gguf("q8_0"), n_ctx=64)
+    ids = prompt(m.config.n_vocab)
+    s = m.session()
+    s.eval(ids[:5])                                  # a process's first short prompt: decode
+    s.eval(ids[5:30])                                # longer than SHORT_PROMPT: prefill
+    s.eval(ids[30:35])                               # short again: prefill where it is the
+    s.eval(ids[35:36])                               # integer one (same bits); 1 token: decode
+    assert prefilled == ([25, 5] if m.weights.integer_prefill else [25])
+    assert m.weights.integer_prefill == dispatch.USE_AVX2  # Q8_0 weights throughout
+
+
 def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf):
     model = lfm2q.load(tiny_gguf("f32"), n_ctx=64)
     ids = prompt(model.config.n_vocab)[:20]

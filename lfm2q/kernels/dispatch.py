@@ -286,6 +286,12 @@ def _matmul_rows(w, qtype, x, out, start, stop, tile):
 _pool: ThreadPoolExecutor | None = None
 
 
+def integer_prefill(code: int) -> bool:
+    """Whether matmul multiplies this kernel code through the integer kernels (_imatmul).
+    (Plain Python: called at load time, before any numba function has been loaded.)"""
+    return USE_AVX2 and not code & EXACT and code & 255 in (Q4_K, Q5_K, Q6_K, Q8_0)
+
+
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     """out[n, rows] = x[n, cols] @ W.T over numba.get_num_threads() workers.
 
@@ -294,10 +300,11 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     one thread (`single_threaded_blas`).
     """
     global _pool
-    qtype, act = code & 255, activation_rounding(code)
-    if USE_AVX2 and (act == ACT_Q8_K or (act == ACT_Q8_0 and qtype == Q8_0)):
+    qtype = code & 255
+    if integer_prefill(code):
         _imatmul(w, qtype, x, out)
         return
+    act = activation_rounding(code)
     if act != ACT_F32:
         xr = np.empty_like(x)
         round_activation_rows(x, act, xr)
