@@ -158,3 +158,35 @@ def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
         out = np.full((n, 29), np.nan, np.float32)
         dispatch.matmul(w, qtype, x, out)
         np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]))
+
+
+@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: prefill multiplies through BLAS")
+def test_q4_k_prefill_over_regrouped_rows_is_exact_at_the_16_bit_edge():
+    # The 8-row Q4_K kernel adds 8 byte products per row in 16 bits before the scales: all
+    # quants 15 with scales 63 against activations at -128 / +127 is its largest sum.
+    rows, cols, n = 19, 512, dispatch.TOKENS * 2 + 1
+    for wname, w in edge_weights(Q4_K, rows, cols).items():
+        for xname, x1 in edge_vectors(cols).items():
+            x = np.stack([x1 * (1 + t) for t in range(n)])
+            out = np.full((n, rows), np.nan, np.float32)
+            dispatch.matmul(w, Q4_K, x, out)
+            want = np.stack([run("avx2", w, Q4_K, x[t]) for t in range(n)])
+            np.testing.assert_array_equal(out, want, err_msg=f"{wname} x {xname}")
+            ref, scale = oracle(w, Q4_K, x[0])
+            assert (np.abs(out[0] - ref) / np.maximum(scale, 1e-30)).max() <= 1e-6, (wname, xname)
+
+
+def test_regrouped_q4_k_rows_hold_the_rows_quants_scales_and_factors():
+    from lfm2q.kernels.kquants import dequantize_q4_k_np
+    from lfm2q.kernels.repack import q4_k8_buffers, repack_q4_k8
+    rows, cols = 16, 512
+    w = weights(Q4_K, rows, cols, seed=5)
+    qs, sc, mn, d, dmin = q4_k8_buffers(cols // 256)
+    repack_q4_k8(w, 8, qs, sc, mn, d, dmin)
+    # weight = d * sc * q - dmin * mn, rebuilt from the layout the module docstring gives
+    q = qs.reshape(2, 8, 8, 8, 4).transpose(3, 0, 1, 2, 4).reshape(8, 2, 8, 32).astype(np.float32)
+    s = sc.reshape(2, 8, 8, 2)[..., 0].transpose(2, 0, 1)[..., None].astype(np.float32)
+    m = mn.reshape(2, 8, 8, 2)[..., 0].transpose(2, 0, 1)[..., None].astype(np.float32)
+    dd, dm = (v.reshape(2, 8).T[:, :, None, None] for v in (d, dmin))
+    rebuilt = (dd * s * q - dm * m).reshape(8, cols)
+    np.testing.assert_allclose(rebuilt, dequantize_q4_k_np(w)[8:16], rtol=1e-6, atol=1e-7)

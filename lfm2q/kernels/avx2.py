@@ -395,3 +395,75 @@ def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34], x in Q8_0
 @intrinsic
 def q8_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q8_0, row, xq, xd, t=t)
+
+
+# --- prefill over 8 rows at once: Q4_K in the layout of repack.py -----------------------------
+# Lanes are rows here: a 32-byte vector holds 4 consecutive weights of each of 8 rows (unpacked
+# to bytes by repack.repack_q4_k8), multiplied by 4 bytes of x broadcast to every row. The 8
+# products of a sub-block add up in 16 bits (8 * 2 * 15 * 128 < 32768) before the sub-block
+# scales go on with one vpmaddwd: 8 multiplies per 256 weight-activation products of a row
+# and token, against 16 in the row kernels. The integer sums per super-block are the row
+# kernels' own, and the floats go the same way (d * dx fused per super-block, one chain for
+# the scales and one for the mins, lane r being row r), so the result has their bits.
+
+def _broadcast32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or i16*) in all 8 dwords
+    b = ir_.b
+    word = ir_.load(b.bitcast(base, I8.as_pointer()), offset, I32)
+    return ir_.splat(word, V8I32)
+
+
+def _q4_k_8rows(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    qs, sc, mn, d8, dm8 = (_data(context, b, ty, v) for ty, v in zip(sig.args[:5], args[:5]))
+    xq_ty, xd_ty, bs_ty = sig.args[5:8]
+    xq, xd, bs, t = args[5:9]
+    out_ty, out, r0 = sig.args[9], args[9], args[10]
+    nb = _n_blocks(context, b, sig.args[3], args[3], 8)  # d holds 8 floats per super-block
+    toks = []
+    for i in range(TOKENS):
+        ti = b.add(t, ir.Constant(t.type, i))
+        toks.append((_row_ptr(context, b, xq_ty, xq, ti), _row_ptr(context, b, xd_ty, xd, ti),
+                     _row_ptr(context, b, bs_ty, bs, ti),
+                     b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])))
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+
+    def body(k, *accs):
+        res = []
+        qk, xk = b.mul(k, c(2048)), b.mul(k, c(QK_K))
+        sk = b.mul(k, c(128))
+        d_rows = ir_.load(d8, b.mul(k, c(8)), V8F32)
+        dm_rows = ir_.load(dm8, b.mul(k, c(8)), V8F32)
+        for (xp, dp, sp, _), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
+            isum = msum = ir.Constant(V8I32, [0] * 8)
+            for j in range(8):
+                p16 = None
+                for g in range(8):
+                    wv = ir_.load(qs, b.add(qk, c(256 * j + 32 * g)), V32I8)
+                    xb = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(32 * j + 4 * g))), V32I8)
+                    p = ir_.maddubs(wv, xb)
+                    p16 = p if p16 is None else b.add(p16, p)
+                isum = b.add(isum, ir_.maddwd(p16, ir_.load(sc, b.add(sk, c(16 * j)), V16I16)))
+                # min of sub-block j (lanes 2r, 2r+1) times x's two 16-sums over it
+                pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(32)), c(4 * j))), V16I16)
+                msum = b.add(msum, ir_.maddwd(ir_.load(mn, b.add(sk, c(16 * j)), V16I16), pair))
+            dx = ir_.splat(b.load(b.gep(dp, [k])), V8F32)
+            res.append(ir_.fma(b.sitofp(isum, V8F32), b.fmul(d_rows, dx), acc))
+            res.append(ir_.fma(b.sitofp(msum, V8F32), b.fmul(dm_rows, dx), acc_m))
+        return res
+
+    zero = ir.Constant(V8F32, [0.0] * 8)
+    accs = ir_.loop(nb, body, *[zero] * (2 * TOKENS))
+    for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
+        b.store(b.fsub(acc, acc_m), b.bitcast(op, V8F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_k_8rows(typingctx, qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0):
+    """out[t + i, r0:r0 + 8] = rows r0.. . x[t + i] for i < TOKENS, the 8 rows repacked by
+    repack.repack_q4_k8 (qs, sc, mn, d, dmin); x in Q8_K as 2-D arrays; out f32[n, rows]."""
+    if not (_arrays(1, qs, sc, mn, d, dmin) and _arrays(2, xq, xd, bsum, out)
+            and isinstance(t, types.Integer) and isinstance(r0, types.Integer)):
+        return None
+    return types.none(qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0), _q4_k_8rows

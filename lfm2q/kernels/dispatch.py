@@ -35,6 +35,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dequantize_q4_1_np, dequantize_q5_0_np, dequantize_q5_1_np, dot_q4_0, dot_q4_1,
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
+from .repack import GROUP, repack_q4_k8
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -224,10 +225,9 @@ TOKENS = avx2.TOKENS
 TOKEN_BLOCK = 64
 
 
-@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
-def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
+@njit(error_model="numpy", cache=True)
+def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, or Q8_0 rows
     n, cols = x.shape
-    kquant = qtype != Q8_0
     per = QK_K if kquant else QK8_0
     xq = np.empty((n, cols), np.int8)
     xd = np.empty((n, cols // per), np.float32)
@@ -237,6 +237,14 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
             quantize_q8_k(x[t], xq[t], xd[t], bsum[t])
         else:
             quantize_q8_0(x[t], xq[t], xd[t])
+    return xq, xd, bsum
+
+
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
+    n = x.shape[0]
+    kquant = qtype != Q8_0
+    xq, xd, bsum = _quantize_rows(x, kquant)
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
         for r in prange(w.shape[0]):
@@ -256,6 +264,33 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 else:
                     out[t, r] = row_idot_q8_0(w, r, xq[t], xd[t])
                 t += 1
+
+
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+def _imatmul_q4_k(w, x, out):  # _imatmul for Q4_K: 8 rows at a time, regrouped (repack.py)
+    n, cols = x.shape
+    nb = cols // QK_K
+    xq, xd, bsum = _quantize_rows(x, True)
+    groups = w.shape[0] // GROUP
+    for gi in prange(groups):
+        r0 = gi * GROUP
+        qs = np.empty(nb * 2048, np.uint8)
+        sc = np.empty(nb * 128, np.int16)
+        mn = np.empty(nb * 128, np.int16)
+        d = np.empty(nb * GROUP, np.float32)
+        dmin = np.empty(nb * GROUP, np.float32)
+        repack_q4_k8(w, r0, qs, sc, mn, d, dmin)
+        t = 0
+        while t + TOKENS <= n:
+            avx2.q4_k_8rows(qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0)
+            t += TOKENS
+        while t < n:
+            for r in range(r0, r0 + GROUP):
+                out[t, r] = row_idot_k(w, Q4_K, r, xq[t], xd[t], bsum[t])
+            t += 1
+    for r in range(groups * GROUP, w.shape[0]):  # rows past the last whole group
+        for t in range(n):
+            out[t, r] = row_idot_k(w, Q4_K, r, xq[t], xd[t], bsum[t])
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
@@ -302,7 +337,10 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     global _pool
     qtype = code & 255
     if integer_prefill(code):
-        _imatmul(w, qtype, x, out)
+        if qtype == Q4_K:
+            _imatmul_q4_k(w, x, out)
+        else:
+            _imatmul(w, qtype, x, out)
         return
     act = activation_rounding(code)
     if act != ACT_F32:
