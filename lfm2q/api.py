@@ -18,9 +18,10 @@ class Model:
 
     exact: by default each matrix's input is rounded as llama.cpp rounds it for the weight's
     type (8-bit blocks for quantized weights, fp16 for F16), so lfm2q and llama.cpp compute
-    the same logits on the same file and decode multiplies integers. exact=True keeps the
-    activations in f32: the logits of the stored weights as transformers would compute them,
-    at some speed cost on quantized files.
+    the same logits on the same file and decode multiplies integers; the KV cache holds fp16,
+    as llama.cpp's does. exact=True keeps the activations and the KV cache in f32: the logits
+    of the stored weights as transformers would compute them, at some speed cost on quantized
+    files.
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,

@@ -15,6 +15,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .kernels.dispatch import matvec
+from .kernels.half import as_f32, kv_value
 
 # --- llama.cpp's float arithmetic -------------------------------------------------------------
 # llama.cpp rounds each matrix's input to 8 bits (kernels/actquant.py), so an input one ulp
@@ -178,7 +179,7 @@ def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq, tmp):
 def attend(q, kc, vc, p0, window, out):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
 
-    q f32[n, H*HD] (normed, rotated), kc/vc f32[KVH, n_ctx, HD] holding positions
+    q f32[n, H*HD] (normed, rotated), kc/vc [KVH, n_ctx, HD] (f32 or fp16 bits) holding positions
     0..p0+n-1, window 0 or the sliding-window size -> out f32[n, H*HD].
     """
     n = q.shape[0]
@@ -198,7 +199,7 @@ def attend(q, kc, vc, p0, window, out):
         for j in range(first, n_kv):
             s = np.float32(0.0)
             for d in range(HD):
-                s += qh[d] * kc[kvh, j, d]
+                s += qh[d] * as_f32(kc[kvh, j, d])
             s *= scale
             scores[j - first] = s
             m = max(m, s)
@@ -212,14 +213,14 @@ def attend(q, kc, vc, p0, window, out):
         for j in range(first, n_kv):
             p = scores[j - first] / total
             for d in range(HD):
-                oh[d] += p * vc[kvh, j, d]
+                oh[d] += p * as_f32(vc[kvh, j, d])
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
     """Norm and rotate q, k rows for positions p0.. and store k, v in the caches.
 
-    q f32[n, H*HD], k/v f32[n, KVH*HD]; kc/vc f32[KVH, n_ctx, HD].
+    q f32[n, H*HD], k/v f32[n, KVH*HD]; kc/vc [KVH, n_ctx, HD], f32 or fp16 bits (cache.py).
     """
     KVH, _, HD = kc.shape
     for t in range(q.shape[0]):
@@ -227,8 +228,9 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
         norm_rope_heads(q[t], n_head, HD, qn_w, eps, pos, inv_freq, tmp)
         norm_rope_heads(k[t], KVH, HD, kn_w, eps, pos, inv_freq, tmp)
         for g in range(KVH):
-            kc[g, pos, :] = k[t, g * HD:(g + 1) * HD]
-            vc[g, pos, :] = v[t, g * HD:(g + 1) * HD]
+            for d in range(HD):
+                kc[g, pos, d] = kv_value(k[t, g * HD + d], kc)
+                vc[g, pos, d] = kv_value(v[t, g * HD + d], vc)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)

@@ -64,7 +64,7 @@ class Weight:
     qtype: int
     rows: int
     cols: int
-    raw: np.ndarray  # uint8[rows, row_bytes], a view of the memory map
+    raw: np.ndarray  # uint8[rows, row_bytes], a view of the memory map (or a packed copy: kernel)
     kernel: int = -1  # the code matvec/matmul take: qtype, + kernels.EXACT for f32 activations
 
     def __post_init__(self):
@@ -262,6 +262,10 @@ class GGUFFile:
         t = self._tensors[name]
         rows, cols = t.shape
         return Weight(name, t.qtype, rows, cols, self.reader.data(name))
+
+    def release(self, name: str) -> None:
+        """Give the pages of a tensor copied elsewhere back to the OS (GGUFReader.release)."""
+        self.reader.release(name)
 
     def vector(self, name: str) -> np.ndarray:
         """A small tensor (norm or conv kernel) as float32, in its numpy shape."""

@@ -233,6 +233,16 @@ class GGUFReader:
         on GGUFFile) so vocab-only files, which GGUFFile rejects as models, can be read too."""
         return {k: v for k, v in self.fields.items() if k.startswith("tokenizer.")}
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process (they are re-read from the file if touched
+        again): for tensors the engine has copied into another layout."""
+        t = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-t.offset // page) * page  # whole pages inside the tensor only
+        stop = (t.offset + t.nbytes) // page * page
+        if stop > start and hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
     def data(self, name: str) -> np.ndarray:
         """The tensor's bytes as uint8[rows, row_bytes] (1-D tensors: [1, bytes]); no copy."""
         t = self.tensors[name]

@@ -14,11 +14,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import blocks
-from .cache import Snapshot, State
+from .cache import KV_F16, KV_F32, Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
-from .kernels.dispatch import integer_prefill, single_threaded_blas
+from .kernels.dispatch import PACKED8, integer_prefill, packable, single_threaded_blas
+from .kernels.kquants import Q4_K_BYTES
+from .kernels.repack import GROUP, P_BYTES, pack_q4_k8
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens may run token by token through decode. Where prefill goes
@@ -66,6 +68,8 @@ class Weights:
         weight = (lambda name: _exact(f.weight(name))) if exact else f.weight
         self.token_embd = weight("token_embd.weight")                   # [V, D]
         self.output_norm = f.vector(f.final_norm_name)                  # f32[D]
+        if not exact:  # every matrix but the embedding table (its rows are looked up)
+            weight = lambda name: _packed(f, f.weight(name))  # noqa: E731
         self.output = self.token_embd if c.tied_embeddings else weight("output.weight")
         self.layers: list[Layer] = []
         for il in range(c.n_layer):
@@ -95,6 +99,17 @@ class Weights:
 
 def _exact(w: Weight) -> Weight:
     return replace(w, kernel=w.qtype | EXACT)
+
+
+def _packed(f: GGUFFile, w: Weight) -> Weight:
+    """w in the layout its fastest kernel reads: Q4_K matrices packed 8 rows at a time where
+    the AVX2 kernels run (kernels/repack.py), their file pages released; others as they are."""
+    if not packable(w.kernel, w.rows):
+        return w
+    out = np.empty((w.rows // GROUP, w.raw.shape[1] // Q4_K_BYTES * P_BYTES), np.uint8)
+    pack_q4_k8(w.raw, out)
+    f.release(w.name)
+    return replace(w, raw=out, kernel=w.kernel | PACKED8)
 
 
 def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]
@@ -213,7 +228,7 @@ class Session:
     def __init__(self, model: "Model"):
         self.model = model
         self.n_ctx = model.n_ctx
-        self.state = State(model.config, model.n_ctx)
+        self.state = State(model.config, model.n_ctx, KV_F32 if model.weights.exact else KV_F16)
         self._fwd = Forward(model.config, model.weights, self.state)
 
     @property

@@ -160,33 +160,46 @@ def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
         np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]))
 
 
-@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: prefill multiplies through BLAS")
-def test_q4_k_prefill_over_regrouped_rows_is_exact_at_the_16_bit_edge():
-    # The 8-row Q4_K kernel adds 8 byte products per row in 16 bits before the scales: all
-    # quants 15 with scales 63 against activations at -128 / +127 is its largest sum.
-    rows, cols, n = 19, 512, dispatch.TOKENS * 2 + 1
+def _packed(w):
+    from lfm2q.kernels.repack import P_BYTES, pack_q4_k8
+    p = np.empty((w.shape[0] // 8, w.shape[1] // 144 * P_BYTES), np.uint8)
+    pack_q4_k8(w, p)
+    return p
+
+
+@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: Q4_K matrices stay unpacked")
+def test_packed_q4_k_matrices_give_the_row_kernels_bits():
+    # Decode and prefill over Q4_K rows packed 8 at a time (the load-time layout) against the
+    # row kernel, at the 16-bit edge too (quants 15, scales 63, activations at -128 / +127).
+    rows, cols, n = 24, 512, dispatch.TOKENS * 2 + 3
+    code = Q4_K | dispatch.PACKED8
     for wname, w in edge_weights(Q4_K, rows, cols).items():
+        p = _packed(w)
         for xname, x1 in edge_vectors(cols).items():
+            want = run("avx2", w, Q4_K, x1)
+            got = np.full(rows, np.nan, np.float32)
+            dispatch.matvec(p, code, x1, got)
+            np.testing.assert_array_equal(got, want, err_msg=f"decode {wname} x {xname}")
             x = np.stack([x1 * (1 + t) for t in range(n)])
             out = np.full((n, rows), np.nan, np.float32)
-            dispatch.matmul(w, Q4_K, x, out)
-            want = np.stack([run("avx2", w, Q4_K, x[t]) for t in range(n)])
-            np.testing.assert_array_equal(out, want, err_msg=f"{wname} x {xname}")
-            ref, scale = oracle(w, Q4_K, x[0])
-            assert (np.abs(out[0] - ref) / np.maximum(scale, 1e-30)).max() <= 1e-6, (wname, xname)
+            dispatch.matmul(p, code, x, out)
+            np.testing.assert_array_equal(out, np.stack([run("avx2", w, Q4_K, r) for r in x]),
+                                          err_msg=f"prefill {wname} x {xname}")
 
 
-def test_regrouped_q4_k_rows_hold_the_rows_quants_scales_and_factors():
-    from lfm2q.kernels.kquants import dequantize_q4_k_np
-    from lfm2q.kernels.repack import q4_k8_buffers, repack_q4_k8
-    rows, cols = 16, 512
-    w = weights(Q4_K, rows, cols, seed=5)
-    qs, sc, mn, d, dmin = q4_k8_buffers(cols // 256)
-    repack_q4_k8(w, 8, qs, sc, mn, d, dmin)
-    # weight = d * sc * q - dmin * mn, rebuilt from the layout the module docstring gives
-    q = qs.reshape(2, 8, 8, 8, 4).transpose(3, 0, 1, 2, 4).reshape(8, 2, 8, 32).astype(np.float32)
-    s = sc.reshape(2, 8, 8, 2)[..., 0].transpose(2, 0, 1)[..., None].astype(np.float32)
-    m = mn.reshape(2, 8, 8, 2)[..., 0].transpose(2, 0, 1)[..., None].astype(np.float32)
-    dd, dm = (v.reshape(2, 8).T[:, :, None, None] for v in (d, dmin))
-    rebuilt = (dd * s * q - dm * m).reshape(8, cols)
-    np.testing.assert_allclose(rebuilt, dequantize_q4_k_np(w)[8:16], rtol=1e-6, atol=1e-7)
+def test_packing_keeps_every_byte_of_the_q4_k_rows():
+    from lfm2q.kernels.repack import P_BYTES
+    w = weights(Q4_K, 16, 768, seed=9)
+    p = _packed(w).reshape(2, 3, P_BYTES)  # [group, super-block, packed bytes]
+    b = w.reshape(2, 8, 3, 144)            # [group, row, super-block, block bytes]
+    qs = p[:, :, :1024].reshape(2, 3, 4, 8, 8, 4)  # [group, k, chunk c, dword g, row r, byte]
+    np.testing.assert_array_equal(qs.transpose(0, 4, 1, 2, 3, 5).reshape(2, 8, 3, 128), b[..., 16:])
+    np.testing.assert_array_equal(p[:, :, 1152:1168].reshape(2, 3, 8, 2).transpose(0, 2, 1, 3), b[..., 0:2])
+    np.testing.assert_array_equal(p[:, :, 1168:1184].reshape(2, 3, 8, 2).transpose(0, 2, 1, 3), b[..., 2:4])
+    from lfm2q.kernels.kquants import _scales_mins
+    sc, mn = _scales_mins(b.reshape(16, 3, 144)[:, :, 4:16])  # f32[rows, nb, 8, 1]
+    sc = sc[..., 0].reshape(2, 8, 3, 8)
+    mn = mn[..., 0].reshape(2, 8, 3, 8)
+    np.testing.assert_array_equal(p[:, :, 1024:1088].reshape(2, 3, 8, 8).transpose(0, 3, 1, 2), sc)
+    pairs = p[:, :, 1088:1152].reshape(2, 3, 4, 8, 2).transpose(0, 3, 1, 2, 4).reshape(2, 8, 3, 8)
+    np.testing.assert_array_equal(pairs, mn)

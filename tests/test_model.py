@@ -57,13 +57,16 @@ def checkpoint(request, tmp_path_factory):
 def test_f32_logits_equal_transformers(checkpoint, tmp_path):
     hf_dir, ref_model = checkpoint
     path = convert_hf(hf_dir, tmp_path / "m.gguf", "f32")
-    model = lfm2q.load(path, n_ctx=256)
+    model = lfm2q.load(path, n_ctx=256, exact=True)
     ids = prompt(model.config.n_vocab)
     got = model.logits(ids)
     ref = reference_logits(ref_model, ids)
     assert got.shape == ref.shape == (N_PROMPT, model.config.n_vocab)
     assert got.dtype == np.float32
     assert rel_err(got, ref) < 1e-4
+    # The default mode keeps K and V in fp16, as llama.cpp's cache does (nothing else is
+    # rounded for F32 weights): ~5e-4 here.
+    assert rel_err(lfm2q.load(path, n_ctx=256).logits(ids), ref) < 2e-3
 
 
 def weights_as_stored(gguf_path, hf_dir) -> dict[str, torch.Tensor]:
@@ -188,7 +191,10 @@ def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf):
     np.testing.assert_array_equal(s.eval(ids[10:]), first)
     s.reset()
     assert s.n_past == 0
-    np.testing.assert_allclose(s.eval(ids)[None], model.logits(ids)[-1:], rtol=0, atol=1e-5 * np.abs(first).max())
+    # 20 tokens go through decode, logits() through prefill: for F32 weights the two sum in
+    # different orders, and the fp16 KV cache can round such a 1-ulp difference a whole fp16
+    # step apart (measured 1.9e-5 of the largest logit)
+    np.testing.assert_allclose(s.eval(ids)[None], model.logits(ids)[-1:], rtol=0, atol=1e-4 * np.abs(first).max())
 
 
 def test_context_overflow_is_a_clear_error(tiny_gguf):

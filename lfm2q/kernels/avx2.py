@@ -397,73 +397,101 @@ def q8_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q8_0, row, xq, xd, t=t)
 
 
-# --- prefill over 8 rows at once: Q4_K in the layout of repack.py -----------------------------
-# Lanes are rows here: a 32-byte vector holds 4 consecutive weights of each of 8 rows (unpacked
-# to bytes by repack.repack_q4_k8), multiplied by 4 bytes of x broadcast to every row. The 8
-# products of a sub-block add up in 16 bits (8 * 2 * 15 * 128 < 32768) before the sub-block
-# scales go on with one vpmaddwd: 8 multiplies per 256 weight-activation products of a row
-# and token, against 16 in the row kernels. The integer sums per super-block are the row
-# kernels' own, and the floats go the same way (d * dx fused per super-block, one chain for
-# the scales and one for the mins, lane r being row r), so the result has their bits.
-
 def _broadcast32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or i16*) in all 8 dwords
     b = ir_.b
     word = ir_.load(b.bitcast(base, I8.as_pointer()), offset, I32)
     return ir_.splat(word, V8I32)
 
 
-def _q4_k_8rows(context, builder, sig, args):
+# --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8) ----------------------------
+# Decode and prefill over the packed layout: per super-block of 8 rows, 32 vectors of 4 bytes
+# from each row (low nibbles: sub-block 2c, high nibbles: 2c + 1), then the rows' 6-bit scales,
+# mins in pairs of sub-blocks, and fp16 d and dmin (repack.py). Lanes are rows; 4 bytes of x
+# go to every lane (vpbroadcastd) and 8 byte products add up in 16 bits (8 * 2 * 15 * 128 <
+# 32768) before the scales go on with one vpmaddwd. The integer sums per super-block and the
+# float steps are the row kernel's (q4_k_row), so a packed matrix gives the same bits. x comes
+# as Q8_K plus its sums per 32 (int16[cols/32]); prefill runs TOKENS positions per call.
+
+P_QS, P_SC, P_MN, P_D, P_DMIN, P_BYTES = 0, 1024, 1088, 1152, 1168, 1184
+
+
+def _q4_k_packed(context, builder, sig, args):
     ir_ = _IR(builder)
     b = builder
-    qs, sc, mn, d8, dm8 = (_data(context, b, ty, v) for ty, v in zip(sig.args[:5], args[:5]))
-    xq_ty, xd_ty, bs_ty = sig.args[5:8]
-    xq, xd, bs, t = args[5:9]
-    out_ty, out, r0 = sig.args[9], args[9], args[10]
-    nb = _n_blocks(context, b, sig.args[3], args[3], 8)  # d holds 8 floats per super-block
-    toks = []
-    for i in range(TOKENS):
-        ti = b.add(t, ir.Constant(t.type, i))
-        toks.append((_row_ptr(context, b, xq_ty, xq, ti), _row_ptr(context, b, xd_ty, xd, ti),
-                     _row_ptr(context, b, bs_ty, bs, ti),
-                     b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])))
     c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], c(P_BYTES))
+    one_token = sig.args[2].ndim == 1
+    arrs = list(zip(sig.args[2:5], args[2:5]))
+    out_ty, out = sig.args[-1], args[-1]
+    r0 = b.mul(args[1], c(8))
+    if one_token:
+        toks = [[_data(context, b, ty, v) for ty, v in arrs] + [b.gep(_data(context, b, out_ty, out), [r0])]]
+    else:
+        t = args[5]
+        toks = []
+        for i in range(TOKENS):
+            ti = b.add(t, ir.Constant(t.type, i))
+            toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in arrs]
+                        + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])])
+    m4 = ir_.const(V32I8, 15)
+    pair_lanes = [r // 2 for r in range(16)]  # sub-block scale of row r in lanes 2r, 2r+1
+    V8I8, V8F16 = ir.VectorType(I8, 8), ir.VectorType(F16, 8)
 
     def body(k, *accs):
+        pk = b.mul(k, c(P_BYTES))
+        xk = b.mul(k, c(QK_K))
+        scales = [b.zext(ir_.lanes(ir_.load(prow, b.add(pk, c(P_SC + 8 * j)), V8I8), pair_lanes), V16I16)
+                  for j in range(8)]
+        mins = [b.zext(ir_.load(prow, b.add(pk, c(P_MN + 16 * p)), V16I8), V16I16) for p in range(4)]
+        d_rows = b.fpext(ir_.load(prow, b.add(pk, c(P_D)), V8F16), V8F32)
+        dm_rows = b.fpext(ir_.load(prow, b.add(pk, c(P_DMIN)), V8F16), V8F32)
         res = []
-        qk, xk = b.mul(k, c(2048)), b.mul(k, c(QK_K))
-        sk = b.mul(k, c(128))
-        d_rows = ir_.load(d8, b.mul(k, c(8)), V8F32)
-        dm_rows = ir_.load(dm8, b.mul(k, c(8)), V8F32)
         for (xp, dp, sp, _), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
-            isum = msum = ir.Constant(V8I32, [0] * 8)
-            for j in range(8):
-                p16 = None
+            isum = ir.Constant(V8I32, [0] * 8)
+            for ch in range(4):
+                p_lo = p_hi = None
                 for g in range(8):
-                    wv = ir_.load(qs, b.add(qk, c(256 * j + 32 * g)), V32I8)
-                    xb = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(32 * j + 4 * g))), V32I8)
-                    p = ir_.maddubs(wv, xb)
-                    p16 = p if p16 is None else b.add(p16, p)
-                isum = b.add(isum, ir_.maddwd(p16, ir_.load(sc, b.add(sk, c(16 * j)), V16I16)))
-                # min of sub-block j (lanes 2r, 2r+1) times x's two 16-sums over it
-                pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(32)), c(4 * j))), V16I16)
-                msum = b.add(msum, ir_.maddwd(ir_.load(mn, b.add(sk, c(16 * j)), V16I16), pair))
+                    v = ir_.load(prow, b.add(pk, c(P_QS + 32 * (8 * ch + g))), V32I8)
+                    lo, hi = b.and_(v, m4), b.lshr(v, ir_.const(V32I8, 4))
+                    x_lo = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(64 * ch + 4 * g))), V32I8)
+                    x_hi = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(64 * ch + 32 + 4 * g))), V32I8)
+                    q_lo, q_hi = ir_.maddubs(lo, x_lo), ir_.maddubs(hi, x_hi)
+                    p_lo = q_lo if p_lo is None else b.add(p_lo, q_lo)
+                    p_hi = q_hi if p_hi is None else b.add(p_hi, q_hi)
+                isum = b.add(isum, ir_.maddwd(p_lo, scales[2 * ch]))
+                isum = b.add(isum, ir_.maddwd(p_hi, scales[2 * ch + 1]))
+            msum = ir.Constant(V8I32, [0] * 8)
+            for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
+                pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p))), V16I16)
+                msum = b.add(msum, ir_.maddwd(mins[p], pair))
             dx = ir_.splat(b.load(b.gep(dp, [k])), V8F32)
             res.append(ir_.fma(b.sitofp(isum, V8F32), b.fmul(d_rows, dx), acc))
             res.append(ir_.fma(b.sitofp(msum, V8F32), b.fmul(dm_rows, dx), acc_m))
         return res
 
     zero = ir.Constant(V8F32, [0.0] * 8)
-    accs = ir_.loop(nb, body, *[zero] * (2 * TOKENS))
+    accs = ir_.loop(nb, body, *[zero] * (2 * len(toks)))
     for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
         b.store(b.fsub(acc, acc_m), b.bitcast(op, V8F32.as_pointer()), align=4)
     return context.get_dummy_value()
 
 
 @intrinsic
-def q4_k_8rows(typingctx, qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0):
-    """out[t + i, r0:r0 + 8] = rows r0.. . x[t + i] for i < TOKENS, the 8 rows repacked by
-    repack.repack_q4_k8 (qs, sc, mn, d, dmin); x in Q8_K as 2-D arrays; out f32[n, rows]."""
-    if not (_arrays(1, qs, sc, mn, d, dmin) and _arrays(2, xq, xd, bsum, out)
-            and isinstance(t, types.Integer) and isinstance(r0, types.Integer)):
+def q4_k_packed(typingctx, packed, gi, xq, xd, bs32, out):
+    """out[8gi : 8gi + 8] = rows 8gi.. . x, from packed uint8[rows/8, nb*P_BYTES] (repack.py);
+    x in Q8_K (xq int8[cols], xd f32[cols/256]) with bs32 int16[cols/32]; out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xq, xd, bs32, out) and isinstance(gi, types.Integer)):
         return None
-    return types.none(qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0), _q4_k_8rows
+    return types.none(packed, gi, xq, xd, bs32, out), _q4_k_packed
+
+
+@intrinsic
+def q4_k_packed_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
+    """out[t + i, 8gi : 8gi + 8] for i < TOKENS: q4_k_packed for rows t.. of 2-D xq, xd, bs32,
+    out f32[n, rows]."""
+    if not (_arrays(2, packed, xq, xd, bs32, out) and isinstance(gi, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, t, out), _q4_k_packed

@@ -35,7 +35,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dequantize_q4_1_np, dequantize_q5_0_np, dequantize_q5_1_np, dot_q4_0, dot_q4_1,
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
-from .repack import GROUP, repack_q4_k8
+from .repack import GROUP
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -100,6 +100,7 @@ PARALLEL_MIN_BYTES = 256 * 1024
 
 
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
+PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
 
 
 @njit(inline="always")
@@ -180,13 +181,45 @@ def _imatvec_q8_0_serial(w, xq, xd, out):
         out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
+@njit(error_model="numpy", cache=True)
+def _sums32(bsum):  # Q8_K sums per 16 -> per 32 (int16[.., cols/32]), for the packed kernels
+    out = np.empty(bsum.shape[:-1] + (bsum.shape[-1] // 2,), np.int16)
+    b2 = bsum.reshape(-1, 2)
+    o1 = out.reshape(-1)
+    for i in range(o1.shape[0]):
+        o1[i] = b2[i, 0] + b2[i, 1]
+    return out
+
+
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+def _imatvec_packed_parallel(p, xq, xd, bs32, out):
+    for gi in prange(p.shape[0]):
+        avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_packed_serial(p, xq, xd, bs32, out):
+    for gi in range(p.shape[0]):
+        avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
     qtype = code & 255
     act = activation_rounding(code)
     serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
     n = x.shape[0]
-    if act == ACT_Q8_K:
+    if code & PACKED8:
+        xq = np.empty(n, np.int8)
+        xd = np.empty(n // QK_K, np.float32)
+        bsum = np.empty(n // 16, np.int16)
+        quantize_q8_k(x, xq, xd, bsum)
+        bs32 = _sums32(bsum)
+        if serial:
+            _imatvec_packed_serial(w, xq, xd, bs32, out)
+        else:
+            _imatvec_packed_parallel(w, xq, xd, bs32, out)
+    elif act == ACT_Q8_K:
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK_K, np.float32)
         bsum = np.empty(n // 16, np.int16)
@@ -225,14 +258,15 @@ TOKENS = avx2.TOKENS
 TOKEN_BLOCK = 64
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", parallel=True, cache=True)
 def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, or Q8_0 rows
     n, cols = x.shape
     per = QK_K if kquant else QK8_0
     xq = np.empty((n, cols), np.int8)
     xd = np.empty((n, cols // per), np.float32)
     bsum = np.empty((n, cols // 16), np.int16)
-    for t in range(n):  # serial: a few microseconds a position
+    # ~1.5 ns an element: serial, it was a fifth of a 512-row Q4_K product on one thread
+    for t in prange(n):
         if kquant:
             quantize_q8_k(x[t], xq[t], xd[t], bsum[t])
         else:
@@ -267,30 +301,18 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
-def _imatmul_q4_k(w, x, out):  # _imatmul for Q4_K: 8 rows at a time, regrouped (repack.py)
-    n, cols = x.shape
-    nb = cols // QK_K
+def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
+    n = x.shape[0]
     xq, xd, bsum = _quantize_rows(x, True)
-    groups = w.shape[0] // GROUP
-    for gi in prange(groups):
-        r0 = gi * GROUP
-        qs = np.empty(nb * 2048, np.uint8)
-        sc = np.empty(nb * 128, np.int16)
-        mn = np.empty(nb * 128, np.int16)
-        d = np.empty(nb * GROUP, np.float32)
-        dmin = np.empty(nb * GROUP, np.float32)
-        repack_q4_k8(w, r0, qs, sc, mn, d, dmin)
+    bs32 = _sums32(bsum)
+    for gi in prange(p.shape[0]):
         t = 0
         while t + TOKENS <= n:
-            avx2.q4_k_8rows(qs, sc, mn, d, dmin, xq, xd, bsum, t, out, r0)
+            avx2.q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
             t += TOKENS
         while t < n:
-            for r in range(r0, r0 + GROUP):
-                out[t, r] = row_idot_k(w, Q4_K, r, xq[t], xd[t], bsum[t])
+            avx2.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
             t += 1
-    for r in range(groups * GROUP, w.shape[0]):  # rows past the last whole group
-        for t in range(n):
-            out[t, r] = row_idot_k(w, Q4_K, r, xq[t], xd[t], bsum[t])
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
@@ -327,6 +349,12 @@ def integer_prefill(code: int) -> bool:
     return USE_AVX2 and not code & EXACT and code & 255 in (Q4_K, Q5_K, Q6_K, Q8_0)
 
 
+def packable(code: int, rows: int) -> bool:
+    """Whether a matrix of this kernel code is packed at load time (repack.pack_q4_k8): Q4_K
+    with the AVX2 kernels, f32 activations not asked for, whole groups of 8 rows."""
+    return USE_AVX2 and code == Q4_K and rows % GROUP == 0
+
+
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     """out[n, rows] = x[n, cols] @ W.T over numba.get_num_threads() workers.
 
@@ -336,11 +364,11 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     """
     global _pool
     qtype = code & 255
+    if code & PACKED8:
+        _imatmul_packed(w, x, out)
+        return
     if integer_prefill(code):
-        if qtype == Q4_K:
-            _imatmul_q4_k(w, x, out)
-        else:
-            _imatmul(w, qtype, x, out)
+        _imatmul(w, qtype, x, out)
         return
     act = activation_rounding(code)
     if act != ACT_F32:
