@@ -18,15 +18,19 @@ class Model:
 
     exact: by default each matrix's input is rounded as llama.cpp rounds it for the weight's
     type (8-bit blocks for quantized weights, fp16 for F16), so lfm2q and llama.cpp compute
-    the same logits on the same file and decode multiplies integers; the KV cache holds fp16,
-    as llama.cpp's does. exact=True keeps the activations and the KV cache in f32: the logits
-    of the stored weights as transformers would compute them, at some speed cost on quantized
-    files.
+    the same logits on the same file and decode multiplies integers. exact=True keeps the
+    activations in f32: the logits of the stored weights as transformers would compute them,
+    at some speed cost on quantized files.
+
+    kv_cache: "f16" (the default, as llama.cpp's cache: half the memory) or "f32" (the default
+    with exact=True) for the attention layers' K and V.
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-                 exact: bool = False):
+                 exact: bool = False, kv_cache: str | None = None):
         _check_int("n_ctx", n_ctx, 1)
+        if kv_cache not in (None, "f16", "f32"):
+            raise Lfm2qError(f"kv_cache {kv_cache!r} is not a cache type — use 'f16' or 'f32'")
         set_threads(n_threads)
         self.file = GGUFFile(path)
         self.path = self.file.path
@@ -36,6 +40,7 @@ class Model:
                              f"{self.path.name} was trained for — use at most that")
         self.n_ctx = n_ctx
         self.exact = bool(exact)
+        self.kv_cache = kv_cache or ("f32" if self.exact else "f16")
         self.weights = Weights(self.file, exact=self.exact)
         try:
             self.tokenizer = Tokenizer.from_gguf_fields(self.file.tokenizer_fields())
@@ -121,9 +126,9 @@ def _text_pieces(steps) -> Iterator[str]:
 
 
 def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-         exact: bool = False) -> Model:
+         exact: bool = False, kv_cache: str | None = None) -> Model:
     """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM (see Model)."""
-    return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact)
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, kv_cache=kv_cache)
 
 
 def set_threads(n_threads: int | None) -> None:

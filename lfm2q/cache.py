@@ -20,9 +20,9 @@ class Snapshot:
     conv: dict[int, np.ndarray]                    # layer -> f32[L-1, D]
 
 
-# K and V are stored as fp16 (bits in uint16: numba has no float16), as llama.cpp's default
-# cache stores them: half the memory of f32 (50 MB at 4096 tokens of the 350M shape) and the
-# same rounding llama.cpp applies. exact=True models keep f32 (transformers keeps K/V in f32).
+# K and V are stored as fp16 by default (bits in uint16: numba has no float16), as llama.cpp's
+# default cache stores them: half the memory of f32 (50 MB at 4096 tokens of the 350M shape).
+# f32 with load(..., kv_cache="f32") and with exact=True (transformers keeps K/V in f32).
 KV_F16, KV_F32 = np.uint16, np.float32
 
 

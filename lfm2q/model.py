@@ -228,7 +228,7 @@ class Session:
     def __init__(self, model: "Model"):
         self.model = model
         self.n_ctx = model.n_ctx
-        self.state = State(model.config, model.n_ctx, KV_F32 if model.weights.exact else KV_F16)
+        self.state = State(model.config, model.n_ctx, KV_F32 if model.kv_cache == "f32" else KV_F16)
         self._fwd = Forward(model.config, model.weights, self.state)
 
     @property

@@ -236,3 +236,21 @@ def test_greedy_generation_is_deterministic_and_matches_argmax(tiny_gguf):
             break
         seq.append(nxt)
     assert model.detokenize(seq[len(ids):]) == text
+
+
+def test_kv_cache_type_is_fp16_by_default_and_f32_on_request(tiny_gguf):
+    path = tiny_gguf("q8_0")
+    ids = prompt(lfm2q.load(path, n_ctx=64).config.n_vocab)[:12]
+    for kwargs, dtype in (({}, np.uint16), ({"kv_cache": "f32"}, np.float32), ({"exact": True}, np.float32)):
+        model = lfm2q.load(path, n_ctx=64, **kwargs)
+        s = model.session()
+        s.eval(ids)
+        k = next(k for k in s.state.k if k is not None)
+        assert k.dtype == dtype, kwargs
+        if dtype == np.uint16:  # fp16 bits of the f32 cache's values, rounded to nearest
+            f32 = lfm2q.load(path, n_ctx=64, kv_cache="f32").session()
+            f32.eval(ids)
+            k32 = next(k for k in f32.state.k if k is not None)[:, :12]
+            assert np.abs(k[:, :12].view(np.float16).astype(np.float32) - k32).max() <= 1e-3 * np.abs(k32).max()
+    with pytest.raises(lfm2q.Lfm2qError, match="kv_cache 'q8' is not a cache type"):
+        lfm2q.load(path, n_ctx=64, kv_cache="q8")
