@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import blocks
+from . import blocks, compiler_pages
 from .cache import KV_F16, KV_F32, Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
@@ -218,6 +218,17 @@ class Forward:
         return self.logits
 
 
+_loaded: set[str] = set()  # paths whose kernels this process has loaded
+
+
+def _kernels_loaded(path: str) -> None:
+    """After a path's first step its kernels are loaded: LLVM's code pages can go
+    (compiler_pages); called after every step, it does something once per path."""
+    if path not in _loaded:
+        _loaded.add(path)
+        compiler_pages.release()
+
+
 class Session:
     """A sequence being decoded: feed tokens with `eval`, get the next-token logits.
 
@@ -241,9 +252,11 @@ class Session:
         if self._by_decode(ids.shape[0]):
             for t in ids:
                 logits = self._fwd.decode(int(t))
+                _kernels_loaded("decode")
             return logits.copy()
         for i in range(0, ids.shape[0], PREFILL_CHUNK):
             logits = self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=False)
+            _kernels_loaded("prefill")
         return logits.copy()
 
     def _by_decode(self, n: int) -> bool:  # see SHORT_PROMPT
@@ -253,8 +266,10 @@ class Session:
     def eval_all(self, ids) -> np.ndarray:
         """Like eval, but returns logits for every fed position, f32[n, V]."""
         ids = self._check(ids)
-        return np.concatenate([self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=True)
-                               for i in range(0, ids.shape[0], PREFILL_CHUNK)])
+        out = np.concatenate([self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=True)
+                              for i in range(0, ids.shape[0], PREFILL_CHUNK)])
+        _kernels_loaded("prefill all")
+        return out
 
     def reset(self) -> None:
         self.state.reset()
