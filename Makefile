@@ -26,11 +26,16 @@ bench: install
 	$(BIN)/python benchmarks/bench_350m.py
 
 # llama-cpp-python (the `llamacpp` extra) is installed on first use: the first time pip builds
-# llama.cpp from source (~10 min on 2 cores); later installs take the wheel from pip's cache.
+# llama.cpp from source (~6-10 min on 2 cores); later installs take the wheel from pip's cache.
+# Built for this CPU (-march=native, as the benchmark needs) but without AMX: on virtual
+# machines whose CPU reports AMX that the OS does not enable, llama.cpp's AMX kernels die
+# with SIGILL (seen on a Xeon VM here). The flags are harmless on CPUs without AMX.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+	-DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 llamacpp: install
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
-	  echo "installing llama-cpp-python (first time: builds llama.cpp, ~10 min)"; \
-	  $(BIN)/pip install --quiet -e '.[llamacpp]'; }
+	  echo "installing llama-cpp-python (first time: builds llama.cpp, ~6-10 min)"; \
+	  CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/pip install --quiet -e '.[llamacpp]'; }
 
 test-llamacpp: llamacpp
 	$(BIN)/python -m pytest -q -m llamacpp

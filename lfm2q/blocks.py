@@ -116,6 +116,12 @@ def silu_mul(g, u):  # g, u f32[..] -> g = silu(g) * u, in place
         gf[i] = (x / (F32(1.0) + ggml_expf(F32(0.0) - x))) * uf[i]
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)
+def silu_mul_rows(g, u):  # g, u f32[n, FF]: silu_mul per position, positions in parallel
+    for t in prange(g.shape[0]):
+        silu_mul(g[t], u[t])
+
+
 # --- short convolution --------------------------------------------------------------------
 
 @njit(error_model="numpy", fastmath=False, cache=True)

@@ -32,6 +32,10 @@ PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on l
 # `lfm2q generate -p "short prompt"`: 1.9 instead of 2.15 s).
 SHORT_PROMPT = 20
 _prefill_loaded = False  # set once this process has run prefill (its kernels are loaded)
+# The first decode and the first prefill of a process load their numba kernels block by block,
+# which runs LLVM; after each block of those first runs LLVM's code pages are handed back
+# (compiler_pages), so they are never resident together with all the weights.
+_first_run_done: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,10 @@ class Forward:
         x = self.x
         self.id_buf[0] = token
         dequant_rows(w.token_embd.raw, w.token_embd.qtype, self.id_buf, x.reshape(1, -1))
+        fresh = "decode" not in _first_run_done
         for il, L in enumerate(w.layers):
+            if fresh:
+                compiler_pages.release()
             if L.in_proj is not None:
                 blocks.shortconv_decode(x, L.attn_norm, eps, L.in_proj.raw, L.in_proj.kernel, L.conv,
                                         s.conv[il], L.out_proj.raw, L.out_proj.kernel,
@@ -174,6 +181,9 @@ class Forward:
         s.n_past = pos + 1
         blocks.rmsnorm(x, w.output_norm, eps, self.h)
         matvec(w.output.raw, w.output.kernel, self.h, self.logits)
+        if fresh:
+            compiler_pages.release()
+            _first_run_done.add("decode")
         return self.logits
 
     # --- prefill: a chunk of positions --------------------------------------------------
@@ -191,7 +201,10 @@ class Forward:
         x = np.empty((n, c.n_embd), np.float32)                      # [n, D]
         dequant_rows(w.token_embd.raw, w.token_embd.qtype, ids, x)
         h = np.empty_like(x)
+        fresh = "prefill" not in _first_run_done
         for il, L in enumerate(w.layers):
+            if fresh:
+                compiler_pages.release()
             blocks.rmsnorm_rows(x, L.attn_norm, eps, h)
             if L.in_proj is not None:
                 bcx = _mm(L.in_proj, h)                               # [n, 3D]
@@ -207,26 +220,18 @@ class Forward:
                 x += _mm(L.attn_output, att)
             blocks.rmsnorm_rows(x, L.ffn_norm, eps, h)
             g = _mm(L.ffn_gate, h)                                    # [n, FF]
-            blocks.silu_mul(g, _mm(L.ffn_up, h))
+            blocks.silu_mul_rows(g, _mm(L.ffn_up, h))
             x += _mm(L.ffn_down, g)
         s.n_past = p0 + n
+        if fresh:
+            compiler_pages.release()
+            _first_run_done.add("prefill")
         if all_logits:
             blocks.rmsnorm_rows(x, w.output_norm, eps, h)
             return _mm(w.output, h)                                   # [n, V]
         blocks.rmsnorm(x[-1], w.output_norm, eps, self.h)
         matvec(w.output.raw, w.output.kernel, self.h, self.logits)
         return self.logits
-
-
-_loaded: set[str] = set()  # paths whose kernels this process has loaded
-
-
-def _kernels_loaded(path: str) -> None:
-    """After a path's first step its kernels are loaded: LLVM's code pages can go
-    (compiler_pages); called after every step, it does something once per path."""
-    if path not in _loaded:
-        _loaded.add(path)
-        compiler_pages.release()
 
 
 class Session:
@@ -252,11 +257,9 @@ class Session:
         if self._by_decode(ids.shape[0]):
             for t in ids:
                 logits = self._fwd.decode(int(t))
-                _kernels_loaded("decode")
             return logits.copy()
         for i in range(0, ids.shape[0], PREFILL_CHUNK):
             logits = self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=False)
-            _kernels_loaded("prefill")
         return logits.copy()
 
     def _by_decode(self, n: int) -> bool:  # see SHORT_PROMPT
@@ -266,10 +269,8 @@ class Session:
     def eval_all(self, ids) -> np.ndarray:
         """Like eval, but returns logits for every fed position, f32[n, V]."""
         ids = self._check(ids)
-        out = np.concatenate([self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=True)
-                              for i in range(0, ids.shape[0], PREFILL_CHUNK)])
-        _kernels_loaded("prefill all")
-        return out
+        return np.concatenate([self._fwd.prefill(ids[i:i + PREFILL_CHUNK], all_logits=True)
+                               for i in range(0, ids.shape[0], PREFILL_CHUNK)])
 
     def reset(self) -> None:
         self.state.reset()
