@@ -49,6 +49,20 @@ def _target_has_avx2() -> bool:
 
 HAVE_AVX2 = _target_has_avx2()
 
+
+def _target_has_vnni() -> bool:
+    """Whether the target also has a 256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI with VL)."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        named = set((numba.config.CPU_FEATURES or "").split(","))
+        return "+avxvnni" in named or {"+avx512vnni", "+avx512vl"} <= named
+    f = llvm.get_host_cpu_features()
+    return f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False))
+
+
+# vpdpbusd sums 4 byte products straight into 32-bit lanes: the same integers as vpmaddubsw then
+# vpmaddwd with ones (Q8_0's pairs cannot saturate, see above), one instruction instead of two.
+HAVE_VNNI = HAVE_AVX2 and _target_has_vnni()
+
 I8, I16, I32, I64, F16, F32 = (ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64),
                                ir.HalfType(), ir.FloatType())
 V32I8, V16I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(I8, 16),
@@ -88,6 +102,11 @@ class _IR:
 
     def maddwd(self, a, b):  # vpmaddwd: 16 i16*i16 products -> 8 i32 pair sums
         return self.b.call(self.fn("llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16]), [a, b])
+
+    def dpbusd(self, acc, u8, s8):  # vpdpbusd: acc + sums of 4 u8*s8 products per 32-bit lane
+        v8i32 = V8I32
+        fn = self.fn("llvm.x86.avx512.vpdpbusd.256", v8i32, [v8i32, v8i32, v8i32])
+        return self.b.call(fn, [acc, self.b.bitcast(u8, v8i32), self.b.bitcast(s8, v8i32)])
 
     def sign(self, a, b):  # vpsignb: a negated where b < 0, zeroed where b == 0
         return self.b.call(self.fn("llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8]), [a, b])
@@ -335,7 +354,10 @@ def _q8_0(context, builder, sig, args):
         for acc, (xp, dp) in zip(accs, toks):
             x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
             # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
-            sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
+            if HAVE_VNNI:
+                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
             d = b.fmul(d_w, b.load(b.gep(dp, [k])))
             out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
         return out
@@ -447,21 +469,25 @@ def _q4_k_packed(context, builder, sig, args):
         mins = [b.zext(ir_.load(prow, b.add(pk, c(P_MN + 16 * p)), V16I8), V16I16) for p in range(4)]
         d_rows = b.fpext(ir_.load(prow, b.add(pk, c(P_D)), V8F16), V8F32)
         dm_rows = b.fpext(ir_.load(prow, b.add(pk, c(P_DMIN)), V8F16), V8F32)
-        res = []
-        for (xp, dp, sp, _), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
-            isum = ir.Constant(V8I32, [0] * 8)
-            for ch in range(4):
-                p_lo = p_hi = None
-                for g in range(8):
-                    v = ir_.load(prow, b.add(pk, c(P_QS + 32 * (8 * ch + g))), V32I8)
-                    lo, hi = b.and_(v, m4), b.lshr(v, ir_.const(V32I8, 4))
+        # Each unpacked weight vector meets every token before the next is loaded: the
+        # per-token 16-bit sums stay in registers instead of 64 unpacked vectors.
+        isums = [ir.Constant(V8I32, [0] * 8)] * len(toks)
+        for ch in range(4):
+            p_lo, p_hi = [None] * len(toks), [None] * len(toks)
+            for g in range(8):
+                v = ir_.load(prow, b.add(pk, c(P_QS + 32 * (8 * ch + g))), V32I8)
+                lo, hi = b.and_(v, m4), b.lshr(v, ir_.const(V32I8, 4))
+                for i, (xp, _, _, _) in enumerate(toks):
                     x_lo = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(64 * ch + 4 * g))), V32I8)
                     x_hi = b.bitcast(_broadcast32(ir_, xp, b.add(xk, c(64 * ch + 32 + 4 * g))), V32I8)
                     q_lo, q_hi = ir_.maddubs(lo, x_lo), ir_.maddubs(hi, x_hi)
-                    p_lo = q_lo if p_lo is None else b.add(p_lo, q_lo)
-                    p_hi = q_hi if p_hi is None else b.add(p_hi, q_hi)
-                isum = b.add(isum, ir_.maddwd(p_lo, scales[2 * ch]))
-                isum = b.add(isum, ir_.maddwd(p_hi, scales[2 * ch + 1]))
+                    p_lo[i] = q_lo if p_lo[i] is None else b.add(p_lo[i], q_lo)
+                    p_hi[i] = q_hi if p_hi[i] is None else b.add(p_hi[i], q_hi)
+            for i in range(len(toks)):
+                isums[i] = b.add(isums[i], ir_.maddwd(p_lo[i], scales[2 * ch]))
+                isums[i] = b.add(isums[i], ir_.maddwd(p_hi[i], scales[2 * ch + 1]))
+        res = []
+        for (_, dp, sp, _), isum, acc, acc_m in zip(toks, isums, accs[0::2], accs[1::2]):
             msum = ir.Constant(V8I32, [0] * 8)
             for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
                 pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p))), V16I16)
