@@ -32,36 +32,26 @@ from numba.extending import intrinsic
 
 from .kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 
 
 NEEDS = ("avx2", "fma", "f16c")
 
 
-def _target_has_avx2() -> bool:
-    """Whether numba compiles for a CPU with AVX2, FMA and F16C: the host's features, or those
-    named by NUMBA_CPU_NAME / NUMBA_CPU_FEATURES (e.g. a portable `generic` cache has none)."""
+def _target_features() -> set[str]:
+    """The CPU features numba compiles for: the host's, or those named by NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES (e.g. a portable `generic` cache has none)."""
     if numba.config.CPU_NAME not in (None, "host"):
-        named = (numba.config.CPU_FEATURES or "").split(",")
-        return all("+" + f in named for f in NEEDS)
-    features = llvm.get_host_cpu_features()
-    return all(features.get(f, False) for f in NEEDS)
+        return {f[1:] for f in (numba.config.CPU_FEATURES or "").split(",") if f.startswith("+")}
+    return {name for name, on in llvm.get_host_cpu_features().items() if on}
 
 
-HAVE_AVX2 = _target_has_avx2()
-
-
-def _target_has_vnni() -> bool:
-    """Whether the target also has a 256-bit vpdpbusd (AVX-VNNI, or AVX-512 VNNI with VL)."""
-    if numba.config.CPU_NAME not in (None, "host"):
-        named = set((numba.config.CPU_FEATURES or "").split(","))
-        return "+avxvnni" in named or {"+avx512vnni", "+avx512vl"} <= named
-    f = llvm.get_host_cpu_features()
-    return f.get("avxvnni", False) or (f.get("avx512vnni", False) and f.get("avx512vl", False))
-
-
+_FEATURES = _target_features()
+HAVE_AVX2 = set(NEEDS) <= _FEATURES
 # vpdpbusd sums 4 byte products straight into 32-bit lanes: the same integers as vpmaddubsw then
 # vpmaddwd with ones (Q8_0's pairs cannot saturate, see above), one instruction instead of two.
-HAVE_VNNI = HAVE_AVX2 and _target_has_vnni()
+# 256-bit vpdpbusd comes with AVX-VNNI, or with AVX-512 VNNI plus VL.
+HAVE_VNNI = HAVE_AVX2 and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
 
 I8, I16, I32, I64, F16, F32 = (ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64),
                                ir.HalfType(), ir.FloatType())
@@ -433,9 +423,6 @@ def _broadcast32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or 
 # 32768) before the scales go on with one vpmaddwd. The integer sums per super-block and the
 # float steps are the row kernel's (q4_k_row), so a packed matrix gives the same bits. x comes
 # as Q8_K plus its sums per 32 (int16[cols/32]); prefill runs TOKENS positions per call.
-
-P_QS, P_SC, P_MN, P_D, P_DMIN, P_BYTES = 0, 1024, 1088, 1152, 1168, 1184
-
 
 def _q4_k_packed(context, builder, sig, args):
     ir_ = _IR(builder)

@@ -24,7 +24,7 @@ GROUP = 8  # rows per group (the 8 f32 lanes of an AVX2 register)
 #   [1152, 1168)  d of row r (fp16), [1168, 1184) dmin of row r (fp16)
 # Decode reads this once per token like the file's own bytes (2.8% more of them), with half
 # the instructions of the row kernel per weight.
-P_BYTES = 1184
+P_QS, P_SC, P_MN, P_D, P_DMIN, P_BYTES = 0, 1024, 1088, 1152, 1168, 1184
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
@@ -42,11 +42,11 @@ def pack_q4_k8(w, out):
                 p = k * P_BYTES
                 for c in range(4):
                     for g in range(8):
-                        d32[(p + 32 * (8 * c + g)) // 4 + r] = w32[(o + 16 + 32 * c) // 4 + g]
+                        d32[(p + P_QS + 32 * (8 * c + g)) // 4 + r] = w32[(o + 16 + 32 * c) // 4 + g]
                 for j in range(8):
                     s, m = _scale_min(row, o + 4, j)
-                    dst[p + 1024 + 8 * j + r] = s
-                    dst[p + 1088 + 16 * (j // 2) + 2 * r + (j % 2)] = m
+                    dst[p + P_SC + 8 * j + r] = s
+                    dst[p + P_MN + 16 * (j // 2) + 2 * r + (j % 2)] = m
                 for i in range(2):
-                    dst[p + 1152 + 2 * r + i] = row[o + i]          # d
-                    dst[p + 1168 + 2 * r + i] = row[o + 2 + i]      # dmin
+                    dst[p + P_D + 2 * r + i] = row[o + i]           # d
+                    dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]    # dmin
