@@ -19,8 +19,7 @@ from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
 from .kernels.dispatch import PACKED8, integer_prefill, packable, single_threaded_blas
-from .kernels.kquants import Q4_K_BYTES
-from .kernels.repack import GROUP, P_BYTES, pack_q4_k8
+from .kernels.repack import packed_q4_k8
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens may run token by token through decode. Where prefill goes
@@ -31,10 +30,10 @@ PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on l
 # loading the prefill kernels from numba's cache costs ~0.25 s once (the first token of
 # `lfm2q generate -p "short prompt"`: 1.9 instead of 2.15 s).
 SHORT_PROMPT = 20
-_prefill_loaded = False  # set once this process has run prefill (its kernels are loaded)
-# The first decode and the first prefill of a process load their numba kernels block by block,
-# which runs LLVM; after each block of those first runs LLVM's code pages are handed back
-# (compiler_pages), so they are never resident together with all the weights.
+# "decode" / "prefill" once this process has run one (their kernels are loaded). The first run
+# of each loads its numba kernels block by block, which runs LLVM; after each block of those
+# first runs LLVM's code pages are handed back (compiler_pages), so they are never resident
+# together with all the weights.
 _first_run_done: set[str] = set()
 
 
@@ -110,8 +109,7 @@ def _packed(f: GGUFFile, w: Weight) -> Weight:
     the AVX2 kernels run (kernels/repack.py), their file pages released; others as they are."""
     if not packable(w.kernel, w.rows):
         return w
-    out = np.empty((w.rows // GROUP, w.raw.shape[1] // Q4_K_BYTES * P_BYTES), np.uint8)
-    pack_q4_k8(w.raw, out)
+    out = packed_q4_k8(w.raw)
     f.release(w.name)
     return replace(w, raw=out, kernel=w.kernel | PACKED8)
 
@@ -190,8 +188,6 @@ class Forward:
 
     def prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run positions n_past.. for ids int64[n]; logits f32[n, V] or of the last one f32[V]."""
-        global _prefill_loaded
-        _prefill_loaded = True
         with single_threaded_blas():
             return self._prefill(ids, all_logits)
 
@@ -263,7 +259,7 @@ class Session:
         return logits.copy()
 
     def _by_decode(self, n: int) -> bool:  # see SHORT_PROMPT
-        warm = self.model.weights.integer_prefill and _prefill_loaded
+        warm = self.model.weights.integer_prefill and "prefill" in _first_run_done
         return n <= 1 or (n <= SHORT_PROMPT and not warm)
 
     def eval_all(self, ids) -> np.ndarray:

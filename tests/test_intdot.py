@@ -10,6 +10,7 @@ from lfm2q.kernels import avx2, dispatch, intdot
 from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
 from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_K, Q5_K, Q6_K, Q8_0, block_size
+from lfm2q.kernels.repack import packed_q4_k8
 
 TYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
 FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}
@@ -160,13 +161,6 @@ def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
         np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]))
 
 
-def _packed(w):
-    from lfm2q.kernels.repack import P_BYTES, pack_q4_k8
-    p = np.empty((w.shape[0] // 8, w.shape[1] // 144 * P_BYTES), np.uint8)
-    pack_q4_k8(w, p)
-    return p
-
-
 @pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: Q4_K matrices stay unpacked")
 def test_packed_q4_k_matrices_give_the_row_kernels_bits():
     # Decode and prefill over Q4_K rows packed 8 at a time (the load-time layout) against the
@@ -174,7 +168,7 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
     rows, cols, n = 24, 512, dispatch.TOKENS * 2 + 3
     code = Q4_K | dispatch.PACKED8
     for wname, w in edge_weights(Q4_K, rows, cols).items():
-        p = _packed(w)
+        p = packed_q4_k8(w)
         for xname, x1 in edge_vectors(cols).items():
             want = run("avx2", w, Q4_K, x1)
             got = np.full(rows, np.nan, np.float32)
@@ -190,7 +184,7 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
 def test_packing_keeps_every_byte_of_the_q4_k_rows():
     from lfm2q.kernels.repack import P_BYTES
     w = weights(Q4_K, 16, 768, seed=9)
-    p = _packed(w).reshape(2, 3, P_BYTES)  # [group, super-block, packed bytes]
+    p = packed_q4_k8(w).reshape(2, 3, P_BYTES)  # [group, super-block, packed bytes]
     b = w.reshape(2, 8, 3, 144)            # [group, row, super-block, block bytes]
     qs = p[:, :, :1024].reshape(2, 3, 4, 8, 8, 4)  # [group, k, chunk c, dword g, row r, byte]
     np.testing.assert_array_equal(qs.transpose(0, 4, 1, 2, 3, 5).reshape(2, 8, 3, 128), b[..., 16:])

@@ -163,7 +163,7 @@ def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
 
 def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkeypatch):
     from lfm2q import model as model_module
-    monkeypatch.setattr(model_module, "_prefill_loaded", False)
+    monkeypatch.setattr(model_module, "_first_run_done", set())  # as in a new process
     prefilled = []
     prefill = model_module.Forward.prefill
     monkeypatch.setattr(model_module.Forward, "prefill",

@@ -209,22 +209,18 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
     act = activation_rounding(code)
     serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
     n = x.shape[0]
-    if code & PACKED8:
+    if act == ACT_Q8_K:
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK_K, np.float32)
         bsum = np.empty(n // 16, np.int16)
         quantize_q8_k(x, xq, xd, bsum)
-        bs32 = _sums32(bsum)
-        if serial:
-            _imatvec_packed_serial(w, xq, xd, bs32, out)
-        else:
-            _imatvec_packed_parallel(w, xq, xd, bs32, out)
-    elif act == ACT_Q8_K:
-        xq = np.empty(n, np.int8)
-        xd = np.empty(n // QK_K, np.float32)
-        bsum = np.empty(n // 16, np.int16)
-        quantize_q8_k(x, xq, xd, bsum)
-        if serial:
+        if code & PACKED8:
+            bs32 = _sums32(bsum)
+            if serial:
+                _imatvec_packed_serial(w, xq, xd, bs32, out)
+            else:
+                _imatvec_packed_parallel(w, xq, xd, bs32, out)
+        elif serial:
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
             _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)

@@ -50,3 +50,10 @@ def pack_q4_k8(w, out):
                 for i in range(2):
                     dst[p + P_D + 2 * r + i] = row[o + i]           # d
                     dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]    # dmin
+
+
+def packed_q4_k8(w):
+    """A new packed copy of the Q4_K matrix w (uint8[rows, nb*144], rows a multiple of 8)."""
+    out = np.empty((w.shape[0] // GROUP, w.shape[1] // Q4_K_BYTES * P_BYTES), np.uint8)
+    pack_q4_k8(w, out)
+    return out
