@@ -66,7 +66,7 @@ _C5 = F32(float.fromhex("0x1.0e4020p-7"))
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
-def ggml_expf(x):  # f32 -> f32: one lane of ggml_v_expf (AVX2), ~1.5 ulp, bit for bit
+def _expf_parts(x):  # -> (n, j, k, e): x = n*ln2 + b, exp(x) = k * (1 + j) with k = 2^n
     z = fma32(x, _LOG2E, _SHIFT)          # n + shift: the shift rounds x*log2(e) to an integer
     n = z - _SHIFT
     b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))   # x - n*ln2 in two parts
@@ -74,6 +74,12 @@ def ggml_expf(x):  # f32 -> f32: one lane of ggml_v_expf (AVX2), ~1.5 ulp, bit f
     k = _bits_f32(e + np.uint32(0x3F800000))
     u = b * b
     j = fma32(fma32(fma32(_C5, b, _C4), u, fma32(_C3, b, _C2)), u, _C1 * b)
+    return n, j, k, e
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def ggml_expf(x):  # f32 -> f32: one lane of ggml_v_expf (AVX2), ~1.5 ulp, bit for bit
+    n, j, k, e = _expf_parts(x)
     # |n| > 126: 2^n split in two factors so neither over/underflows on its own; > 192:
     # the result is 0 or inf.
     an = abs(n)
@@ -82,6 +88,16 @@ def ggml_expf(x):  # f32 -> f32: one lane of ggml_v_expf (AVX2), ~1.5 ulp, bit f
     s2 = _bits_f32(e - g)
     big = s1 * s1 if an > F32(192.0) else fma32(s2, j, s2) * s1
     return big if an > F32(126.0) else fma32(j, k, k)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def ggml_expf_small(x):  # ggml_expf for |x| <= 87 (then |n| <= 126): the last line alone
+    n, j, k, e = _expf_parts(x)
+    return fma32(j, k, k)
+
+
+# Bits of 87.0f: |x| <= 87 keeps |x * log2(e)| <= 125.6, so n stays within ggml_expf's small range.
+_EXPF_SMALL_MAX = np.uint32(0x42AE0000)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
@@ -111,9 +127,20 @@ def silu_mul(g, u):  # g, u f32[..] -> g = silu(g) * u, in place
     # a multiple of 8 long, uses libm's expf; LFM2's n_ff is a multiple of 8.)
     gf = g.reshape(-1)
     uf = u.reshape(-1)
+    # Vectorized, ggml_expf's large-|n| branch costs more than the rest: its unused lanes
+    # compute with subnormal floats, each a microcode assist (5 ns an element, 0.7 without).
+    # So look first whether any |x| > 87 (or NaN), as integers, and only then take it.
+    wide = False
     for i in range(gf.shape[0]):
-        x = gf[i]
-        gf[i] = (x / (F32(1.0) + ggml_expf(F32(0.0) - x))) * uf[i]
+        wide |= (_f32_bits(gf[i]) & np.uint32(0x7FFFFFFF)) > _EXPF_SMALL_MAX
+    if wide:
+        for i in range(gf.shape[0]):
+            x = gf[i]
+            gf[i] = (x / (F32(1.0) + ggml_expf(F32(0.0) - x))) * uf[i]
+    else:
+        for i in range(gf.shape[0]):
+            x = gf[i]
+            gf[i] = (x / (F32(1.0) + ggml_expf_small(F32(0.0) - x))) * uf[i]
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)

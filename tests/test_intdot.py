@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lfm2q.kernels import avx2, dispatch, intdot
+from lfm2q.kernels import avx2, avx512, dispatch, intdot
 from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
 from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_K, Q5_K, Q6_K, Q8_0, block_size
@@ -150,15 +150,18 @@ def test_matvec_uses_the_avx2_kernels_where_the_cpu_has_them():
 @pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: prefill multiplies through BLAS")
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
 def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
-    # TOKENS positions per call, blocks of TOKEN_BLOCK, a tail of single positions: every
-    # position's products are summed exactly as the decode kernel sums them.
+    # TOKENS positions per call, blocks of TOKEN_BLOCK, a tail of single positions, rows in
+    # pairs (Q6_K and Q8_0 pairs 512 bits wide where the CPU has AVX-512 VNNI) and an odd last
+    # row: every position's products are summed exactly as the decode kernel sums them.
     cols = 768
-    w = weights(qtype, 29, cols, seed=2)
-    for n in (1, dispatch.TOKENS + 1, dispatch.TOKEN_BLOCK + 3):
-        x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
-        out = np.full((n, 29), np.nan, np.float32)
-        dispatch.matmul(w, qtype, x, out)
-        np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]))
+    for wname, w in edge_weights(qtype, 29, cols).items():
+        for n in (1, dispatch.TOKENS + 1, dispatch.TOKEN_BLOCK + 3):
+            x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+            x[-1, :] = np.where(np.arange(cols) % 3, 1.0, -1.0)  # Q8 activations at +-127
+            out = np.full((n, 29), np.nan, np.float32)
+            dispatch.matmul(w, qtype, x, out)
+            np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, x[t]) for t in range(n)]),
+                                          err_msg=f"{wname} n={n}")
 
 
 @pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: Q4_K matrices stay unpacked")
@@ -179,6 +182,52 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
             dispatch.matmul(p, code, x, out)
             np.testing.assert_array_equal(out, np.stack([run("avx2", w, Q4_K, r) for r in x]),
                                           err_msg=f"prefill {wname} x {xname}")
+
+
+_AVX2_ONLY = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from lfm2q.kernels import avx2, avx512
+from test_intdot import wide_kernel_outputs
+assert avx2.HAVE_AVX2 and not avx512.HAVE_AVX512_VNNI
+np.savez(sys.argv[2], *wide_kernel_outputs())
+"""
+
+
+def wide_kernel_outputs():
+    """Prefill through each kernel avx512.py widens: packed Q4_K (5 groups: 2 pairs and an odd
+    one), Q6_K and Q8_0 (41 rows: 20 pairs and an odd one); 11 positions (2 calls of TOKENS and
+    a tail of 3)."""
+    x = np.random.default_rng(5).standard_normal((11, 512)).astype(np.float32)
+    outs = []
+    for qtype, rows in ((Q4_K, 40), (Q6_K, 41), (Q8_0, 41)):
+        w = weights(qtype, rows, 512, seed=5)
+        out = np.full((11, rows), np.nan, np.float32)
+        if qtype == Q4_K:
+            dispatch.matmul(packed_q4_k8(w), Q4_K | dispatch.PACKED8, x, out)
+        else:
+            dispatch.matmul(w, qtype, x, out)
+        np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, r) for r in x]))
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.skipif(not avx512.HAVE_AVX512_VNNI, reason="no AVX-512 VNNI here: the tests above run the AVX2 path")
+def test_wide_prefill_kernels_give_the_same_bits_with_and_without_avx512(tmp_path):
+    # The kernels of avx512.py compiled for a CPU with AVX2 only (numba told so: each falls
+    # back to 256-bit steps row by row) against their 512-bit form in this process; both
+    # against the decode kernel.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+f16c,+popcnt,+sse4.1,+sse4.2,+ssse3,+bmi,+bmi2")
+    subprocess.run([sys.executable, "-c", _AVX2_ONLY, str(Path(__file__).parent), str(tmp_path / "o.npz")],
+                   env=env, check=True)
+    avx2_only = np.load(tmp_path / "o.npz")
+    for i, out in enumerate(wide_kernel_outputs()):
+        np.testing.assert_array_equal(avx2_only[f"arr_{i}"], out)
 
 
 def test_packing_keeps_every_byte_of_the_q4_k_rows():

@@ -27,7 +27,7 @@ from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
 from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
                        round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
-from . import avx2
+from . import avx2, avx512
 from .intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
                       dequantize_q5_k_np, dequantize_q6_k_np, dot_q4_k, dot_q5_k, dot_q6_k)
@@ -275,24 +275,34 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
     n = x.shape[0]
     kquant = qtype != Q8_0
     xq, xd, bsum = _quantize_rows(x, kquant)
+    rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
-        for r in prange(w.shape[0]):
-            row = w[r]
+        # A task is two rows: Q6_K and Q8_0 pairs run as one (512-bit with AVX-512 VNNI,
+        # avx512.py), the rest row by row. The same bits either way.
+        for task in prange(-(-rows // 2)):
+            r0 = 2 * task
             t = t0
             while t + TOKENS <= t1:
-                if kquant:
-                    res = rows_idot_k(row, qtype, xq, xd, bsum, t)
+                if r0 + 1 < rows and qtype == Q6_K:
+                    avx512.q6_k_rows2(w, r0, xq, xd, bsum, t, out)
+                elif r0 + 1 < rows and qtype == Q8_0:
+                    avx512.q8_0_rows2(w, r0, xq, xd, t, out)
                 else:
-                    res = avx2.q8_0_rows(row, xq, xd, t)
-                for i in range(TOKENS):
-                    out[t + i, r] = res[i]
+                    for r in range(r0, min(r0 + 2, rows)):
+                        if kquant:
+                            res = rows_idot_k(w[r], qtype, xq, xd, bsum, t)
+                        else:
+                            res = avx2.q8_0_rows(w[r], xq, xd, t)
+                        for i in range(TOKENS):
+                            out[t + i, r] = res[i]
                 t += TOKENS
             while t < t1:
-                if kquant:
-                    out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
-                else:
-                    out[t, r] = row_idot_q8_0(w, r, xq[t], xd[t])
+                for r in range(r0, min(r0 + 2, rows)):
+                    if kquant:
+                        out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
+                    else:
+                        out[t, r] = row_idot_q8_0(w, r, xq[t], xd[t])
                 t += 1
 
 
@@ -301,13 +311,21 @@ def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
     n = x.shape[0]
     xq, xd, bsum = _quantize_rows(x, True)
     bs32 = _sums32(bsum)
-    for gi in prange(p.shape[0]):
+    # A task is two groups, 16 rows: one 512-bit kernel call where the CPU has AVX-512 VNNI
+    # (avx512.py: 2.2-2.8x the AVX2 kernel's speed), else the AVX2 kernel twice.
+    groups = p.shape[0]
+    for task in prange(-(-groups // 2)):
+        g0 = 2 * task
         t = 0
         while t + TOKENS <= n:
-            avx2.q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
+            if g0 + 1 < groups:
+                avx512.q4_k_packed16_rows(p, g0, xq, xd, bs32, t, out)
+            else:
+                avx2.q4_k_packed_rows(p, g0, xq, xd, bs32, t, out)
             t += TOKENS
         while t < n:
-            avx2.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
+            for gi in range(g0, min(g0 + 2, groups)):
+                avx2.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
             t += 1
 
 

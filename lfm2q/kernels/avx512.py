@@ -1,0 +1,336 @@
+"""AVX-512 prefill kernels: 512-bit vectors over two weight rows (or two packed 8-row groups).
+
+Why: on a CPU with AVX-512 VNNI (Ice Lake and later Xeons, Zen 4+), llama.cpp multiplies
+prompt positions with 512-bit vpdpbusd, 64 byte products summed into 32-bit lanes by one
+instruction. avx2.q4_k_packed_rows needs two instructions per 32 products (vpmaddubsw, then a
+16-bit add) on 256-bit vectors. Here the two groups' 32-byte vectors of repack.py's layout
+(unchanged: decode and the AVX2 kernels read the same bytes) are joined into one 512-bit vector,
+the 4 activation bytes go to all 16 lanes, and vpdpbusd sums each sub-block of 32 weights into
+its own 32-bit lanes; the 6-bit sub-block scales then go on with one 32-bit multiply per
+sub-block. Same integers per super-block as avx2.q4_k_packed (sums of exact products, no
+saturation on the way: |isum| <= 8 * 63 * 32 * 15 * 128 < 2^31) and the same float steps per
+lane, so the outputs are the same bits as the AVX2 and row kernels.
+
+Q6_K and Q8_0 rows (q6_k_rows2, q8_0_rows2) get the same widening without a new layout: the two
+rows' 32-byte vectors side by side, each token's 32 activation bytes in both halves, and each
+half computing exactly what avx2.q6_k_rows / q8_0_rows compute for its row (same 32-bit lanes,
+same float steps, the horizontal sum per half in ggml's order): the same bits as decode.
+
+Where the CPU lacks AVX-512 VNNI every kernel here compiles to the 256-bit form of the same
+steps, row by row (group by group), so callers need one path and numba never sees an
+instruction the CPU lacks. Call only from functions compiled without fastmath (see avx2.py).
+"""
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
+                   _arrays, _q4_k_packed, _row_ptr)
+from .kquants import Q6_K_BYTES, QK_K
+from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+
+# 512-bit vpdpbusd and vpmaddwd, and 512-bit registers the compiler may use (32 of them).
+HAVE_AVX512_VNNI = HAVE_AVX2 and {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
+
+V64I8, V32I16, V16I32, V16F32 = (ir.VectorType(I8, 64), ir.VectorType(I16, 32),
+                                 ir.VectorType(I32, 16), ir.VectorType(F32, 16))
+
+
+def _join(ir_, a, b):  # two vectors of n lanes -> one of 2n (a in the low half)
+    n = a.type.count
+    return ir_.b.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n))))
+
+
+def _dpbusd(ir_, acc, u8, s8):  # acc + sums of 4 u8*s8 products per 32-bit lane, 16 lanes
+    fn = ir_.fn("llvm.x86.avx512.vpdpbusd.512", V16I32, [V16I32, V16I32, V16I32])
+    return ir_.b.call(fn, [acc, ir_.b.bitcast(u8, V16I32), ir_.b.bitcast(s8, V16I32)])
+
+
+def _maddwd(ir_, a, b):  # vpmaddwd: 32 i16*i16 products -> 16 i32 pair sums
+    fn = ir_.fn("llvm.x86.avx512.pmaddw.d.512", V16I32, [V32I16, V32I16])
+    return ir_.b.call(fn, [a, b])
+
+
+def _splat32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or i16*) in all 16 dwords
+    word = ir_.load(ir_.b.bitcast(base, I8.as_pointer()), offset, I32)
+    return ir_.splat(word, V16I32)
+
+
+def _q4_k_packed16_rows(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    packed_ty, packed, gi = sig.args[0], args[0], args[1]
+    g0 = _row_ptr(context, b, packed_ty, packed, gi)
+    g1 = _row_ptr(context, b, packed_ty, packed, b.add(gi, ir.Constant(gi.type, 1)))
+    a = context.make_array(packed_ty)(context, b, packed)
+    nb = b.udiv(b.extract_value(a.shape, 1), c(P_BYTES))
+    arrs = list(zip(sig.args[2:5], args[2:5]))
+    out_ty, out, t = sig.args[-1], args[-1], args[5]
+    r0 = b.mul(gi, c(8))
+    toks = []
+    for i in range(TOKENS):
+        ti = b.add(t, ir.Constant(t.type, i))
+        toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in arrs]
+                    + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])])
+    m4 = ir_.const(V64I8, 15)
+    V8I8, V16I8, V8F16 = ir.VectorType(I8, 8), ir.VectorType(I8, 16), ir.VectorType(F16, 8)
+    zero_i = ir.Constant(V16I32, [0] * 16)
+
+    def both(offset, ty):  # the same field of both groups, group gi in the low lanes
+        return _join(ir_, ir_.load(g0, offset, ty), ir_.load(g1, offset, ty))
+
+    def body(k, *accs):
+        pk = b.mul(k, c(P_BYTES))
+        xk = b.mul(k, c(QK_K))
+        d_rows = b.fpext(both(b.add(pk, c(P_D)), V8F16), V16F32)
+        dm_rows = b.fpext(both(b.add(pk, c(P_DMIN)), V8F16), V16F32)
+        isums = [zero_i] * len(toks)
+        for ch in range(4):  # sub-blocks 2ch (low nibbles) and 2ch + 1 (high nibbles)
+            s_lo, s_hi = [zero_i] * len(toks), [zero_i] * len(toks)
+            for g in range(8):
+                v = both(b.add(pk, c(P_QS + 32 * (8 * ch + g))), ir.VectorType(I8, 32))
+                lo, hi = b.and_(v, m4), b.lshr(v, ir_.const(V64I8, 4))
+                for i, (xp, _, _, _) in enumerate(toks):
+                    x_lo = _splat32(ir_, xp, b.add(xk, c(64 * ch + 4 * g)))
+                    x_hi = _splat32(ir_, xp, b.add(xk, c(64 * ch + 32 + 4 * g)))
+                    s_lo[i] = _dpbusd(ir_, s_lo[i], lo, x_lo)
+                    s_hi[i] = _dpbusd(ir_, s_hi[i], hi, x_hi)
+            sc_lo = b.zext(both(b.add(pk, c(P_SC + 8 * (2 * ch))), V8I8), V16I32)
+            sc_hi = b.zext(both(b.add(pk, c(P_SC + 8 * (2 * ch + 1))), V8I8), V16I32)
+            for i in range(len(toks)):
+                isums[i] = b.add(isums[i], b.add(b.mul(s_lo[i], sc_lo), b.mul(s_hi[i], sc_hi)))
+        mins = [b.zext(both(b.add(pk, c(P_MN + 16 * p)), V16I8), V32I16) for p in range(4)]
+        res = []
+        for (_, dp, sp, _), isum, acc, acc_m in zip(toks, isums, accs[0::2], accs[1::2]):
+            msum = zero_i
+            for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
+                pair = b.bitcast(_splat32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p))), V32I16)
+                msum = b.add(msum, _maddwd(ir_, mins[p], pair))
+            dx = ir_.splat(b.load(b.gep(dp, [k])), V16F32)
+            res.append(_fma16(ir_, b.sitofp(isum, V16F32), b.fmul(d_rows, dx), acc))
+            res.append(_fma16(ir_, b.sitofp(msum, V16F32), b.fmul(dm_rows, dx), acc_m))
+        return res
+
+    zero = ir.Constant(V16F32, [0.0] * 16)
+    accs = ir_.loop(nb, body, *[zero] * (2 * len(toks)))
+    for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
+        b.store(b.fsub(acc, acc_m), b.bitcast(op, V16F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+def _fma16(ir_, a, b, c):  # a * b + c, one rounding, 16 lanes
+    fn = ir_.fn("llvm.fma.v16f32", V16F32, [V16F32, V16F32, V16F32])
+    return ir_.b.call(fn, [a, b, c])
+
+
+@intrinsic
+def q4_k_packed16_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
+    """out[t + i, 8gi : 8gi + 16] for i < TOKENS: rows 8gi.. (groups gi and gi + 1 of the packed
+    matrix, repack.py) . x for rows t.. of xq int8[n, cols], xd f32[n, cols/256], bs32
+    int16[n, cols/32]; out f32[n, rows]. Needs AVX2; 512-bit where HAVE_AVX512_VNNI."""
+    if not (_arrays(2, packed, xq, xd, bs32, out) and isinstance(gi, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, t, out), _codegen
+
+
+def _codegen(context, builder, sig, args):
+    if HAVE_AVX512_VNNI:
+        return _q4_k_packed16_rows(context, builder, sig, args)
+    # No 512-bit VNNI: the AVX2 kernel on each group (same signature, same bits), so callers
+    # need no second path and numba never sees an instruction the CPU lacks.
+    for h in (0, 1):
+        gi = builder.add(args[1], ir.Constant(args[1].type, h))
+        _q4_k_packed(context, builder, sig, [args[0], gi, *args[2:]])
+    return context.get_dummy_value()
+
+
+# --- Q6_K and Q8_0: two rows per 512-bit vector ------------------------------------------------
+
+class _Rows:
+    """Vector steps over nr = 1 or 2 weight rows side by side (256 or 512 bits): row m in lanes
+    [m * n, (m + 1) * n) of each vector of n lanes per row."""
+
+    def __init__(self, ir_, nr):
+        self.ir, self.b, self.nr = ir_, ir_.b, nr
+
+    def vec(self, ty, n):  # n lanes per row
+        return ir.VectorType(ty, n * self.nr)
+
+    def const(self, ty, n, value):
+        return self.ir.const(self.vec(ty, n), value)
+
+    def load(self, ptrs, offset, ty):  # the same field of every row, row 0 in the low lanes
+        parts = [self.ir.load(p, offset, ty) for p in ptrs]
+        return parts[0] if self.nr == 1 else _join(self.ir, *parts)
+
+    def dup(self, v):  # one vector for every row (activations)
+        return v if self.nr == 1 else _join(self.ir, v, v)
+
+    def per_row(self, scalars, n):  # scalar of row m in its n lanes
+        v = ir.Constant(self.vec(scalars[0].type, 1), ir.Undefined)
+        for m, x in enumerate(scalars):
+            v = self.b.insert_element(v, x, ir.Constant(I32, m))
+        return self.ir.lanes(v, [m for m in range(self.nr) for _ in range(n)])
+
+    def maddubs(self, u8, s8):
+        if self.nr == 1:
+            return self.ir.maddubs(u8, s8)
+        fn = self.ir.fn("llvm.x86.avx512.pmaddubs.w.512", V32I16, [V64I8, V64I8])
+        return self.b.call(fn, [u8, s8])
+
+    def maddwd(self, a, b):
+        return self.ir.maddwd(a, b) if self.nr == 1 else _maddwd(self.ir, a, b)
+
+    def fma(self, a, b, c):
+        return self.ir.fma(a, b, c) if self.nr == 1 else _fma16(self.ir, a, b, c)
+
+    def hsums(self, v):  # ggml's hsum_float_8 of each row's 8 lanes
+        return [self.ir.hsum(self.ir.lanes(v, range(8 * m, 8 * m + 8))) if self.nr == 2
+                else self.ir.hsum(v) for m in range(self.nr)]
+
+
+def _rows_args(context, b, sig, args, n_x, nr):
+    """(row pointers, nb, per-token [x pointers..., out pointer at column r]) of a rows kernel
+    (w, r, x arrays..., t, out)."""
+    w_ty, w, r = sig.args[0], args[0], args[1]
+    rows = [_row_ptr(context, b, w_ty, w, b.add(r, ir.Constant(r.type, m))) for m in range(nr)]
+    a = context.make_array(w_ty)(context, b, w)
+    row_bytes = b.extract_value(a.shape, 1)
+    t, out_ty, out = args[2 + n_x], sig.args[-1], args[-1]
+    toks = []
+    for i in range(TOKENS):
+        ti = b.add(t, ir.Constant(t.type, i))
+        toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in zip(sig.args[2:2 + n_x], args[2:2 + n_x])]
+                    + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r])])
+    return rows, row_bytes, toks
+
+
+def _store_rows(v, toks, accs):
+    for (*_, op), acc in zip(toks, accs):
+        for m, h in enumerate(v.hsums(acc)):
+            v.b.store(h, v.b.gep(op, [ir.Constant(I64, m)]))
+
+
+def _q6_k_rows(context, builder, sig, args, nr):
+    ir_ = _IR(builder)
+    v = _Rows(ir_, nr)
+    b = builder
+    c = lambda x: ir.Constant(I64, x)  # noqa: E731
+    rows, row_bytes, toks = _rows_args(context, b, sig, args, 3, nr)
+    nb = b.udiv(row_bytes, c(Q6_K_BYTES))
+    m4, k3 = v.const(I8, 32, 15), v.const(I8, 32, 3)
+
+    def shr(x, n):
+        return b.lshr(x, v.const(I8, 32, n))
+
+    def top(x):  # two high bits into place above the low four
+        return b.shl(x, v.const(I8, 32, 4))
+
+    def body(k, *accs):  # avx2._q6_k's super-block, and _kquant_rows's float steps
+        o = b.mul(k, c(Q6_K_BYTES))
+        xo = b.mul(k, c(QK_K))
+        scales = b.sext(v.load(rows, b.add(o, c(192)), ir.VectorType(I8, 16)), v.vec(I16, 16))
+        isums = [v.const(I32, 8, 0)] * len(toks)
+        for h in range(2):
+            ql0 = v.load(rows, b.add(o, c(64 * h)), ir.VectorType(I8, 32))
+            ql1 = v.load(rows, b.add(o, c(64 * h + 32)), ir.VectorType(I8, 32))
+            qh = v.load(rows, b.add(o, c(128 + 32 * h)), ir.VectorType(I8, 32))
+            quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
+                        b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
+                        b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
+                        b.or_(shr(ql1, 4), top(shr(qh, 6))))
+            for j, q in enumerate(quarters):  # q in 0..63, stored with +32
+                s = 8 * h + 2 * j  # elements 0-15 of the quarter use scale s, 16-31 s + 1
+                sc = ir_.lanes(scales, [16 * m + s + e // 8 for m in range(nr) for e in range(16)])
+                for i, (xp, *_) in enumerate(toks):
+                    x = v.dup(ir_.load(xp, b.add(xo, c(128 * h + 32 * j)), ir.VectorType(I8, 32)))
+                    isums[i] = b.add(isums[i], v.maddwd(v.maddubs(q, x), sc))
+        d_w = v.per_row([ir_.f16(p, b.add(o, c(208))) for p in rows], 8)
+        out = []
+        for isum, acc, (_, dp, sp, _) in zip(isums, accs, toks):
+            # (q - 32) . x = q . x - 32 * sum over each 16-group of scale * (sum of x's quants)
+            offset = v.maddwd(scales, v.dup(ir_.load(sp, b.mul(k, c(16)), ir.VectorType(I16, 16))))
+            isum = b.sub(isum, b.shl(offset, v.const(I32, 8, 5)))
+            d = b.fmul(v.per_row([b.load(b.gep(dp, [k]))] * nr, 8), d_w)
+            out.append(v.fma(d, b.sitofp(isum, v.vec(F32, 8)), acc))
+        return out
+
+    accs = ir_.loop(nb, body, *[v.const(F32, 8, 0.0)] * len(toks))
+    # _kquant_rows adds the (unused, zero) dmin chain's sum: kept for -0.0 -> +0.0
+    zero = ir.Constant(F32, 0.0)
+    for (*_, op), acc in zip(toks, accs):
+        for m, h in enumerate(v.hsums(acc)):
+            b.store(b.fadd(h, zero), b.gep(op, [c(m)]))
+    return context.get_dummy_value()
+
+
+def _q8_0_rows(context, builder, sig, args, nr):
+    ir_ = _IR(builder)
+    v = _Rows(ir_, nr)
+    b = builder
+    c = lambda x: ir.Constant(I64, x)  # noqa: E731
+    rows, row_bytes, toks = _rows_args(context, b, sig, args, 2, nr)
+    nb = b.udiv(row_bytes, c(Q8_0_BYTES))
+    zero8 = v.const(I8, 32, 0)
+
+    def body(k, *accs):  # avx2._q8_0's block
+        o = b.mul(k, c(Q8_0_BYTES))
+        q = v.load(rows, b.add(o, c(2)), ir.VectorType(I8, 32))
+        d_w = v.per_row([ir_.f16(p, o) for p in rows], 8)
+        if nr == 2:  # no 512-bit vpsignb: |q| and x negated where q < 0 (q = 0 adds 0 anyway)
+            q_abs = b.select(b.icmp_signed("<", q, zero8), b.sub(zero8, q), q)
+        else:
+            q_abs = ir_.sign(q, q)
+        out = []
+        for acc, (xp, dp, _) in zip(accs, toks):
+            x = v.dup(ir_.load(xp, b.mul(k, c(32)), ir.VectorType(I8, 32)))
+            if nr == 2:
+                xs = b.select(b.icmp_signed("<", q, zero8), b.sub(zero8, x), x)
+                sums = _dpbusd(ir_, v.const(I32, 8, 0), q_abs, xs)
+            elif HAVE_VNNI:
+                sums = ir_.dpbusd(v.const(I32, 8, 0), q_abs, ir_.sign(x, q))
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), v.const(I16, 16, 1))
+            d = b.fmul(d_w, v.per_row([b.load(b.gep(dp, [k]))] * nr, 8))
+            out.append(v.fma(d, b.sitofp(sums, v.vec(F32, 8)), acc))
+        return out
+
+    accs = ir_.loop(nb, body, *[v.const(F32, 8, 0.0)] * len(toks))
+    _store_rows(v, toks, accs)
+    return context.get_dummy_value()
+
+
+def _two_rows(kernel):
+    """Codegen for rows r, r + 1: one 512-bit pass with AVX-512 VNNI, else a 256-bit one per row."""
+    def codegen(context, builder, sig, args):
+        if HAVE_AVX512_VNNI:
+            return kernel(context, builder, sig, args, 2)
+        for m in (0, 1):
+            r = builder.add(args[1], ir.Constant(args[1].type, m))
+            kernel(context, builder, sig, [args[0], r, *args[2:]], 1)
+        return context.get_dummy_value()
+    return codegen
+
+
+@intrinsic
+def q6_k_rows2(typingctx, w, r, xq, xd, bsum, t, out):
+    """out[t + i, r : r + 2] for i < TOKENS: rows r, r + 1 of the Q6_K matrix w uint8[rows,
+    nb*210] . x for rows t.. of xq int8[n, cols], xd f32[n, cols/256], bsum int16[n, cols/16];
+    out f32[n, rows]. The bits of avx2.q6_k_rows."""
+    if not (_arrays(2, w, xq, xd, bsum, out) and isinstance(r, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return types.none(w, r, xq, xd, bsum, t, out), _two_rows(_q6_k_rows)
+
+
+@intrinsic
+def q8_0_rows2(typingctx, w, r, xq, xd, t, out):
+    """out[t + i, r : r + 2] for i < TOKENS: rows r, r + 1 of the Q8_0 matrix w uint8[rows,
+    nb*34] . x for rows t.. of xq int8[n, cols], xd f32[n, cols/32]; out f32[n, rows]. The bits
+    of avx2.q8_0_rows."""
+    if not (_arrays(2, w, xq, xd, out) and isinstance(r, types.Integer) and isinstance(t, types.Integer)):
+        return None
+    return types.none(w, r, xq, xd, t, out), _two_rows(_q8_0_rows)
