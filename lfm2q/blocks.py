@@ -189,7 +189,7 @@ def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h,
 # --- attention ----------------------------------------------------------------------------
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq, tmp):
+def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq):
     """Per-head RMSNorm then NEOX rotary embedding, in place on v f32[n_heads * hd] at `pos`.
 
     NEOX pairs element i with i + hd/2 (rotate_half), not neighbours.
@@ -197,15 +197,16 @@ def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq, tmp):
     half = hd // 2
     for h in range(n_heads):
         head = v[h * hd:(h + 1) * hd]
-        rmsnorm(head, w, eps, tmp)
-        for i in range(half):
-            ang = pos * inv_freq[i]
-            c = np.float32(math.cos(ang))
-            s = np.float32(math.sin(ang))
-            a = tmp[i]
-            b = tmp[i + half]
-            head[i] = a * c - b * s
-            head[i + half] = b * c + a * s
+        rmsnorm(head, w, eps, head)  # in place: it reads all of x before writing
+    for i in range(half):  # each angle's cos and sin once for all heads (they were half of prefill's q/k work)
+        ang = pos * inv_freq[i]
+        c = np.float32(math.cos(ang))
+        s = np.float32(math.sin(ang))
+        for h in range(n_heads):
+            a = v[h * hd + i]
+            b = v[h * hd + i + half]
+            v[h * hd + i] = a * c - b * s
+            v[h * hd + i + half] = b * c + a * s
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -250,7 +251,7 @@ def attend(q, kc, vc, p0, window, out):
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
+def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc):
     """Norm and rotate q, k rows for positions p0.. and store k, v in the caches.
 
     q f32[n, H*HD], k/v f32[n, KVH*HD]; kc/vc [KVH, n_ctx, HD], f32 or fp16 bits (cache.py).
@@ -258,8 +259,8 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
     KVH, _, HD = kc.shape
     for t in range(q.shape[0]):
         pos = p0 + t
-        norm_rope_heads(q[t], n_head, HD, qn_w, eps, pos, inv_freq, tmp)
-        norm_rope_heads(k[t], KVH, HD, kn_w, eps, pos, inv_freq, tmp)
+        norm_rope_heads(q[t], n_head, HD, qn_w, eps, pos, inv_freq)
+        norm_rope_heads(k[t], KVH, HD, kn_w, eps, pos, inv_freq)
         for g in range(KVH):
             for d in range(HD):
                 kc[g, pos, d] = kv_value(k[t, g * HD + d], kc)
@@ -268,14 +269,14 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc, tmp):
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
-                     kc, vc, pos, window, inv_freq, h, q, k, v, att, o, tmp):
+                     kc, vc, pos, window, inv_freq, h, q, k, v, att, o):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
     k/v f32[1, KVH*HD]."""
     rmsnorm(x, norm_w, eps, h)
     matvec(wq, tq, h, q[0])
     matvec(wk, tk, h, k[0])
     matvec(wv, tv, h, v[0])
-    qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, vc, tmp)
+    qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, vc)
     attend(q, kc, vc, pos, window, att)
     matvec(wo, to, att[0], o)
     x += o

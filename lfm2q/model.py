@@ -142,7 +142,6 @@ class Forward:
         self.k = np.empty((1, KVH * HD), np.float32)
         self.v = np.empty((1, KVH * HD), np.float32)
         self.att = np.empty((1, c.n_head * HD), np.float32)
-        self.tmp = np.empty(HD, np.float32)
         self.g = np.empty(FF, np.float32)
         self.u = np.empty(FF, np.float32)
         self.logits = np.empty(c.n_vocab, np.float32)
@@ -172,7 +171,7 @@ class Forward:
                                         L.attn_output.raw, L.attn_output.kernel, L.attn_q_norm,
                                         L.attn_k_norm, c.n_head, s.k[il], s.v[il], pos,
                                         c.sliding_window, self.inv_freq, self.h, self.q,
-                                        self.k[:, :kvh], self.v[:, :kvh], self.att, self.o, self.tmp)
+                                        self.k[:, :kvh], self.v[:, :kvh], self.att, self.o)
             blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
                               L.ffn_up.kernel, L.ffn_down.raw, L.ffn_down.kernel, self.h, self.g,
                               self.u, self.o)
@@ -210,7 +209,7 @@ class Forward:
             else:
                 q, k, v = _mm(L.attn_q, h), _mm(L.attn_k, h), _mm(L.attn_v, h)
                 blocks.qkv_to_cache(q, k, v, c.n_head, L.attn_q_norm, L.attn_k_norm, eps, p0,
-                                    self.inv_freq, s.k[il], s.v[il], self.tmp)
+                                    self.inv_freq, s.k[il], s.v[il])
                 att = np.empty_like(q)
                 blocks.attend(q, s.k[il], s.v[il], p0, c.sliding_window, att)
                 x += _mm(L.attn_output, att)
