@@ -61,6 +61,7 @@ THREADS_OPT = typer.Option(None, "--threads", "-t", help="CPU threads (default: 
 TOOLS_OPT = typer.Option(None, "--tools", help="JSON file with tool definitions (a list of JSON schemas).",
                          show_default=False)
 SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: random).", show_default=False)
+KV_OPT = typer.Option("f16", "--kv-cache", help="KV cache type: f16 (as llama.cpp's) or f32 (twice the memory).")
 
 
 def _model_path(model: Optional[Path]) -> Path:
@@ -149,6 +150,7 @@ def run(
     seed: Optional[int] = SEED_OPT,
     ctx: int = CTX_OPT,
     threads: Optional[int] = THREADS_OPT,
+    kv_cache: str = KV_OPT,
     tools: Optional[Path] = TOOLS_OPT,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n",
                                              help="Longest reply in tokens (default: until the reply ends).",
@@ -162,7 +164,7 @@ def run(
         sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tool_list = _read_tools(tools)
         _max_tokens(max_tokens)
-        m = repl.load_model(_model_path(model), ctx, threads)
+        m = repl.load_model(_model_path(model), ctx, threads, kv_cache)
         conv = Conversation(m, system=system, tools=tool_list, sampling=sampling, max_tokens=max_tokens)
         code = repl.run(conv)
     raise typer.Exit(code)
@@ -193,6 +195,7 @@ def generate(
                                          show_default=False),
     ctx: int = CTX_OPT,
     threads: Optional[int] = THREADS_OPT,
+    kv_cache: str = KV_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No stats line on stderr."),
 ) -> None:
     """Generate text for a prompt: the text to stdout, logs to stderr (greedy by default)."""
@@ -215,7 +218,7 @@ def generate(
                                  "pipe UTF-8 text or pass -p") from None
         if not prompt:
             raise Lfm2qError("the prompt is empty")
-        m = load(_model_path(model), n_ctx=ctx, n_threads=threads)
+        m = load(_model_path(model), n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
         chat = chat or system is not None or tool_list is not None
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -341,6 +344,7 @@ def bench(
     threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Thread counts (comma-separated; default: all).",
                                           show_default=False),
     reps: int = typer.Option(3, "--repetitions", "-r", help="Runs per test (mean ± std reported)."),
+    kv_cache: str = KV_OPT,
 ) -> None:
     """Time prompt processing (pp) and generation (tg) in tokens/s, as a table like llama-bench's."""
     import numba
@@ -355,7 +359,7 @@ def bench(
             raise Lfm2qError(f"-r {reps}: use at least 1 repetition")
         path = _model_path(model)
         n_ctx = max(max(pp), max(tg) + 1, 2)
-        m = load(path, n_ctx=n_ctx)
+        m = load(path, n_ctx=n_ctx, kv_cache=kv_cache)
         rng = np.random.default_rng(0)
         V = m.config.n_vocab
         session = m.session()

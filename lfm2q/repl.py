@@ -339,13 +339,14 @@ class Repl:
         c.print(f"[dim]{key} = {parsed}[/]")
 
 
-def load_model(path, n_ctx: int, n_threads: Optional[int], console: Optional[Console] = None):
+def load_model(path, n_ctx: int, n_threads: Optional[int], kv_cache: str = "f16",
+               console: Optional[Console] = None):
     """`lfm2q.load` behind a spinner (on a terminal)."""
     from .api import load
 
     console = console or Console(stderr=True)
     with console.status(f"loading {escape(str(path))}…", spinner="dots"):
-        return load(path, n_ctx=n_ctx, n_threads=n_threads)
+        return load(path, n_ctx=n_ctx, n_threads=n_threads, kv_cache=kv_cache)
 
 
 def run(conv: Conversation, console: Optional[Console] = None) -> int:

@@ -117,6 +117,18 @@ def test_generate_json_equals_model_generate(capsys, gguf):
     assert "tok/s" in err  # the stats line goes to stderr
 
 
+def test_kv_cache_option_reaches_the_model(capsys, gguf):
+    # f32 and f16 caches through --kv-cache equal the API's; a cache type that does not exist
+    # is a one-line error naming it.
+    for kind in ("f32", "f16"):
+        code, out, _ = cli(capsys, "generate", gguf, "-p", "The weather", "--json", "-n", "8",
+                           "--kv-cache", kind)
+        assert code == 0
+        assert json.loads(out)["text"] == lfm2q.load(gguf, kv_cache=kind).generate("The weather", max_tokens=8)
+    code, _, err = cli(capsys, "generate", gguf, "-p", "hi", "--kv-cache", "q8")
+    assert code == 1 and "kv_cache 'q8' is not a cache type" in one_line_error(err)
+
+
 def test_generate_streams_text_and_reads_stdin(capsys, gguf, monkeypatch):
     model = lfm2q.load(gguf)
     expected = model.generate("Once upon", max_tokens=8)  # greedy: the command's default
