@@ -192,9 +192,13 @@ def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
     measures = spec["measures"]
     t0 = time.perf_counter()
     engine = ENGINES[engine_name](path, threads, spec["n_ctx"])
-    ids = prompt_ids(max([n for _, n, _ in measures] + [16]) + 1)
-    engine.eval(ids[:16])  # warm-up: both paths (lfm2q compiles or loads its kernels here)
-    engine.eval([ids[16]])
+    ids = prompt_ids(max([n for _, n, _ in measures] + [48]) + 1)
+    # Warm-up of both paths (lfm2q compiles or loads its kernels here): lfm2q evaluates
+    # prompts of up to 20 tokens through decode (model.SHORT_PROMPT), so a 32-token prompt
+    # loads its prefill kernels; llama.cpp runs both prompts as batches.
+    engine.eval(ids[:16])
+    engine.eval(ids[16:48])
+    engine.eval([ids[48]])
     out = {"load_s": time.perf_counter() - t0}
     for key, n_prompt, n_gen in measures:
         engine.reset()

@@ -209,45 +209,66 @@ def norm_rope_heads(v, n_heads, hd, w, eps, pos, inv_freq):
             v[h * hd + i + half] = b * c + a * s
 
 
+@njit(error_model="numpy", fastmath=False, cache=True)
+def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml's soft_max)
+    # Vectorized, ggml_expf's large-|x| branch is slow (see silu_mul): taken only when some
+    # score lies more than 87 below the largest.
+    low = False
+    for j in range(s.shape[0]):
+        low |= s[j] - m < F32(-87.0)
+    if low:
+        for j in range(s.shape[0]):
+            s[j] = ggml_expf(s[j] - m)
+    else:
+        for j in range(s.shape[0]):
+            s[j] = ggml_expf_small(s[j] - m)
+
+
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def attend(q, kc, vc, p0, window, out):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
 
     q f32[n, H*HD] (normed, rotated), kc/vc [KVH, n_ctx, HD] (f32 or fp16 bits) holding positions
     0..p0+n-1, window 0 or the sliding-window size -> out f32[n, H*HD].
+
+    One job per (query, KV head): the query heads that share a KV head (GQA) go through its
+    keys and values together, so each cache row is read once per job, not once per head.
     """
     n = q.shape[0]
     KVH, _, HD = kc.shape
     H = q.shape[1] // HD
     group = H // KVH
     scale = np.float32(1.0 / math.sqrt(HD))
-    for job in prange(n * H):
-        t = job // H
-        h = job % H
-        kvh = h // group
+    for job in prange(n * KVH):
+        t = job // KVH
+        g = job % KVH
         n_kv = p0 + t + 1
         first = 0 if window <= 0 else max(0, n_kv - window)
-        qh = q[t, h * HD:(h + 1) * HD]
-        scores = np.empty(n_kv - first, np.float32)
-        m = np.float32(-np.inf)
+        qg = q[t, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
+        scores = np.empty((group, n_kv - first), np.float32)
         for j in range(first, n_kv):
-            s = np.float32(0.0)
-            for d in range(HD):
-                s += qh[d] * as_f32(kc[kvh, j, d])
-            s *= scale
-            scores[j - first] = s
-            m = max(m, s)
-        total = np.float32(0.0)
-        for j in range(scores.shape[0]):
-            e = np.exp(scores[j] - m)
-            scores[j] = e
-            total += e
-        oh = out[t, h * HD:(h + 1) * HD]
-        oh[:] = 0.0
+            for gh in range(group):
+                s = np.float32(0.0)
+                for d in range(HD):
+                    s += qg[gh * HD + d] * as_f32(kc[g, j, d])
+                scores[gh, j - first] = s * scale
+        og = out[t, g * group * HD:(g + 1) * group * HD]
+        og[:] = 0.0
+        for gh in range(group):
+            m = np.float32(-np.inf)
+            for j in range(scores.shape[1]):
+                m = max(m, scores[gh, j])
+            softmax_exp(scores[gh], m)
+            total = np.float32(0.0)
+            for j in range(scores.shape[1]):
+                total += scores[gh, j]
+            for j in range(scores.shape[1]):
+                scores[gh, j] /= total
         for j in range(first, n_kv):
-            p = scores[j - first] / total
-            for d in range(HD):
-                oh[d] += p * as_f32(vc[kvh, j, d])
+            for gh in range(group):
+                p = scores[gh, j - first]
+                for d in range(HD):
+                    og[gh * HD + d] += p * as_f32(vc[g, j, d])
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
