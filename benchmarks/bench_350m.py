@@ -92,9 +92,11 @@ def bench_lfm2q(path: Path, threads: int, n_prompt: int, n_gen: int) -> tuple[fl
     t0 = time.perf_counter()
     model = lfm2q.load(path, n_ctx=1024, n_threads=threads)
     ids = prompt_ids(n_prompt)
-    # Warm-up: compiles (or loads from numba's cache) every kernel on both paths.
+    # Warm-up: compiles (or loads from numba's cache) every kernel on both paths: prompts of up
+    # to 20 tokens (model.SHORT_PROMPT) go through decode, so a 32-token one loads prefill's.
     s = model.session()
     s.eval(ids[:8])
+    s.eval(ids[8:40])
     s.eval([5])
     print(f"lfm2q load + warm-up: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     s.reset()
