@@ -164,6 +164,18 @@ def _tokens(context, builder, sig, args, n_arrays):
             for i in range(TOKENS)]
 
 
+def _token_rows(context, builder, sig, args, xs, t, col):
+    """For each of TOKENS positions t.. of 2-D activation arrays args[xs] (a slice): the
+    pointers to their rows, then &out[t + i, col] (out: the last argument, f32[n, rows])."""
+    out_ty, out = sig.args[-1], args[-1]
+    rows = []
+    for i in range(TOKENS):
+        ti = builder.add(t, ir.Constant(t.type, i))
+        rows.append([_row_ptr(context, builder, ty, v, ti) for ty, v in zip(sig.args[xs], args[xs])]
+                    + [builder.gep(_row_ptr(context, builder, out_ty, out, ti), [col])])
+    return rows
+
+
 def _result(context, builder, sig, values):
     if len(values) == 1:
         return values[0]
@@ -431,19 +443,13 @@ def _q4_k_packed(context, builder, sig, args):
     prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
     a = context.make_array(sig.args[0])(context, b, args[0])
     nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], c(P_BYTES))
-    one_token = sig.args[2].ndim == 1
-    arrs = list(zip(sig.args[2:5], args[2:5]))
-    out_ty, out = sig.args[-1], args[-1]
     r0 = b.mul(args[1], c(8))
-    if one_token:
-        toks = [[_data(context, b, ty, v) for ty, v in arrs] + [b.gep(_data(context, b, out_ty, out), [r0])]]
+    if sig.args[2].ndim == 1:  # one token
+        out_ty, out = sig.args[-1], args[-1]
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:5], args[2:5])]
+                + [b.gep(_data(context, b, out_ty, out), [r0])]]
     else:
-        t = args[5]
-        toks = []
-        for i in range(TOKENS):
-            ti = b.add(t, ir.Constant(t.type, i))
-            toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in arrs]
-                        + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])])
+        toks = _token_rows(context, b, sig, args, slice(2, 5), args[5], r0)
     m4 = ir_.const(V32I8, 15)
     pair_lanes = [r // 2 for r in range(16)]  # sub-block scale of row r in lanes 2r, 2r+1
     V8I8, V8F16 = ir.VectorType(I8, 8), ir.VectorType(F16, 8)

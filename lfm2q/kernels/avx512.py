@@ -24,8 +24,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
-                   _arrays, _q4_k_packed, _row_ptr)
+from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, _arrays,
+                   _q4_k_packed, _row_ptr, _token_rows)
 from .kquants import Q6_K_BYTES, QK_K
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
@@ -66,14 +66,7 @@ def _q4_k_packed16_rows(context, builder, sig, args):
     g1 = _row_ptr(context, b, packed_ty, packed, b.add(gi, ir.Constant(gi.type, 1)))
     a = context.make_array(packed_ty)(context, b, packed)
     nb = b.udiv(b.extract_value(a.shape, 1), c(P_BYTES))
-    arrs = list(zip(sig.args[2:5], args[2:5]))
-    out_ty, out, t = sig.args[-1], args[-1], args[5]
-    r0 = b.mul(gi, c(8))
-    toks = []
-    for i in range(TOKENS):
-        ti = b.add(t, ir.Constant(t.type, i))
-        toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in arrs]
-                    + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r0])])
+    toks = _token_rows(context, b, sig, args, slice(2, 5), args[5], b.mul(gi, c(8)))
     m4 = ir_.const(V64I8, 15)
     V8I8, V16I8, V8F16 = ir.VectorType(I8, 8), ir.VectorType(I8, 16), ir.VectorType(F16, 8)
     zero_i = ir.Constant(V16I32, [0] * 16)
@@ -199,13 +192,7 @@ def _rows_args(context, b, sig, args, n_x, nr):
     rows = [_row_ptr(context, b, w_ty, w, b.add(r, ir.Constant(r.type, m))) for m in range(nr)]
     a = context.make_array(w_ty)(context, b, w)
     row_bytes = b.extract_value(a.shape, 1)
-    t, out_ty, out = args[2 + n_x], sig.args[-1], args[-1]
-    toks = []
-    for i in range(TOKENS):
-        ti = b.add(t, ir.Constant(t.type, i))
-        toks.append([_row_ptr(context, b, ty, v, ti) for ty, v in zip(sig.args[2:2 + n_x], args[2:2 + n_x])]
-                    + [b.gep(_row_ptr(context, b, out_ty, out, ti), [r])])
-    return rows, row_bytes, toks
+    return rows, row_bytes, _token_rows(context, b, sig, args, slice(2, 2 + n_x), args[2 + n_x], r)
 
 
 def _store_rows(v, toks, accs):
