@@ -224,6 +224,45 @@ def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml'
             s[j] = ggml_expf_small(s[j] - m)
 
 
+@njit(error_model="numpy", fastmath=True, inline="always", cache=True)
+def _attend_group(q, kc, vc, t, g, n_kv, first, group, HD, out):
+    """attend's job: query t's heads g*group.. (the GQA group of KV head g) over cache
+    positions first..n_kv-1. Inlined, so HD = 64 (every LFM2 model) compiles to fixed-length
+    loops: one K row converted from fp16 once for the group, dot products without loop tails
+    (15% of decode attention at 4k positions)."""
+    scale = np.float32(1.0 / math.sqrt(HD))
+    qg = q[t, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
+    scores = np.empty((group, n_kv - first), np.float32)
+    row = np.empty(HD, np.float32)
+    for j in range(first, n_kv):
+        for d in range(HD):
+            row[d] = as_f32(kc[g, j, d])
+        for gh in range(group):
+            s = np.float32(0.0)
+            for d in range(HD):
+                s += qg[gh * HD + d] * row[d]
+            scores[gh, j - first] = s * scale
+    og = out[t, g * group * HD:(g + 1) * group * HD]
+    og[:] = 0.0
+    for gh in range(group):
+        m = np.float32(-np.inf)
+        for j in range(scores.shape[1]):
+            m = max(m, scores[gh, j])
+        softmax_exp(scores[gh], m)
+        total = np.float32(0.0)
+        for j in range(scores.shape[1]):
+            total += scores[gh, j]
+        for j in range(scores.shape[1]):
+            scores[gh, j] /= total
+    for j in range(first, n_kv):
+        for d in range(HD):
+            row[d] = as_f32(vc[g, j, d])
+        for gh in range(group):
+            p = scores[gh, j - first]
+            for d in range(HD):
+                og[gh * HD + d] += p * row[d]
+
+
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def attend(q, kc, vc, p0, window, out):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
@@ -233,42 +272,20 @@ def attend(q, kc, vc, p0, window, out):
 
     One job per (query, KV head): the query heads that share a KV head (GQA) go through its
     keys and values together, so each cache row is read once per job, not once per head.
+    Decode (one query) and prefill run the same job code: the same bits.
     """
     n = q.shape[0]
     KVH, _, HD = kc.shape
-    H = q.shape[1] // HD
-    group = H // KVH
-    scale = np.float32(1.0 / math.sqrt(HD))
+    group = q.shape[1] // HD // KVH
     for job in prange(n * KVH):
         t = job // KVH
         g = job % KVH
         n_kv = p0 + t + 1
         first = 0 if window <= 0 else max(0, n_kv - window)
-        qg = q[t, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
-        scores = np.empty((group, n_kv - first), np.float32)
-        for j in range(first, n_kv):
-            for gh in range(group):
-                s = np.float32(0.0)
-                for d in range(HD):
-                    s += qg[gh * HD + d] * as_f32(kc[g, j, d])
-                scores[gh, j - first] = s * scale
-        og = out[t, g * group * HD:(g + 1) * group * HD]
-        og[:] = 0.0
-        for gh in range(group):
-            m = np.float32(-np.inf)
-            for j in range(scores.shape[1]):
-                m = max(m, scores[gh, j])
-            softmax_exp(scores[gh], m)
-            total = np.float32(0.0)
-            for j in range(scores.shape[1]):
-                total += scores[gh, j]
-            for j in range(scores.shape[1]):
-                scores[gh, j] /= total
-        for j in range(first, n_kv):
-            for gh in range(group):
-                p = scores[gh, j - first]
-                for d in range(HD):
-                    og[gh * HD + d] += p * as_f32(vc[g, j, d])
+        if HD == 64:
+            _attend_group(q, kc, vc, t, g, n_kv, first, group, 64, out)
+        else:
+            _attend_group(q, kc, vc, t, g, n_kv, first, group, HD, out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)

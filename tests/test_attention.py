@@ -24,11 +24,12 @@ def attention_np(q, k, v, p0, window):
 
 
 @pytest.mark.parametrize("cache", ["f32", "f16"])
-@pytest.mark.parametrize("n, p0, window, spread", [(1, 300, 0, 1.0), (7, 40, 0, 1.0), (5, 100, 32, 1.0),
-                                                  (3, 50, 0, 40.0)])
-def test_attend_matches_float64_attention(cache, n, p0, window, spread):
+@pytest.mark.parametrize("n, p0, window, spread, HD", [(1, 300, 0, 1.0, 64), (7, 40, 0, 1.0, 64),
+                                                      (5, 100, 32, 1.0, 64), (3, 50, 0, 40.0, 64),
+                                                      (4, 60, 0, 1.0, 32)])  # LFM2's 64, and another
+def test_attend_matches_float64_attention(cache, n, p0, window, spread, HD):
     rng = np.random.default_rng(n + p0)
-    H, KVH, HD, n_ctx = 8, 2, 64, 512
+    H, KVH, n_ctx = 8, 2, 512
     q = (rng.standard_normal((n, H * HD)) * spread).astype(np.float32)
     k = rng.standard_normal((KVH, n_ctx, HD)).astype(np.float32)
     v = rng.standard_normal((KVH, n_ctx, HD)).astype(np.float32)
@@ -41,6 +42,6 @@ def test_attend_matches_float64_attention(cache, n, p0, window, spread):
     blocks.attend(q, kc, vc, p0, window, out)
     want = attention_np(q, k, v, p0, window)
     if spread > 1:  # some scores more than 87 below the largest: exp's underflow range is used
-        s = k[0, :p0 + 1] @ q[0, :HD] / 8
+        s = k[0, :p0 + 1] @ q[0, :HD] / np.sqrt(HD)
         assert s.max() - s.min() > 87
     np.testing.assert_allclose(out, want, rtol=0, atol=2e-5 * np.abs(want).max())
