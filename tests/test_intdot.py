@@ -147,6 +147,19 @@ def test_matvec_uses_the_avx2_kernels_where_the_cpu_has_them():
     assert dispatch.USE_AVX2 == avx2.HAVE_AVX2
 
 
+@pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: the portable kernels decode")
+def test_q8_0_decode_in_row_pairs_gives_the_row_kernels_bits():
+    # Large Q8_0 matrices decode two rows at a time (avx512.q8_0_row2; an odd last row alone).
+    cols = 768
+    for wname, w in edge_weights(Q8_0, 29, cols).items():
+        for xname, x in edge_vectors(cols).items():
+            xq, xd = np.empty(cols, np.int8), np.empty(cols // 32, np.float32)
+            quantize_q8_0(x, xq, xd)
+            out = np.full(29, np.nan, np.float32)
+            dispatch._imatvec_q8_0_parallel(w, xq, xd, out)
+            np.testing.assert_array_equal(out, run("avx2", w, Q8_0, x), err_msg=f"{wname} x {xname}")
+
+
 @pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: prefill multiplies through BLAS")
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
 def test_prefill_kernel_gives_decodes_bits_for_every_position(qtype):
@@ -197,7 +210,7 @@ np.savez(sys.argv[2], *wide_kernel_outputs())
 def wide_kernel_outputs():
     """Prefill through each kernel avx512.py widens: packed Q4_K (5 groups: 2 pairs and an odd
     one), Q6_K and Q8_0 (41 rows: 20 pairs and an odd one); 11 positions (2 calls of TOKENS and
-    a tail of 3)."""
+    a tail of 3); and Q8_0 decode in row pairs."""
     x = np.random.default_rng(5).standard_normal((11, 512)).astype(np.float32)
     outs = []
     for qtype, rows in ((Q4_K, 40), (Q6_K, 41), (Q8_0, 41)):
@@ -209,6 +222,13 @@ def wide_kernel_outputs():
             dispatch.matmul(w, qtype, x, out)
         np.testing.assert_array_equal(out, np.stack([run("avx2", w, qtype, r) for r in x]))
         outs.append(out)
+        if qtype == Q8_0:  # decode in row pairs
+            xq, xd = np.empty(512, np.int8), np.empty(16, np.float32)
+            quantize_q8_0(x[0], xq, xd)
+            one = np.full(rows, np.nan, np.float32)
+            dispatch._imatvec_q8_0_parallel(w, xq, xd, one)
+            np.testing.assert_array_equal(one, run("avx2", w, qtype, x[0]))
+            outs.append(one)
     return outs
 
 

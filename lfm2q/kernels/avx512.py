@@ -25,7 +25,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, _arrays,
-                   _q4_k_packed, _row_ptr, _token_rows)
+                   _data, _q4_k_packed, _row_ptr, _token_rows)
 from .kquants import Q6_K_BYTES, QK_K
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
@@ -186,12 +186,16 @@ class _Rows:
 
 
 def _rows_args(context, b, sig, args, n_x, nr):
-    """(row pointers, nb, per-token [x pointers..., out pointer at column r]) of a rows kernel
-    (w, r, x arrays..., t, out)."""
+    """(row pointers, row bytes, per-token [x pointers..., out pointer at column r]) of a rows
+    kernel (w, r, x arrays..., [t,] out): TOKENS positions t.. of 2-D activations, or the one
+    position of 1-D ones (decode, no t)."""
     w_ty, w, r = sig.args[0], args[0], args[1]
     rows = [_row_ptr(context, b, w_ty, w, b.add(r, ir.Constant(r.type, m))) for m in range(nr)]
     a = context.make_array(w_ty)(context, b, w)
     row_bytes = b.extract_value(a.shape, 1)
+    if sig.args[2].ndim == 1:
+        xs = [_data(context, b, ty, v) for ty, v in zip(sig.args[2:2 + n_x], args[2:2 + n_x])]
+        return rows, row_bytes, [xs + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r])]]
     return rows, row_bytes, _token_rows(context, b, sig, args, slice(2, 2 + n_x), args[2 + n_x], r)
 
 
@@ -321,3 +325,13 @@ def q8_0_rows2(typingctx, w, r, xq, xd, t, out):
     if not (_arrays(2, w, xq, xd, out) and isinstance(r, types.Integer) and isinstance(t, types.Integer)):
         return None
     return types.none(w, r, xq, xd, t, out), _two_rows(_q8_0_rows)
+
+
+@intrinsic
+def q8_0_row2(typingctx, w, r, xq, xd, out):
+    """Decode: out[r : r + 2] = rows r, r + 1 of the Q8_0 matrix w . x, x in Q8_0 (xq int8[cols],
+    xd f32[cols/32]); out f32[rows]. The bits of avx2.q8_0_row on each row; the two rows' float
+    chains run side by side in one 512-bit vector (one chain per row was latency-bound)."""
+    if not (_arrays(2, w) and _arrays(1, xq, xd, out) and isinstance(r, types.Integer)):
+        return None
+    return types.none(w, r, xq, xd, out), _two_rows(_q8_0_rows)

@@ -171,10 +171,19 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
-@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
 def _imatvec_q8_0_parallel(w, xq, xd, out):
-    for r in prange(w.shape[0]):
-        out[r] = row_idot_q8_0(w, r, xq, xd)
+    if USE_AVX2:  # rows in pairs, as prefill (avx512.q8_0_row2: the same bits)
+        rows = w.shape[0]
+        for task in prange(-(-rows // 2)):
+            r0 = 2 * task
+            if r0 + 1 < rows:
+                avx512.q8_0_row2(w, r0, xq, xd, out)
+            else:
+                out[r0] = row_idot_q8_0(w, r0, xq, xd)
+    else:
+        for r in prange(w.shape[0]):
+            out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
