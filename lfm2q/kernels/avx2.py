@@ -87,11 +87,18 @@ class _IR:
         v = self.b.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(I32, 0))
         return self.lanes(v, [0] * vty.count)
 
-    def maddubs(self, u8, s8):  # vpmaddubsw: 32 u8*s8 products -> 16 i16 pair sums
-        return self.b.call(self.fn("llvm.x86.avx2.pmadd.ub.sw", V16I16, [V32I8, V32I8]), [u8, s8])
+    # maddubs, maddwd and fma take 256-bit vectors, or 512-bit ones (avx512.py) by their type.
 
-    def maddwd(self, a, b):  # vpmaddwd: 16 i16*i16 products -> 8 i32 pair sums
-        return self.b.call(self.fn("llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16]), [a, b])
+    def maddubs(self, u8, s8):  # vpmaddubsw: u8*s8 products -> i16 pair sums
+        n = u8.type.count
+        name = "llvm.x86.avx2.pmadd.ub.sw" if n == 32 else "llvm.x86.avx512.pmaddubs.w.512"
+        out = ir.VectorType(I16, n // 2)
+        return self.b.call(self.fn(name, out, [u8.type, u8.type]), [u8, s8])
+
+    def maddwd(self, a, b):  # vpmaddwd: i16*i16 products -> i32 pair sums
+        n = a.type.count
+        name = "llvm.x86.avx2.pmadd.wd" if n == 16 else "llvm.x86.avx512.pmaddw.d.512"
+        return self.b.call(self.fn(name, ir.VectorType(I32, n // 2), [a.type, a.type]), [a, b])
 
     def dpbusd(self, acc, u8, s8):  # vpdpbusd: acc + sums of 4 u8*s8 products per 32-bit lane
         v8i32 = V8I32
@@ -101,8 +108,9 @@ class _IR:
     def sign(self, a, b):  # vpsignb: a negated where b < 0, zeroed where b == 0
         return self.b.call(self.fn("llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8]), [a, b])
 
-    def fma(self, a, b, c):  # a * b + c, one rounding (8 lanes or one f32)
-        name, t = ("llvm.fma.v8f32", V8F32) if a.type == V8F32 else ("llvm.fma.f32", F32)
+    def fma(self, a, b, c):  # a * b + c, one rounding (one f32, or a vector of them)
+        t = a.type
+        name = f"llvm.fma.v{t.count}f32" if isinstance(t, ir.VectorType) else "llvm.fma.f32"
         return self.b.call(self.fn(name, t, [t, t, t]), [a, b, c])
 
     def isum(self, v):  # <8 x i32> -> i32 (exact: any order)
@@ -421,10 +429,38 @@ def q8_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q8_0, row, xq, xd, t=t)
 
 
-def _broadcast32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or i16*) in all 8 dwords
+def _broadcast32(ir_, base, offset, lanes=8):  # the 4 bytes at `offset` of base (i8* or i16*) in all dwords
     b = ir_.b
     word = ir_.load(b.bitcast(base, I8.as_pointer()), offset, I32)
-    return ir_.splat(word, V8I32)
+    return ir_.splat(word, ir.VectorType(I32, lanes))
+
+
+def _packed_tail(ir_, k, toks, isums, accs, mins, d_rows, dm_rows):
+    """The float steps of a packed Q4_K super-block k for each token, on 8 or 16 row lanes (AVX2
+    or AVX-512 kernel): the mins times x's sums per pair of sub-blocks (mins: one i16 vector per
+    pair), then d * isum and dmin * msum fused into each token's two accumulators."""
+    b = ir_.b
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    lanes = d_rows.type.count
+    vi, vf = ir.VectorType(I32, lanes), ir.VectorType(F32, lanes)
+    res = []
+    for (_, dp, sp, _), isum, acc, acc_m in zip(toks, isums, accs[0::2], accs[1::2]):
+        msum = ir.Constant(vi, [0] * lanes)
+        for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
+            pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p)), lanes), mins[p].type)
+            msum = b.add(msum, ir_.maddwd(mins[p], pair))
+        dx = ir_.splat(b.load(b.gep(dp, [k])), vf)
+        res.append(ir_.fma(b.sitofp(isum, vf), b.fmul(d_rows, dx), acc))
+        res.append(ir_.fma(b.sitofp(msum, vf), b.fmul(dm_rows, dx), acc_m))
+    return res
+
+
+def _packed_loop(ir_, nb, body, toks, lanes):
+    """Run body over the nb super-blocks; store acc - acc_m (f32 x lanes) at each token's output."""
+    vf = ir.VectorType(F32, lanes)
+    accs = ir_.loop(nb, body, *[ir.Constant(vf, [0.0] * lanes)] * (2 * len(toks)))
+    for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
+        ir_.b.store(ir_.b.fsub(acc, acc_m), ir_.b.bitcast(op, vf.as_pointer()), align=4)
 
 
 # --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8) ----------------------------
@@ -479,21 +515,9 @@ def _q4_k_packed(context, builder, sig, args):
             for i in range(len(toks)):
                 isums[i] = b.add(isums[i], ir_.maddwd(p_lo[i], scales[2 * ch]))
                 isums[i] = b.add(isums[i], ir_.maddwd(p_hi[i], scales[2 * ch + 1]))
-        res = []
-        for (_, dp, sp, _), isum, acc, acc_m in zip(toks, isums, accs[0::2], accs[1::2]):
-            msum = ir.Constant(V8I32, [0] * 8)
-            for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
-                pair = b.bitcast(_broadcast32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p))), V16I16)
-                msum = b.add(msum, ir_.maddwd(mins[p], pair))
-            dx = ir_.splat(b.load(b.gep(dp, [k])), V8F32)
-            res.append(ir_.fma(b.sitofp(isum, V8F32), b.fmul(d_rows, dx), acc))
-            res.append(ir_.fma(b.sitofp(msum, V8F32), b.fmul(dm_rows, dx), acc_m))
-        return res
+        return _packed_tail(ir_, k, toks, isums, accs, mins, d_rows, dm_rows)
 
-    zero = ir.Constant(V8F32, [0.0] * 8)
-    accs = ir_.loop(nb, body, *[zero] * (2 * len(toks)))
-    for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
-        b.store(b.fsub(acc, acc_m), b.bitcast(op, V8F32.as_pointer()), align=4)
+    _packed_loop(ir_, nb, body, toks, 8)
     return context.get_dummy_value()
 
 

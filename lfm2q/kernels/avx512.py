@@ -25,7 +25,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, _arrays,
-                   _data, _q4_k_packed, _row_ptr, _token_rows)
+                   _broadcast32, _data, _packed_loop, _packed_tail, _q4_k_packed, _row_ptr,
+                   _token_rows)
 from .kquants import Q6_K_BYTES, QK_K
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
@@ -45,16 +46,6 @@ def _join(ir_, a, b):  # two vectors of n lanes -> one of 2n (a in the low half)
 def _dpbusd(ir_, acc, u8, s8):  # acc + sums of 4 u8*s8 products per 32-bit lane, 16 lanes
     fn = ir_.fn("llvm.x86.avx512.vpdpbusd.512", V16I32, [V16I32, V16I32, V16I32])
     return ir_.b.call(fn, [acc, ir_.b.bitcast(u8, V16I32), ir_.b.bitcast(s8, V16I32)])
-
-
-def _maddwd(ir_, a, b):  # vpmaddwd: 32 i16*i16 products -> 16 i32 pair sums
-    fn = ir_.fn("llvm.x86.avx512.pmaddw.d.512", V16I32, [V32I16, V32I16])
-    return ir_.b.call(fn, [a, b])
-
-
-def _splat32(ir_, base, offset):  # the 4 bytes at `offset` of base (i8* or i16*) in all 16 dwords
-    word = ir_.load(ir_.b.bitcast(base, I8.as_pointer()), offset, I32)
-    return ir_.splat(word, V16I32)
 
 
 def _q4_k_packed16_rows(context, builder, sig, args):
@@ -86,8 +77,8 @@ def _q4_k_packed16_rows(context, builder, sig, args):
                 v = both(b.add(pk, c(P_QS + 32 * (8 * ch + g))), ir.VectorType(I8, 32))
                 lo, hi = b.and_(v, m4), b.lshr(v, ir_.const(V64I8, 4))
                 for i, (xp, _, _, _) in enumerate(toks):
-                    x_lo = _splat32(ir_, xp, b.add(xk, c(64 * ch + 4 * g)))
-                    x_hi = _splat32(ir_, xp, b.add(xk, c(64 * ch + 32 + 4 * g)))
+                    x_lo = _broadcast32(ir_, xp, b.add(xk, c(64 * ch + 4 * g)), 16)
+                    x_hi = _broadcast32(ir_, xp, b.add(xk, c(64 * ch + 32 + 4 * g)), 16)
                     s_lo[i] = _dpbusd(ir_, s_lo[i], lo, x_lo)
                     s_hi[i] = _dpbusd(ir_, s_hi[i], hi, x_hi)
             sc_lo = b.zext(both(b.add(pk, c(P_SC + 8 * (2 * ch))), V8I8), V16I32)
@@ -95,27 +86,10 @@ def _q4_k_packed16_rows(context, builder, sig, args):
             for i in range(len(toks)):
                 isums[i] = b.add(isums[i], b.add(b.mul(s_lo[i], sc_lo), b.mul(s_hi[i], sc_hi)))
         mins = [b.zext(both(b.add(pk, c(P_MN + 16 * p)), V16I8), V32I16) for p in range(4)]
-        res = []
-        for (_, dp, sp, _), isum, acc, acc_m in zip(toks, isums, accs[0::2], accs[1::2]):
-            msum = zero_i
-            for p in range(4):  # sub-blocks 2p, 2p+1: x's sums over them, as one int16 pair
-                pair = b.bitcast(_splat32(ir_, sp, b.add(b.mul(k, c(16)), c(4 * p))), V32I16)
-                msum = b.add(msum, _maddwd(ir_, mins[p], pair))
-            dx = ir_.splat(b.load(b.gep(dp, [k])), V16F32)
-            res.append(_fma16(ir_, b.sitofp(isum, V16F32), b.fmul(d_rows, dx), acc))
-            res.append(_fma16(ir_, b.sitofp(msum, V16F32), b.fmul(dm_rows, dx), acc_m))
-        return res
+        return _packed_tail(ir_, k, toks, isums, accs, mins, d_rows, dm_rows)
 
-    zero = ir.Constant(V16F32, [0.0] * 16)
-    accs = ir_.loop(nb, body, *[zero] * (2 * len(toks)))
-    for (_, _, _, op), acc, acc_m in zip(toks, accs[0::2], accs[1::2]):
-        b.store(b.fsub(acc, acc_m), b.bitcast(op, V16F32.as_pointer()), align=4)
+    _packed_loop(ir_, nb, body, toks, 16)
     return context.get_dummy_value()
-
-
-def _fma16(ir_, a, b, c):  # a * b + c, one rounding, 16 lanes
-    fn = ir_.fn("llvm.fma.v16f32", V16F32, [V16F32, V16F32, V16F32])
-    return ir_.b.call(fn, [a, b, c])
 
 
 @intrinsic
@@ -167,18 +141,6 @@ class _Rows:
         for m, x in enumerate(scalars):
             v = self.b.insert_element(v, x, ir.Constant(I32, m))
         return self.ir.lanes(v, [m for m in range(self.nr) for _ in range(n)])
-
-    def maddubs(self, u8, s8):
-        if self.nr == 1:
-            return self.ir.maddubs(u8, s8)
-        fn = self.ir.fn("llvm.x86.avx512.pmaddubs.w.512", V32I16, [V64I8, V64I8])
-        return self.b.call(fn, [u8, s8])
-
-    def maddwd(self, a, b):
-        return self.ir.maddwd(a, b) if self.nr == 1 else _maddwd(self.ir, a, b)
-
-    def fma(self, a, b, c):
-        return self.ir.fma(a, b, c) if self.nr == 1 else _fma16(self.ir, a, b, c)
 
     def hsums(self, v):  # ggml's hsum_float_8 of each row's 8 lanes
         return [self.ir.hsum(self.ir.lanes(v, range(8 * m, 8 * m + 8))) if self.nr == 2
@@ -238,15 +200,15 @@ def _q6_k_rows(context, builder, sig, args, nr):
                 sc = ir_.lanes(scales, [16 * m + s + e // 8 for m in range(nr) for e in range(16)])
                 for i, (xp, *_) in enumerate(toks):
                     x = v.dup(ir_.load(xp, b.add(xo, c(128 * h + 32 * j)), ir.VectorType(I8, 32)))
-                    isums[i] = b.add(isums[i], v.maddwd(v.maddubs(q, x), sc))
+                    isums[i] = b.add(isums[i], ir_.maddwd(ir_.maddubs(q, x), sc))
         d_w = v.per_row([ir_.f16(p, b.add(o, c(208))) for p in rows], 8)
         out = []
         for isum, acc, (_, dp, sp, _) in zip(isums, accs, toks):
             # (q - 32) . x = q . x - 32 * sum over each 16-group of scale * (sum of x's quants)
-            offset = v.maddwd(scales, v.dup(ir_.load(sp, b.mul(k, c(16)), ir.VectorType(I16, 16))))
+            offset = ir_.maddwd(scales, v.dup(ir_.load(sp, b.mul(k, c(16)), ir.VectorType(I16, 16))))
             isum = b.sub(isum, b.shl(offset, v.const(I32, 8, 5)))
             d = b.fmul(v.per_row([b.load(b.gep(dp, [k]))] * nr, 8), d_w)
-            out.append(v.fma(d, b.sitofp(isum, v.vec(F32, 8)), acc))
+            out.append(ir_.fma(d, b.sitofp(isum, v.vec(F32, 8)), acc))
         return out
 
     accs = ir_.loop(nb, body, *[v.const(F32, 8, 0.0)] * len(toks))
@@ -286,7 +248,7 @@ def _q8_0_rows(context, builder, sig, args, nr):
             else:
                 sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), v.const(I16, 16, 1))
             d = b.fmul(d_w, v.per_row([b.load(b.gep(dp, [k]))] * nr, 8))
-            out.append(v.fma(d, b.sitofp(sums, v.vec(F32, 8)), acc))
+            out.append(ir_.fma(d, b.sitofp(sums, v.vec(F32, 8)), acc))
         return out
 
     accs = ir_.loop(nb, body, *[v.const(F32, 8, 0.0)] * len(toks))
