@@ -28,10 +28,13 @@ Each measurement runs in its own subprocess (so neither engine's idle threads or
 the other's timings; one untimed lfm2q process per file first fills numba's cache, so no timed
 process compiles), engines alternating, for --rounds rounds; the tables show medians and
 the ratio lfm2q / llama.cpp. llama.cpp runs with its default context parameters (F16 KV cache,
-flash attention "auto"), n_batch = n_ubatch = 512, like llama-cli.
+flash attention "auto"), n_batch = n_ubatch = 512, like llama-cli. --kv-cache q8_0 gives both
+engines 8-bit K and V caches instead (llama.cpp: type_k = type_v = Q8_0, flash attention on, as
+-ctk q8_0 -ctv q8_0 -fa on; the first-token runs keep the default).
 
     .venv/bin/python benchmarks/bench_compare.py [--threads 2] [--rounds 3] [--types q4_k_m,q8_0]
         [--shapes 350m,1.2b] [--thread-counts 1,2,4] [--long 16384] [--no-cold] [--quick]
+        [--kv-cache f16|q8_0]
 
 A full default run takes about 50 minutes on a quiet 2-core AVX2 machine: 350M table ~24 min
 (most of it the ~4000-token prompts), 1.2B ~5, threads ~2, first token ~1 plus ~1 for the
@@ -123,9 +126,9 @@ QUICK = Sizes(short=16, mid=48, gen=8, gen_ctx=8, ctx=256)
 # --- the two engines, behind one interface: reset(), eval(ids) -> last logits ----------------
 
 class Lfm2qEngine:
-    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX):
+    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX, kv: str = "f16"):
         import lfm2q
-        self.model = lfm2q.load(path, n_ctx=n_ctx, n_threads=threads)
+        self.model = lfm2q.load(path, n_ctx=n_ctx, n_threads=threads, kv_cache=kv)
         self.session = self.model.session()
 
     def reset(self) -> None:
@@ -138,7 +141,7 @@ class Lfm2qEngine:
 class LlamaCppEngine:
     """llama.cpp through llama-cpp-python's C bindings (no high-level wrapper in the timed path)."""
 
-    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX):
+    def __init__(self, path: Path, threads: int, n_ctx: int = N_CTX, kv: str = "f16"):
         import llama_cpp as L
         self.L = L
         self._log_cb = L.llama_log_callback(lambda level, text, user: None)  # keep a reference
@@ -151,6 +154,9 @@ class LlamaCppEngine:
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, N_BATCH, N_BATCH
         cp.n_threads = cp.n_threads_batch = threads
         cp.no_perf = True
+        if kv == "q8_0":  # a quantized V cache needs flash attention
+            cp.type_k = cp.type_v = L.GGML_TYPE_Q8_0
+            cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         self.batch = L.llama_batch_init(N_BATCH, 0, 1)
@@ -191,7 +197,7 @@ def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
     "<key> prompt" (the tokens/s of a decode measure's prompt), load_s and rss_mb."""
     measures = spec["measures"]
     t0 = time.perf_counter()
-    engine = ENGINES[engine_name](path, threads, spec["n_ctx"])
+    engine = ENGINES[engine_name](path, threads, spec["n_ctx"], spec.get("kv", "f16"))
     ids = prompt_ids(max([n for _, n, _ in measures] + [48]) + 1)
     # Warm-up of both paths (lfm2q compiles or loads its kernels here): lfm2q evaluates
     # prompts of up to 20 tokens through decode (model.SHORT_PROMPT), so a 32-token prompt
@@ -291,6 +297,7 @@ def measure(engine: str, path: Path, args, spec: dict, threads: int | None = Non
     """run_worker on a quiet machine: wait for --min-idle, and redo a run during which other
     processes used more than --max-others CPUs (at most --tries runs; keeps the quietest)."""
     threads = args.threads if threads is None else threads
+    spec = dict(spec, kv=args.kv_cache)
     best = None
     for attempt in range(args.tries):
         idle = wait_until_quiet(args.min_idle, args.max_wait)
@@ -492,8 +499,8 @@ def report_tables(run: Run, load: float) -> None:
 
     for s in run.shapes:
         name = f"LFM2-{s.upper()}"
-        title = (f"{name} shape (random weights), {args.threads} threads, median of {args.rounds} rounds, "
-                 "tokens/s")
+        title = (f"{name} shape (random weights), {args.threads} threads, {args.kv_cache.upper()} KV cache, "
+                 f"median of {args.rounds} rounds, tokens/s")
         if s == "350m":
             print(f"\n{title}; load average at start {load:.2f}")
             print(system_line())
@@ -586,7 +593,7 @@ def report_long(run: Run) -> None:
     key = f"tg{sizes.gen_ctx}@{n}"
     ours, theirs = run.long["lfm2q"], run.long["llama.cpp"]
     print(f"\n### Long context: LFM2-350M Q4_K_M, n_ctx {run.args.long + 64}, {run.args.threads} threads, "
-          "one round, tokens/s")
+          f"{run.args.kv_cache.upper()} KV cache, one round, tokens/s")
     print("\n| measurement | lfm2q | llama.cpp | lfm2q / llama.cpp |")
     print("|---|---:|---:|---:|")
     for label, k in ((f"prompt of {n} tokens (pp{n})", f"{key} prompt"), (sizes.tg_empty, sizes.tg_empty),
@@ -655,6 +662,8 @@ def main() -> None:
     ap.add_argument("--max-others", type=float, default=0.05,
                     help="redo a measurement during which other processes used more CPUs than this")
     ap.add_argument("--tries", type=int, default=4, help="runs per measurement, at most")
+    ap.add_argument("--kv-cache", choices=("f16", "q8_0"), default="f16",
+                    help="both engines' K and V cache type (first-token runs keep f16)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--first-token", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)

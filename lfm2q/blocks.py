@@ -15,7 +15,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .kernels.dispatch import matvec
-from .kernels.half import as_f32, kv_value
+from .kernels.dots import dots8_hd64
+from .kernels.kvrows import load_row, prefetch_rows, store_row
 
 # --- llama.cpp's float arithmetic -------------------------------------------------------------
 # llama.cpp rounds each matrix's input to 8 bits (kernels/actquant.py), so an input one ulp
@@ -224,51 +225,73 @@ def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml'
             s[j] = ggml_expf_small(s[j] - m)
 
 
+KB = 8  # keys per block: dots8_hd64's width
+AHEAD = 32  # cache rows prefetched ahead of use (24-48 measured equally good)
+
+
 @njit(error_model="numpy", fastmath=True, inline="always", cache=True)
-def _attend_group(q, kc, vc, t, g, n_kv, first, group, HD, out):
+def _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out):
     """attend's job: query t's heads g*group.. (the GQA group of KV head g) over cache
-    positions first..n_kv-1. Inlined, so HD = 64 (every LFM2 model) compiles to fixed-length
-    loops: one K row converted from fp16 once for the group, dot products without loop tails
-    (15% of decode attention at 4k positions)."""
+    positions first..n_kv-1, KB keys at a time. Each block's K rows are read from the cache
+    once for the whole group (kernels/kvrows.py), their scores computed eight at a time
+    (kernels/dots.py, for head size 64: every LFM2 model); then V rows likewise, each
+    output element summing the block's KB products in registers before it is stored."""
     scale = np.float32(1.0 / math.sqrt(HD))
     qg = q[t, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
-    scores = np.empty((group, n_kv - first), np.float32)
-    row = np.empty(HD, np.float32)
-    for j in range(first, n_kv):
-        for d in range(HD):
-            row[d] = as_f32(kc[g, j, d])
+    n = n_kv - first
+    nb = (n + KB - 1) // KB
+    scores = np.empty((group, nb * KB), np.float32)
+    rows = np.zeros((KB, HD), np.float32)  # the tail block's unused rows stay 0 (see below)
+    for b in range(nb):
+        j0 = first + b * KB
+        prefetch_rows(kc, ks, g, j0 + AHEAD, min(KB, n_kv - j0 - AHEAD))
+        for jj in range(min(KB, n_kv - j0)):
+            load_row(kc, ks, g, j0 + jj, rows[jj], HD)
         for gh in range(group):
-            s = np.float32(0.0)
-            for d in range(HD):
-                s += qg[gh * HD + d] * row[d]
-            scores[gh, j - first] = s * scale
+            if HD == 64:
+                dots8_hd64(qg[gh * HD:(gh + 1) * HD], rows, scores[gh], b * KB, scale)
+            else:
+                for jj in range(KB):
+                    s = np.float32(0.0)
+                    for d in range(HD):
+                        s += qg[gh * HD + d] * rows[jj, d]
+                    scores[gh, b * KB + jj] = s * scale
+    for gh in range(group):
+        sc = scores[gh, :n]
+        m = np.float32(-np.inf)
+        for j in range(n):
+            m = max(m, sc[j])
+        softmax_exp(sc, m)
+        total = np.float32(0.0)
+        for j in range(n):
+            total += sc[j]
+        for j in range(n):
+            sc[j] /= total
+        scores[gh, n:] = 0.0  # the tail block's padding: weight 0 on zeroed rows
+    rows[:] = 0.0  # (a K row's inf or NaN times weight 0 would still be NaN)
     og = out[t, g * group * HD:(g + 1) * group * HD]
     og[:] = 0.0
-    for gh in range(group):
-        m = np.float32(-np.inf)
-        for j in range(scores.shape[1]):
-            m = max(m, scores[gh, j])
-        softmax_exp(scores[gh], m)
-        total = np.float32(0.0)
-        for j in range(scores.shape[1]):
-            total += scores[gh, j]
-        for j in range(scores.shape[1]):
-            scores[gh, j] /= total
-    for j in range(first, n_kv):
-        for d in range(HD):
-            row[d] = as_f32(vc[g, j, d])
+    for b in range(nb):
+        j0 = first + b * KB
+        prefetch_rows(vc, vs, g, j0 + AHEAD, min(KB, n_kv - j0 - AHEAD))
+        for jj in range(min(KB, n_kv - j0)):
+            load_row(vc, vs, g, j0 + jj, rows[jj], HD)
         for gh in range(group):
-            p = scores[gh, j - first]
+            p = scores[gh, b * KB:(b + 1) * KB]
             for d in range(HD):
-                og[gh * HD + d] += p * row[d]
+                a = og[gh * HD + d]
+                for jj in range(KB):
+                    a += p[jj] * rows[jj, d]
+                og[gh * HD + d] = a
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
-def attend(q, kc, vc, p0, window, out):
+def attend(q, kc, ks, vc, vs, p0, window, out):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
 
-    q f32[n, H*HD] (normed, rotated), kc/vc [KVH, n_ctx, HD] (f32 or fp16 bits) holding positions
-    0..p0+n-1, window 0 or the sliding-window size -> out f32[n, H*HD].
+    q f32[n, H*HD] (normed, rotated), kc/vc [KVH, n_ctx, HD] with their block scales ks/vs
+    (kernels/kvrows.py: f32, fp16 bits or Q8_0) holding positions 0..p0+n-1, window 0 or the
+    sliding-window size -> out f32[n, H*HD].
 
     One job per (query, KV head): the query heads that share a KV head (GQA) go through its
     keys and values together, so each cache row is read once per job, not once per head.
@@ -283,16 +306,17 @@ def attend(q, kc, vc, p0, window, out):
         n_kv = p0 + t + 1
         first = 0 if window <= 0 else max(0, n_kv - window)
         if HD == 64:
-            _attend_group(q, kc, vc, t, g, n_kv, first, group, 64, out)
+            _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, 64, out)
         else:
-            _attend_group(q, kc, vc, t, g, n_kv, first, group, HD, out)
+            _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc):
+def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, ks, vc, vs):
     """Norm and rotate q, k rows for positions p0.. and store k, v in the caches.
 
-    q f32[n, H*HD], k/v f32[n, KVH*HD]; kc/vc [KVH, n_ctx, HD], f32 or fp16 bits (cache.py).
+    q f32[n, H*HD], k/v f32[n, KVH*HD]; kc/vc [KVH, n_ctx, HD] and their block scales ks/vs
+    (kernels/kvrows.py).
     """
     KVH, _, HD = kc.shape
     for t in range(q.shape[0]):
@@ -300,22 +324,21 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, vc):
         norm_rope_heads(q[t], n_head, HD, qn_w, eps, pos, inv_freq)
         norm_rope_heads(k[t], KVH, HD, kn_w, eps, pos, inv_freq)
         for g in range(KVH):
-            for d in range(HD):
-                kc[g, pos, d] = kv_value(k[t, g * HD + d], kc)
-                vc[g, pos, d] = kv_value(v[t, g * HD + d], vc)
+            store_row(k[t, g * HD:(g + 1) * HD], kc, ks, g, pos)
+            store_row(v[t, g * HD:(g + 1) * HD], vc, vs, g, pos)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
-                     kc, vc, pos, window, inv_freq, h, q, k, v, att, o):
+                     kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
     k/v f32[1, KVH*HD]."""
     rmsnorm(x, norm_w, eps, h)
     matvec(wq, tq, h, q[0])
     matvec(wk, tk, h, k[0])
     matvec(wv, tv, h, v[0])
-    qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, vc)
-    attend(q, kc, vc, pos, window, att)
+    qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, ks, vc, vs)
+    attend(q, kc, ks, vc, vs, pos, window, att)
     matvec(wo, to, att[0], o)
     x += o
 

@@ -16,31 +16,43 @@ from .gguf_model import Lfm2Config
 @dataclass
 class Snapshot:
     n_past: int
-    kv: dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> K, V [KVH, n_past, HD] as stored
+    kv: dict[int, tuple[np.ndarray, ...]]  # layer -> K, K scales, V, V scales [KVH, n_past, ..] as stored
     conv: dict[int, np.ndarray]                    # layer -> f32[L-1, D]
 
 
 # K and V are stored as fp16 by default (bits in uint16: numba has no float16), as llama.cpp's
 # default cache stores them: half the memory of f32 (50 MB at 4096 tokens of the 350M shape).
-# f32 with load(..., kv_cache="f32") and with exact=True (transformers keeps K/V in f32).
-KV_F16, KV_F32 = np.uint16, np.float32
+# f32 with load(..., kv_cache="f32") and with exact=True (transformers keeps K/V in f32);
+# q8_0 (llama.cpp's -ctk/-ctv q8_0) with kv_cache="q8_0": 0.56x fp16's memory and reading.
+# The element dtype of each type; only q8_0 has block scales (kernels/kvrows.py).
+KV_TYPES = {"f16": np.uint16, "f32": np.float32, "q8_0": np.int8}
+_NO_SCALES = np.zeros((0, 0, 0), np.float32)
 
 
 class State:
     """n_past plus a preallocated KV cache per attention layer and a conv window per conv layer."""
 
-    def __init__(self, config: Lfm2Config, n_ctx: int, kv_dtype=KV_F16):
+    def __init__(self, config: Lfm2Config, n_ctx: int, kv_type: str = "f16"):
         self.n_ctx = n_ctx
         self.n_past = 0
+        self.kv_type = kv_type
         HD, D, L = config.head_dim, config.n_embd, config.conv_l
+        dtype = KV_TYPES[kv_type]
         # np.zeros maps untouched pages lazily: a long context costs memory only once used.
-        self.k: list[np.ndarray | None] = [None] * config.n_layer  # kv_dtype[KVH, n_ctx, HD]
+        self.k: list[np.ndarray | None] = [None] * config.n_layer  # dtype[KVH, n_ctx, HD]
         self.v: list[np.ndarray | None] = [None] * config.n_layer
+        self.k_scale: list[np.ndarray | None] = [None] * config.n_layer  # f32[KVH, n_ctx, HD/32]
+        self.v_scale: list[np.ndarray | None] = [None] * config.n_layer  # (empty but for q8_0)
         self.conv: list[np.ndarray | None] = [None] * config.n_layer  # f32[L-1, D]
         for il, kvh in enumerate(config.n_head_kv):
             if kvh:
-                self.k[il] = np.zeros((kvh, n_ctx, HD), kv_dtype)
-                self.v[il] = np.zeros((kvh, n_ctx, HD), kv_dtype)
+                self.k[il] = np.zeros((kvh, n_ctx, HD), dtype)
+                self.v[il] = np.zeros((kvh, n_ctx, HD), dtype)
+                if kv_type == "q8_0":  # head sizes are multiples of 32 (checked when loading)
+                    self.k_scale[il] = np.zeros((kvh, n_ctx, HD // 32), np.float32)
+                    self.v_scale[il] = np.zeros((kvh, n_ctx, HD // 32), np.float32)
+                else:
+                    self.k_scale[il] = self.v_scale[il] = _NO_SCALES
             else:
                 self.conv[il] = np.zeros((L - 1, D), np.float32)
 
@@ -53,7 +65,7 @@ class State:
 
     def snapshot(self) -> Snapshot:
         n = self.n_past
-        kv = {il: (k[:, :n].copy(), self.v[il][:, :n].copy())
+        kv = {il: tuple(a[il][:, :n].copy() for a in (self.k, self.k_scale, self.v, self.v_scale))
               for il, k in enumerate(self.k) if k is not None}
         conv = {il: c.copy() for il, c in enumerate(self.conv) if c is not None}
         return Snapshot(n, kv, conv)
@@ -61,9 +73,9 @@ class State:
     def restore(self, snap: Snapshot) -> None:
         if snap.n_past > self.n_ctx:
             raise ValueError(f"snapshot of {snap.n_past} tokens does not fit a {self.n_ctx}-token context")
-        for il, (k, v) in snap.kv.items():
-            self.k[il][:, :snap.n_past] = k
-            self.v[il][:, :snap.n_past] = v
+        for il, saved in snap.kv.items():
+            for a, part in zip((self.k, self.k_scale, self.v, self.v_scale), saved):
+                a[il][:, :snap.n_past] = part
         for il, c in snap.conv.items():
             self.conv[il][:] = c
         self.n_past = snap.n_past

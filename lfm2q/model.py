@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import blocks, compiler_pages
-from .cache import KV_F16, KV_F32, Snapshot, State
+from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
@@ -169,7 +169,8 @@ class Forward:
                 blocks.attention_decode(x, L.attn_norm, eps, L.attn_q.raw, L.attn_q.kernel,
                                         L.attn_k.raw, L.attn_k.kernel, L.attn_v.raw, L.attn_v.kernel,
                                         L.attn_output.raw, L.attn_output.kernel, L.attn_q_norm,
-                                        L.attn_k_norm, c.n_head, s.k[il], s.v[il], pos,
+                                        L.attn_k_norm, c.n_head, s.k[il], s.k_scale[il], s.v[il],
+                                        s.v_scale[il], pos,
                                         c.sliding_window, self.inv_freq, self.h, self.q,
                                         self.k[:, :kvh], self.v[:, :kvh], self.att, self.o)
             blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
@@ -209,9 +210,10 @@ class Forward:
             else:
                 q, k, v = _mm(L.attn_q, h), _mm(L.attn_k, h), _mm(L.attn_v, h)
                 blocks.qkv_to_cache(q, k, v, c.n_head, L.attn_q_norm, L.attn_k_norm, eps, p0,
-                                    self.inv_freq, s.k[il], s.v[il])
+                                    self.inv_freq, s.k[il], s.k_scale[il], s.v[il], s.v_scale[il])
                 att = np.empty_like(q)
-                blocks.attend(q, s.k[il], s.v[il], p0, c.sliding_window, att)
+                blocks.attend(q, s.k[il], s.k_scale[il], s.v[il], s.v_scale[il], p0,
+                              c.sliding_window, att)
                 x += _mm(L.attn_output, att)
             blocks.rmsnorm_rows(x, L.ffn_norm, eps, h)
             g = _mm(L.ffn_gate, h)                                    # [n, FF]
@@ -239,7 +241,7 @@ class Session:
     def __init__(self, model: "Model"):
         self.model = model
         self.n_ctx = model.n_ctx
-        self.state = State(model.config, model.n_ctx, KV_F32 if model.kv_cache == "f32" else KV_F16)
+        self.state = State(model.config, model.n_ctx, model.kv_cache)
         self._fwd = Forward(model.config, model.weights, self.state)
 
     @property

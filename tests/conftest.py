@@ -32,3 +32,15 @@ def tiny_gguf(tiny_hf_dir, tmp_path_factory):
         return cache[out_type]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hd64_gguf(tmp_path_factory) -> Path:
+    """An F32 GGUF whose attention heads are 64 wide, as every LFM2's (the default fixture's
+    are 16): hidden 128, 2 query heads sharing 1 KV head, 6 layers, attention at 2 and 5.
+    Q8_0 KV caches need head sizes in 32-element blocks."""
+    from lfm2q.convert import convert_hf
+
+    d = tmp_path_factory.mktemp("hd64")
+    hf = make_checkpoint(d / "hf", hidden_size=128, num_attention_heads=2, num_key_value_heads=1, seed=7)
+    return convert_hf(hf, d / "hd64-f32.gguf", "f32")

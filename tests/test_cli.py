@@ -117,16 +117,18 @@ def test_generate_json_equals_model_generate(capsys, gguf):
     assert "tok/s" in err  # the stats line goes to stderr
 
 
-def test_kv_cache_option_reaches_the_model(capsys, gguf):
-    # f32 and f16 caches through --kv-cache equal the API's; a cache type that does not exist
-    # is a one-line error naming it.
-    for kind in ("f32", "f16"):
-        code, out, _ = cli(capsys, "generate", gguf, "-p", "The weather", "--json", "-n", "8",
+def test_kv_cache_option_reaches_the_model(capsys, gguf, hd64_gguf):
+    # f32, f16 and q8_0 caches through --kv-cache equal the API's; a cache type that does not
+    # exist, or q8_0 on heads that do not split into 32-element blocks, is a one-line error.
+    for path, kind in ((gguf, "f32"), (gguf, "f16"), (hd64_gguf, "q8_0")):
+        code, out, _ = cli(capsys, "generate", path, "-p", "The weather", "--json", "-n", "8",
                            "--kv-cache", kind)
         assert code == 0
-        assert json.loads(out)["text"] == lfm2q.load(gguf, kv_cache=kind).generate("The weather", max_tokens=8)
+        assert json.loads(out)["text"] == lfm2q.load(path, kv_cache=kind).generate("The weather", max_tokens=8)
     code, _, err = cli(capsys, "generate", gguf, "-p", "hi", "--kv-cache", "q8")
-    assert code == 1 and "kv_cache 'q8' is not a cache type" in one_line_error(err)
+    assert code == 1 and "kv_cache 'q8' is not a cache type — use one of f16, f32, q8_0" in one_line_error(err)
+    code, _, err = cli(capsys, "generate", gguf, "-p", "hi", "--kv-cache", "q8_0")
+    assert code == 1 and "head size is 16 — use 'f16'" in one_line_error(err)
 
 
 def test_generate_streams_text_and_reads_stdin(capsys, gguf, monkeypatch):

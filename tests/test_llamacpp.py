@@ -56,6 +56,7 @@ N_PROMPT = 256
 N_THREADS = 2
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
+GGML_TYPE_Q8_0 = 8
 LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15}  # LLAMA_FTYPE_MOSTLY_Q8_0, LLAMA_FTYPE_MOSTLY_Q4_K_M
 BRANCH_SCALE = 1 / 16  # conditioned variants: residual-branch output projections scaled by this
 
@@ -106,7 +107,8 @@ def llama_logits(llama_cpp, path, ids, decode_from: int | None = None, kv: int =
     a time."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_ubatch=512,
                           n_threads=N_THREADS, n_threads_batch=N_THREADS, logits_all=True,
-                          type_k=kv, type_v=kv, flash_attn=False, verbose=False)
+                          type_k=kv, type_v=kv, verbose=False,
+                          flash_attn=kv == GGML_TYPE_Q8_0)  # a quantized V cache needs flash attention
     try:
         if decode_from is None:
             llm.eval(ids)
@@ -245,6 +247,28 @@ def test_fp16_kv_caches_agree(llama_cpp, model_files):
     ids = prompt(model_files["vocab"])
     got = lfm2q.load(path, n_ctx=512, n_threads=N_THREADS).logits(ids)
     check_agreement(got, llama_logits(llama_cpp, path, ids, kv=GGML_TYPE_F16), rel=1e-3)
+
+
+def test_q8_0_kv_caches_agree(llama_cpp, model_files):
+    # Both engines round K and V to Q8_0 blocks the same way; llama.cpp also rounds q to Q8_0
+    # for its K products (and runs flash attention, which a quantized V cache needs). Measured
+    # on 350m-pattern-h256: each engine 0.8-0.9% of max|logit| from its own f32-cache logits,
+    # 1.35% from each other. Heads of 16 (h64-fallbacks) do not split into 32-blocks: lfm2q
+    # refuses them with a one-line error.
+    path = model_files["lfm2q", "f32"]
+    ids = prompt(model_files["vocab"])
+    if lfm2q.load(path, n_ctx=512).config.head_dim % 32:
+        with pytest.raises(lfm2q.Lfm2qError, match="stores 32-element blocks"):
+            lfm2q.load(path, n_ctx=512, kv_cache="q8_0")
+        return
+    got = lfm2q.load(path, n_ctx=512, n_threads=N_THREADS, kv_cache="q8_0").logits(ids)
+    ref = llama_logits(llama_cpp, path, ids, kv=GGML_TYPE_Q8_0)
+    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731
+    assert rel(got, ref) <= 2e-2 and np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.97
+    # what the 8-bit cache costs lfm2q is no more than what it costs llama.cpp
+    ours = rel(got, _lfm2q_model(path).logits(ids))            # against lfm2q's f32 cache
+    theirs = rel(ref, llama_logits(llama_cpp, path, ids))      # against llama.cpp's F32 cache
+    assert ours <= 1.1 * theirs, (ours, theirs)
 
 
 # --- 3. lfm2q reads llama.cpp's files exactly ------------------------------------------------

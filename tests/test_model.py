@@ -179,8 +179,9 @@ def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkey
     assert m.weights.integer_prefill == dispatch.USE_AVX2  # Q8_0 weights throughout
 
 
-def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf):
-    model = lfm2q.load(tiny_gguf("f32"), n_ctx=64)
+@pytest.mark.parametrize("kv_cache", ["f16", "q8_0"])
+def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf, hd64_gguf, kv_cache):
+    model = lfm2q.load(tiny_gguf("f32") if kv_cache == "f16" else hd64_gguf, n_ctx=64, kv_cache=kv_cache)
     ids = prompt(model.config.n_vocab)[:20]
     s = model.session()
     s.eval(ids[:10])
@@ -193,8 +194,10 @@ def test_snapshot_restore_and_reset_replay_exactly(tiny_gguf):
     assert s.n_past == 0
     # 20 tokens go through decode, logits() through prefill: for F32 weights the two sum in
     # different orders, and the fp16 KV cache can round such a 1-ulp difference a whole fp16
-    # step apart (measured 1.9e-5 of the largest logit)
-    np.testing.assert_allclose(s.eval(ids)[None], model.logits(ids)[-1:], rtol=0, atol=1e-4 * np.abs(first).max())
+    # step apart (measured 1.9e-5 of the largest logit), the Q8_0 cache a whole 8-bit step
+    # (measured 1.9e-4)
+    tol = 1e-4 if kv_cache == "f16" else 1e-3
+    np.testing.assert_allclose(s.eval(ids)[None], model.logits(ids)[-1:], rtol=0, atol=tol * np.abs(first).max())
 
 
 def test_context_overflow_is_a_clear_error(tiny_gguf):
@@ -254,3 +257,26 @@ def test_kv_cache_type_is_fp16_by_default_and_f32_on_request(tiny_gguf):
             assert np.abs(k[:, :12].view(np.float16).astype(np.float32) - k32).max() <= 1e-3 * np.abs(k32).max()
     with pytest.raises(lfm2q.Lfm2qError, match="kv_cache 'q8' is not a cache type"):
         lfm2q.load(path, n_ctx=64, kv_cache="q8")
+    with pytest.raises(lfm2q.Lfm2qError, match="kv_cache 'q8_0' stores 32-element blocks; tiny-q8_0.gguf's "
+                                               "head size is 16"):
+        lfm2q.load(path, n_ctx=64, kv_cache="q8_0")
+
+
+def test_q8_0_kv_cache_holds_8_bit_blocks_close_to_the_f32_cache(hd64_gguf):
+    model = lfm2q.load(hd64_gguf, n_ctx=128, kv_cache="q8_0")
+    ids = prompt(model.config.n_vocab)
+    s = model.session()
+    s.eval(ids)
+    il = next(il for il, k in enumerate(s.state.k) if k is not None)
+    k, d = s.state.k[il][:, :N_PROMPT], s.state.k_scale[il][:, :N_PROMPT]
+    assert k.dtype == np.int8 and d.shape == (1, N_PROMPT, 2)
+    assert np.abs(k).max(axis=-1).min() == 127  # every block's largest element maps to +-127
+    f32 = lfm2q.load(hd64_gguf, n_ctx=128, kv_cache="f32").session()
+    f32.eval(ids)
+    k32 = f32.state.k[il][:, :N_PROMPT]
+    dequantized = k.astype(np.float32) * np.repeat(d, 32, axis=-1)
+    assert np.abs(dequantized - k32).max() <= np.abs(k32).max() / 254 * 1.01  # half a quant step
+    exact = lfm2q.load(hd64_gguf, n_ctx=128, exact=True).logits(ids)  # f32 cache, f32 activations
+    # measured: 6.2e-3 (the fp16 cache: 2.6e-4; an element's rounding error is ~1/500 of its
+    # block's largest against fp16's 1/4096 of itself)
+    assert rel_err(model.logits(ids), exact) < 1e-2
