@@ -241,7 +241,7 @@ def _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out):
     n = n_kv - first
     nb = (n + KB - 1) // KB
     scores = np.empty((group, nb * KB), np.float32)
-    rows = np.zeros((KB, HD), np.float32)  # the tail block's unused rows stay 0 (see below)
+    rows = np.zeros((KB, HD), np.float32)  # a tail block's unused rows: scored, never weighted
     for b in range(nb):
         j0 = first + b * KB
         prefetch_rows(kc, ks, g, j0 + AHEAD, min(KB, n_kv - j0 - AHEAD))

@@ -35,7 +35,6 @@ class State:
     def __init__(self, config: Lfm2Config, n_ctx: int, kv_type: str = "f16"):
         self.n_ctx = n_ctx
         self.n_past = 0
-        self.kv_type = kv_type
         HD, D, L = config.head_dim, config.n_embd, config.conv_l
         dtype = KV_TYPES[kv_type]
         # np.zeros maps untouched pages lazily: a long context costs memory only once used.

@@ -14,6 +14,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .avx2 import _IR
+
 HD = 64
 _F32, _I32 = ir.FloatType(), ir.IntType(32)
 _V8 = ir.VectorType(_F32, 8)
@@ -34,9 +36,10 @@ def dots8_hd64(typingctx, qh, rows, s, col, scale):
         q = context.make_array(sig.args[0])(context, b, qa).data
         r = context.make_array(sig.args[1])(context, b, ra).data
         out = b.gep(context.make_array(sig.args[2])(context, b, sa).data, [ca])
+        v = _IR(b)
 
         def vec(ptr, offset):
-            return b.load(b.bitcast(b.gep(ptr, [ir.Constant(ir.IntType(64), offset)]), _V8.as_pointer()), align=4)
+            return v.load(ptr, ir.Constant(ir.IntType(64), offset), _V8)
 
         def shuffle(x, y, idx):
             return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
@@ -55,9 +58,7 @@ def dots8_hd64(typingctx, qh, rows, s, col, scale):
                     shuffle(u[2 * i], u[2 * i + 1], [2, 3, 6, 7, 10, 11, 14, 15])) for i in range(2)]
         y = b.fadd(shuffle(x[0], x[1], [0, 2, 4, 6, 8, 10, 12, 14]),
                    shuffle(x[0], x[1], [1, 3, 5, 7, 9, 11, 13, 15]))
-        sv = shuffle(b.insert_element(ir.Constant(_V8, ir.Undefined), scale_v, ir.Constant(_I32, 0)),
-                     ir.Constant(_V8, ir.Undefined), [0] * 8)
-        b.store(b.fmul(y, sv), b.bitcast(out, _V8.as_pointer()), align=4)
+        b.store(b.fmul(y, v.splat(scale_v, _V8)), b.bitcast(out, _V8.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(qh, rows, s, col, scale), codegen
