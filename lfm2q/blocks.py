@@ -16,7 +16,7 @@ from numba.extending import intrinsic
 
 from .kernels.dispatch import matvec
 from .kernels.dots import dots8_hd64
-from .kernels.kvrows import load_row, prefetch_rows, store_row
+from .kernels.kvrows import load_block, store_row
 
 # --- llama.cpp's float arithmetic -------------------------------------------------------------
 # llama.cpp rounds each matrix's input to 8 bits (kernels/actquant.py), so an input one ulp
@@ -226,7 +226,6 @@ def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml'
 
 
 KB = 8  # keys per block: dots8_hd64's width
-AHEAD = 32  # cache rows prefetched ahead of use (24-48 measured equally good)
 
 
 @njit(error_model="numpy", fastmath=True, inline="always", cache=True)
@@ -243,10 +242,7 @@ def _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out):
     scores = np.empty((group, nb * KB), np.float32)
     rows = np.zeros((KB, HD), np.float32)  # a tail block's unused rows: scored, never weighted
     for b in range(nb):
-        j0 = first + b * KB
-        prefetch_rows(kc, ks, g, j0 + AHEAD, min(KB, n_kv - j0 - AHEAD))
-        for jj in range(min(KB, n_kv - j0)):
-            load_row(kc, ks, g, j0 + jj, rows[jj], HD)
+        load_block(kc, ks, g, first + b * KB, n_kv, rows, HD)
         for gh in range(group):
             if HD == 64:
                 dots8_hd64(qg[gh * HD:(gh + 1) * HD], rows, scores[gh], b * KB, scale)
@@ -272,10 +268,7 @@ def _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out):
     og = out[t, g * group * HD:(g + 1) * group * HD]
     og[:] = 0.0
     for b in range(nb):
-        j0 = first + b * KB
-        prefetch_rows(vc, vs, g, j0 + AHEAD, min(KB, n_kv - j0 - AHEAD))
-        for jj in range(min(KB, n_kv - j0)):
-            load_row(vc, vs, g, j0 + jj, rows[jj], HD)
+        load_block(vc, vs, g, first + b * KB, n_kv, rows, HD)
         for gh in range(group):
             p = scores[gh, b * KB:(b + 1) * KB]
             for d in range(HD):
