@@ -110,6 +110,7 @@ def _packed(f: GGUFFile, w: Weight) -> Weight:
     if not packable(w.kernel, w.rows):
         return w
     out = packed_q4_k8(w.raw)
+    out.flags.writeable = False  # typed as the file's read-only views: one compiled kernel per block, not two
     f.release(w.name)
     return replace(w, raw=out, kernel=w.kernel | PACKED8)
 
