@@ -18,6 +18,7 @@ from lfm2q.convert.gguf_layout import plan_tensors
 from lfm2q.convert.hf import read_config
 from lfm2q.gguf_reader import GGUFReader
 from lfm2q.kernels import dequantize
+from lfm2q.gguf_model import Weight
 
 N_PROMPT = 81
 
@@ -159,6 +160,21 @@ def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
     session = model.session()
     one_by_one = np.stack([session.eval([t]).copy() for t in ids])
     np.testing.assert_array_equal(whole, one_by_one)
+
+
+@pytest.mark.skipif(not dispatch.USE_AVX2, reason="without AVX2, Q4_K matrices stay unpacked")
+def test_packed_and_file_matrices_have_one_numba_type(tmp_path):
+    # Q4_K matrices are packed into new arrays at load, the other types stay read-only views of
+    # the file. Typed alike, each decode block is one compiled kernel: a writable packed array
+    # made numba load (and once compile) a second copy of ffn_decode and attention_decode.
+    import numba
+    hf_dir = make_checkpoint(tmp_path / "hf", hidden_size=256, num_hidden_layers=4,
+                             attn_layers=(1,), seed=3)
+    model = lfm2q.load(convert_hf(hf_dir, tmp_path / "m.gguf", "q4_k_m"), n_ctx=64)
+    mats = [m for L in model.weights.layers for m in vars(L).values() if isinstance(m, Weight)]
+    assert any(m.kernel & dispatch.PACKED8 for m in mats) and not all(m.kernel & dispatch.PACKED8 for m in mats)
+    assert {numba.typeof(m.raw) for m in mats} == {numba.typeof(mats[0].raw)}
+    assert not mats[0].raw.flags.writeable
 
 
 def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkeypatch):
