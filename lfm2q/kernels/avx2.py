@@ -172,12 +172,12 @@ def _tokens(context, builder, sig, args, n_arrays):
             for i in range(TOKENS)]
 
 
-def _token_rows(context, builder, sig, args, xs, t, col):
-    """For each of TOKENS positions t.. of 2-D activation arrays args[xs] (a slice): the
-    pointers to their rows, then &out[t + i, col] (out: the last argument, f32[n, rows])."""
+def _token_rows(context, builder, sig, args, xs, t, col, count=None):
+    """For each of `count` (TOKENS) positions t.. of 2-D activation arrays args[xs] (a slice):
+    the pointers to their rows, then &out[t + i, col] (out: the last argument, f32[n, rows])."""
     out_ty, out = sig.args[-1], args[-1]
     rows = []
-    for i in range(TOKENS):
+    for i in range(count or TOKENS):
         ti = builder.add(t, ir.Constant(t.type, i))
         rows.append([_row_ptr(context, builder, ty, v, ti) for ty, v in zip(sig.args[xs], args[xs])]
                     + [builder.gep(_row_ptr(context, builder, out_ty, out, ti), [col])])

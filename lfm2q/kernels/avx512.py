@@ -24,15 +24,17 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, _arrays,
-                   _broadcast32, _data, _packed_loop, _packed_tail, _q4_k_packed, _row_ptr,
-                   _token_rows)
+from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
+                   _arrays, _broadcast32, _data, _packed_loop, _packed_tail, _q4_k_packed,
+                   _row_ptr, _token_rows)
 from .kquants import Q6_K_BYTES, QK_K
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 
 # 512-bit vpdpbusd and vpmaddwd, and 512-bit registers the compiler may use (32 of them).
 HAVE_AVX512_VNNI = HAVE_AVX2 and {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
+
+QUAD_TOKENS = 2 * TOKENS  # positions per call of q8_0_rows4 (16 accumulators of 32 registers)
 
 V64I8, V32I16, V16I32, V16F32 = (ir.VectorType(I8, 64), ir.VectorType(I16, 32),
                                  ir.VectorType(I32, 16), ir.VectorType(F32, 16))
@@ -147,9 +149,9 @@ class _Rows:
                 else self.ir.hsum(v) for m in range(self.nr)]
 
 
-def _rows_args(context, b, sig, args, n_x, nr):
+def _rows_args(context, b, sig, args, n_x, nr, n_tok=TOKENS):
     """(row pointers, row bytes, per-token [x pointers..., out pointer at column r]) of a rows
-    kernel (w, r, x arrays..., [t,] out): TOKENS positions t.. of 2-D activations, or the one
+    kernel (w, r, x arrays..., [t,] out): n_tok positions t.. of 2-D activations, or the one
     position of 1-D ones (decode, no t)."""
     w_ty, w, r = sig.args[0], args[0], args[1]
     rows = [_row_ptr(context, b, w_ty, w, b.add(r, ir.Constant(r.type, m))) for m in range(nr)]
@@ -158,7 +160,7 @@ def _rows_args(context, b, sig, args, n_x, nr):
     if sig.args[2].ndim == 1:
         xs = [_data(context, b, ty, v) for ty, v in zip(sig.args[2:2 + n_x], args[2:2 + n_x])]
         return rows, row_bytes, [xs + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r])]]
-    return rows, row_bytes, _token_rows(context, b, sig, args, slice(2, 2 + n_x), args[2 + n_x], r)
+    return rows, row_bytes, _token_rows(context, b, sig, args, slice(2, 2 + n_x), args[2 + n_x], r, n_tok)
 
 
 def _store_rows(v, toks, accs):
@@ -256,6 +258,46 @@ def _q8_0_rows(context, builder, sig, args, nr):
     return context.get_dummy_value()
 
 
+def _q8_0_quads(context, builder, sig, args):
+    """Rows r..r + 3 as two 512-bit row pairs against QUAD_TOKENS positions: each activation
+    vector loaded once for four rows, each weight block once for 8 positions (the fixed cost of
+    a block, its loads and scales, spread over twice as many products as in _q8_0_rows). vpdpbusd multiplies unsigned by signed bytes, so the activations
+    go in offset by 128 (x ^ 0x80) and the weights as they are; each lane then starts from
+    -128 * (the sum of its 4 weights), computed once per block for all positions. The lane sums
+    are the exact integers of _q8_0_rows' |q| . sign(x, q) (activations never hold -128), and
+    the float steps are the same: the same bits, with 2 integer steps per position saved."""
+    ir_ = _IR(builder)
+    v = _Rows(ir_, 2)
+    b = builder
+    c = lambda x: ir.Constant(I64, x)  # noqa: E731
+    rows, row_bytes, toks = _rows_args(context, b, sig, args, 2, 4, QUAD_TOKENS)
+    pairs = (rows[:2], rows[2:])
+    nb = b.udiv(row_bytes, c(Q8_0_BYTES))
+    bias, zero = v.const(I8, 32, -128), v.const(I32, 8, 0)
+
+    def body(k, *accs):  # accs: pair 0's per position, then pair 1's
+        o = b.mul(k, c(Q8_0_BYTES))
+        qs = [v.load(pair, b.add(o, c(2)), ir.VectorType(I8, 32)) for pair in pairs]
+        d_ws = [v.per_row([ir_.f16(p, o) for p in pair], 8) for pair in pairs]
+        starts = [b.sub(zero, _dpbusd(ir_, zero, bias, q)) for q in qs]  # -128 * sum of 4 weights
+        out = list(accs)
+        for i, (xp, dp, _) in enumerate(toks):
+            xu = b.xor(v.dup(ir_.load(xp, b.mul(k, c(32)), ir.VectorType(I8, 32))), bias)
+            dx = v.per_row([b.load(b.gep(dp, [k]))] * 2, 8)
+            for j in range(2):
+                sums = _dpbusd(ir_, starts[j], xu, qs[j])
+                a = j * len(toks) + i
+                out[a] = ir_.fma(b.fmul(d_ws[j], dx), b.sitofp(sums, v.vec(F32, 8)), accs[a])
+        return out
+
+    accs = ir_.loop(nb, body, *[v.const(F32, 8, 0.0)] * (2 * len(toks)))
+    for j in range(2):
+        for (*_, op), acc in zip(toks, accs[j * len(toks):(j + 1) * len(toks)]):
+            for m, h in enumerate(v.hsums(acc)):
+                b.store(h, b.gep(op, [c(2 * j + m)]))
+    return context.get_dummy_value()
+
+
 def _two_rows(kernel):
     """Codegen for rows r, r + 1: one 512-bit pass with AVX-512 VNNI, else a 256-bit one per row."""
     def codegen(context, builder, sig, args):
@@ -297,3 +339,23 @@ def q8_0_row2(typingctx, w, r, xq, xd, out):
     if not (_arrays(2, w) and _arrays(1, xq, xd, out) and isinstance(r, types.Integer)):
         return None
     return types.none(w, r, xq, xd, out), _two_rows(_q8_0_rows)
+
+
+@intrinsic
+def q8_0_rows4(typingctx, w, r, xq, xd, t, out):
+    """out[t + i, r : r + 4] for i < QUAD_TOKENS: rows r..r + 3 of the Q8_0 matrix w uint8[rows,
+    nb*34] . x for rows t.. of xq int8[n, cols], xd f32[n, cols/32]; out f32[n, rows]. The bits
+    of avx2.q8_0_rows (without AVX-512 VNNI: that 256-bit kernel row by row, TOKENS at a time)."""
+    if not (_arrays(2, w, xq, xd, out) and isinstance(r, types.Integer) and isinstance(t, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if HAVE_AVX512_VNNI:
+            return _q8_0_quads(context, builder, sig, args)
+        for m in range(4):
+            for h in range(0, QUAD_TOKENS, TOKENS):
+                rm = builder.add(args[1], ir.Constant(args[1].type, m))
+                th = builder.add(args[4], ir.Constant(args[4].type, h))
+                _q8_0_rows(context, builder, sig, [args[0], rm, args[2], args[3], th, args[5]], 1)
+        return context.get_dummy_value()
+    return types.none(w, r, xq, xd, t, out), codegen

@@ -289,27 +289,35 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
     rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
-        # A task is two rows: Q6_K and Q8_0 pairs run as one (512-bit with AVX-512 VNNI,
-        # avx512.py), the rest row by row. The same bits either way.
-        for task in prange(-(-rows // 2)):
-            r0 = 2 * task
+        # A task is four rows: a Q8_0 quad runs as one against 8 positions at a time, Q6_K
+        # and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, avx512.py), the rest row
+        # by row. The same bits either way.
+        for task in prange(-(-rows // 4)):
+            r0 = 4 * task
+            r1 = min(r0 + 4, rows)
             t = t0
+            if qtype == Q8_0 and r1 - r0 == 4:
+                while t + avx512.QUAD_TOKENS <= t1:
+                    avx512.q8_0_rows4(w, r0, xq, xd, t, out)
+                    t += avx512.QUAD_TOKENS
             while t + TOKENS <= t1:
-                if r0 + 1 < rows and qtype == Q6_K:
-                    avx512.q6_k_rows2(w, r0, xq, xd, bsum, t, out)
-                elif r0 + 1 < rows and qtype == Q8_0:
-                    avx512.q8_0_rows2(w, r0, xq, xd, t, out)
-                else:
-                    for r in range(r0, min(r0 + 2, rows)):
-                        if kquant:
-                            res = rows_idot_k(w[r], qtype, xq, xd, bsum, t)
-                        else:
-                            res = avx2.q8_0_rows(w[r], xq, xd, t)
-                        for i in range(TOKENS):
-                            out[t + i, r] = res[i]
+                r = r0
+                while r + 2 <= r1 and qtype in (Q6_K, Q8_0):
+                    if qtype == Q6_K:
+                        avx512.q6_k_rows2(w, r, xq, xd, bsum, t, out)
+                    else:
+                        avx512.q8_0_rows2(w, r, xq, xd, t, out)
+                    r += 2
+                for rr in range(r, r1):
+                    if kquant:
+                        res = rows_idot_k(w[rr], qtype, xq, xd, bsum, t)
+                    else:
+                        res = avx2.q8_0_rows(w[rr], xq, xd, t)
+                    for i in range(TOKENS):
+                        out[t + i, rr] = res[i]
                 t += TOKENS
             while t < t1:
-                for r in range(r0, min(r0 + 2, rows)):
+                for r in range(r0, r1):
                     if kquant:
                         out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
                     else:
