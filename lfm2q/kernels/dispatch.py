@@ -37,6 +37,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dequantize_q4_1_np, dequantize_q5_0_np, dequantize_q5_1_np, dot_q4_0, dot_q4_1,
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
+from .prefetch import prefetch_rows_ahead
 from .repack import GROUP
 
 
@@ -141,12 +142,14 @@ def row_idot_q8_0(w, r, xq, xd):  # Q8_0 row . x in Q8_0
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def _matvec_parallel(w, qtype, x, out):
     for r in prange(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
         out[r] = row_dot(w, qtype, r, x)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def _matvec_serial(w, qtype, x, out):
     for r in range(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
         out[r] = row_dot(w, qtype, r, x)
 
 
@@ -162,12 +165,14 @@ def rows_idot_k(row, qtype, xq, xd, bsum, t):  # K-quant row . x[t + i], i < TOK
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
 def _imatvec_k_parallel(w, qtype, xq, xd, bsum, out):
     for r in prange(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
     for r in range(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
@@ -177,18 +182,21 @@ def _imatvec_q8_0_parallel(w, xq, xd, out):
         rows = w.shape[0]
         for task in prange(-(-rows // 2)):
             r0 = 2 * task
+            prefetch_rows_ahead(w, r0, r0 + 2)
             if r0 + 1 < rows:
                 avx512.q8_0_row2(w, r0, xq, xd, out)
             else:
                 out[r0] = row_idot_q8_0(w, r0, xq, xd)
     else:
         for r in prange(w.shape[0]):
+            prefetch_rows_ahead(w, r, r + 1)
             out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def _imatvec_q8_0_serial(w, xq, xd, out):
     for r in range(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
         out[r] = row_idot_q8_0(w, r, xq, xd)
 
 
@@ -205,12 +213,14 @@ def _sums32(bsum):  # Q8_K sums per 16 -> per 32 (int16[.., cols/32]), for the p
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
 def _imatvec_packed_parallel(p, xq, xd, bs32, out):
     for gi in prange(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
         avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
 def _imatvec_packed_serial(p, xq, xd, bs32, out):
     for gi in range(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
         avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
 
 

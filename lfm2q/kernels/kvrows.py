@@ -24,6 +24,7 @@ from numba.extending import intrinsic, overload
 from .actquant import QK8_0, quantize_q8_0
 from .avx2 import _IR
 from .half import as_f32, kv_value
+from .prefetch import LINE, prefetch_line
 
 
 def store_row(x, c, cs, g, pos):  # compiled through the overload below
@@ -34,24 +35,8 @@ def load_row(c, cs, g, j, row, HD):  # compiled through the overload below
     raise NotImplementedError("numba-only")
 
 
-_I8, _I32 = ir.IntType(8), ir.IntType(32)
-_V32I8, _V32F32 = ir.VectorType(_I8, 32), ir.VectorType(ir.FloatType(), 32)
-LINE = 64  # bytes per cache line
+_V32I8, _V32F32 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.FloatType(), 32)
 AHEAD = 32  # cache rows prefetched ahead of use (24-48 measured equally good)
-
-
-@intrinsic
-def _prefetch(typingctx, a, byte):  # hint: the line at byte `byte` of C-contiguous `a` is read soon
-    if not (isinstance(a, types.Array) and a.layout == "C" and isinstance(byte, types.Integer)):
-        return None
-
-    def codegen(context, b, sig, args):
-        data = b.bitcast(context.make_array(sig.args[0])(context, b, args[0]).data, _I8.as_pointer())
-        ptr = b.gep(data, [args[1]])
-        fn = _IR(b).fn("llvm.prefetch.p0i8", ir.VoidType(), [ptr.type, _I32, _I32, _I32])
-        b.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])  # read, keep, data
-        return context.get_dummy_value()
-    return types.void(a, byte), codegen
 
 
 @njit(inline="always", cache=True)
@@ -62,9 +47,9 @@ def prefetch_rows(c, cs, g, j, n):
         head = c[g]
         row_bytes = c.shape[2] * c.itemsize
         for byte in range(j * row_bytes, (j + n) * row_bytes, LINE):
-            _prefetch(head, byte)
+            prefetch_line(head, byte)
         if cs.shape[2] > 0:  # Q8_0 scales: 8 bytes a row
-            _prefetch(cs[g], j * cs.shape[2] * cs.itemsize)
+            prefetch_line(cs[g], j * cs.shape[2] * cs.itemsize)
 
 
 @intrinsic
