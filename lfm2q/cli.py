@@ -65,6 +65,20 @@ KV_OPT = typer.Option("f16", "--kv-cache", help="KV cache type: f16 (as llama.cp
                       "or q8_0 (0.56x f16's memory; faster at long contexts).")
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _first_run_note() -> None:
+    """Say why the first run after installing or upgrading takes a minute (else it looks hung);
+    to a person at a terminal, not to scripts reading stderr."""
+    from .numba_cache import is_cold
+
+    if _stderr_is_terminal() and is_cold():
+        typer.echo("lfm2q: first run of this version here: compiling its kernels for this CPU "
+                   "(about a minute, once; later runs start in about a second)", err=True)
+
+
 def _model_path(model: Optional[Path]) -> Path:
     if model is not None:
         return model
@@ -165,7 +179,9 @@ def run(
         sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tool_list = _read_tools(tools)
         _max_tokens(max_tokens)
-        m = repl.load_model(_model_path(model), ctx, threads, kv_cache)
+        path = _model_path(model)
+        _first_run_note()
+        m = repl.load_model(path, ctx, threads, kv_cache)
         conv = Conversation(m, system=system, tools=tool_list, sampling=sampling, max_tokens=max_tokens)
         code = repl.run(conv)
     raise typer.Exit(code)
@@ -219,7 +235,9 @@ def generate(
                                  "pipe UTF-8 text or pass -p") from None
         if not prompt:
             raise Lfm2qError("the prompt is empty")
-        m = load(_model_path(model), n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
+        path = _model_path(model)
+        _first_run_note()
+        m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
         chat = chat or system is not None or tool_list is not None
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -360,6 +378,7 @@ def bench(
             raise Lfm2qError(f"-r {reps}: use at least 1 repetition")
         path = _model_path(model)
         n_ctx = max(max(pp), max(tg) + 1, 2)
+        _first_run_note()
         m = load(path, n_ctx=n_ctx, kv_cache=kv_cache)
         rng = np.random.default_rng(0)
         V = m.config.n_vocab
@@ -422,7 +441,9 @@ def perplexity(
             raise Lfm2qError(f"{file}: cannot read ({e.strerror})") from None
         except UnicodeDecodeError:
             raise Lfm2qError(f"{file}: not UTF-8 text") from None
-        m = load(_model_path(model), n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
+        path = _model_path(model)
+        _first_run_note()
+        m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
 
         def show(i: int, n: int, ppl: float) -> None:
             typer.echo(f"[{i + 1}/{n}] {ppl:.4f}", err=True)

@@ -34,6 +34,15 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def is_cold() -> bool:
+    """Whether numba's cache holds no compiled kernel yet: the first run of this lfm2q version
+    here, whose first evaluation compiles every kernel it uses (about a minute)."""
+    import numba
+
+    root = Path(numba.config.CACHE_DIR)
+    return not (root.is_dir() and any(root.rglob("*.nbi")))
+
+
 def configure() -> None:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return

@@ -197,3 +197,26 @@ def test_real_process_errors_and_ctrl_c(gguf, tmp_path):
     finally:
         p.kill()
     assert p.returncode == 130 and b"Traceback" not in err
+
+
+def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):
+    import numba
+
+    from lfm2q.numba_cache import is_cold
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "cache"))
+    assert is_cold()                                         # no folder yet
+    (tmp_path / "cache" / "lfm2q_x").mkdir(parents=True)
+    assert is_cold()                                         # a folder, no index
+    (tmp_path / "cache" / "lfm2q_x" / "blocks.ffn_decode-342.py311.nbi").write_bytes(b"")
+    assert not is_cold()
+
+
+@pytest.mark.parametrize("cold, terminal", [(True, True), (False, True), (True, False)])
+def test_the_first_run_says_why_it_takes_a_minute(capsys, gguf, monkeypatch, cold, terminal):
+    # To a person at a terminal, on stderr (stdout stays the generated text); never to a script.
+    from lfm2q import cli as cli_module, numba_cache
+    monkeypatch.setattr(numba_cache, "is_cold", lambda: cold)
+    monkeypatch.setattr(cli_module, "_stderr_is_terminal", lambda: terminal)
+    code, out, err = cli(capsys, "generate", gguf, "-p", "hello", "-n", "2", "-q")
+    assert code == 0 and "compiling" not in out
+    assert ("first run of this version here: compiling its kernels" in err) == (cold and terminal)
