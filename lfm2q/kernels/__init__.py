@@ -8,7 +8,8 @@ costs nothing next to the row's arithmetic. Each format module keeps a plain Num
 dequantizer as the oracle its numba twin is tested against.
 """
 from .formats import F16, F32, BF16, Q8_0, SUPPORTED_TYPES, type_name, row_nbytes
-from .dispatch import EXACT, dequant_rows, dequantize, matmul, matvec
+from .dispatch import EXACT, dequantize, matmul, matvec
+from .lookup import dequant_rows
 
 __all__ = [
     "F16", "F32", "BF16", "Q8_0", "SUPPORTED_TYPES", "type_name", "row_nbytes",

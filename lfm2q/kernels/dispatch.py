@@ -16,7 +16,7 @@ weight type (kernels/actquant.py), so both engines compute the same products.
   through BLAS. Threads are ours, not BLAS's: each of n_threads workers owns a share of the
   rows and runs single-threaded BLAS on its tiles. OpenBLAS's own threads spin-wait between
   calls and, interleaved with numba's workers, ran 20x slower than one thread here.
-- `dequant_rows`: the embedding lookup and tile dequantization.
+- `row_dequant`: one row as f32, for the BLAS path's tiles (the embedding lookup is lookup.py).
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -356,12 +356,6 @@ def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
             for gi in range(g0, min(g0 + 2, groups)):
                 avx2.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
             t += 1
-
-
-@njit(error_model="numpy", parallel=True, cache=True)
-def dequant_rows(w, qtype, rows, out):  # rows int64[n] -> out f32[n, cols]
-    for i in prange(rows.shape[0]):
-        row_dequant(w, qtype, rows[i], out[i])
 
 
 @njit(error_model="numpy", nogil=True, cache=True)
