@@ -14,7 +14,8 @@ lane, so the outputs are the same bits as the AVX2 and row kernels.
 Q6_K and Q8_0 rows (q6_k_rows2, q8_0_rows2) get the same widening without a new layout: the two
 rows' 32-byte vectors side by side, each token's 32 activation bytes in both halves, and each
 half computing exactly what avx2.q6_k_rows / q8_0_rows compute for its row (same 32-bit lanes,
-same float steps, the horizontal sum per half in ggml's order): the same bits as decode.
+same float steps, the horizontal sum per half in ggml's order): the same bits as decode. Q8_0
+prefill takes two such pairs at once against 8 positions (q8_0_rows4), the same bits again.
 
 Where the CPU lacks AVX-512 VNNI every kernel here compiles to the 256-bit form of the same
 steps, row by row (group by group), so callers need one path and numba never sees an
@@ -261,11 +262,12 @@ def _q8_0_rows(context, builder, sig, args, nr):
 def _q8_0_quads(context, builder, sig, args):
     """Rows r..r + 3 as two 512-bit row pairs against QUAD_TOKENS positions: each activation
     vector loaded once for four rows, each weight block once for 8 positions (the fixed cost of
-    a block, its loads and scales, spread over twice as many products as in _q8_0_rows). vpdpbusd multiplies unsigned by signed bytes, so the activations
-    go in offset by 128 (x ^ 0x80) and the weights as they are; each lane then starts from
-    -128 * (the sum of its 4 weights), computed once per block for all positions. The lane sums
-    are the exact integers of _q8_0_rows' |q| . sign(x, q) (activations never hold -128), and
-    the float steps are the same: the same bits, with 2 integer steps per position saved."""
+    a block, its loads and scales, spread over twice as many products as in _q8_0_rows).
+    vpdpbusd multiplies unsigned by signed bytes, so the activations go in offset by 128
+    (x ^ 0x80) and the weights as they are; each lane then starts from -128 * (the sum of its 4
+    weights), computed once per block for all positions. The lane sums are the exact integers
+    of _q8_0_rows' |q| . sign(x, q) (activations never hold -128), and the float steps are the
+    same: the same bits, with 2 integer steps per position saved."""
     ir_ = _IR(builder)
     v = _Rows(ir_, 2)
     b = builder

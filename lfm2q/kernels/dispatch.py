@@ -10,8 +10,8 @@ weight type (kernels/actquant.py), so both engines compute the same products.
 - `matmul`: prefill. On AVX2 CPUs, K-quant and Q8_0 matrices go through the integer kernels
   of decode, each weight row meeting 4 prompt positions per call (`_imatmul`): the same bits
   as decode, 1.6-2x the BLAS path below on the 350M shape. Rows go in pairs (packed Q4_K in
-  pairs of 8-row groups), which the 512-bit kernels of avx512.py take at once where the CPU
-  has AVX-512 VNNI (the same bits again). Otherwise it dequantizes an
+  pairs of 8-row groups, Q8_0 in quads against 8 positions), which the 512-bit kernels of
+  avx512.py take at once where the CPU has AVX-512 VNNI (the same bits again). Otherwise it dequantizes an
   L2-sized tile of rows at a time and multiplies it with every prompt position at once
   through BLAS. Threads are ours, not BLAS's: each of n_threads workers owns a share of the
   rows and runs single-threaded BLAS on its tiles. OpenBLAS's own threads spin-wait between

@@ -3,7 +3,8 @@
 One function switching over every type (as dispatch.row_dequant does) made a cold start compile
 all eleven dequantizers, 13 s of it, to use one; here only the table's own type compiles, and a
 warm start loads one small kernel. Rows are looked up one after another: a prompt's few thousand
-rows take milliseconds.
+rows take milliseconds. The eleven functions are written out because numba's cache cannot tell
+apart functions made by one factory (closures): it recompiled them on every run.
 """
 import numpy as np
 from numba import njit
