@@ -228,54 +228,68 @@ def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml'
 KB = 8  # keys per block: dots8_hd64's width
 
 
+QT = 8  # prompt queries per attention job (each K/V block loaded once for all of them)
+
+
 @njit(error_model="numpy", fastmath=True, inline="always", cache=True)
-def _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out):
-    """attend's job: query t's heads g*group.. (the GQA group of KV head g) over cache
-    positions first..n_kv-1, KB keys at a time. Each block's K rows are read from the cache
-    once for the whole group (kernels/kvrows.py), their scores computed eight at a time
-    (kernels/dots.py, for head size 64: every LFM2 model); then V rows likewise, each
-    output element summing the block's KB products in registers before it is stored."""
+def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
+    """attend's job: queries t0..t0+nq-1 (positions p0+t..), heads g*group.. (the GQA group of
+    KV head g), over cache positions first..; query t sees up to position p0+t. KB keys at a
+    time: each block's K rows are read from the cache once for the whole group and all nq
+    queries (kernels/kvrows.py), their scores computed eight at a time (kernels/dots.py, for
+    head size 64: every LFM2 model); then V rows likewise, each output element summing the
+    block's KB products in registers before it is stored. A query's own arithmetic does not
+    depend on nq (a block's rows past its position get weight 0): decode (nq = 1) and prefill
+    give the same bits."""
     scale = np.float32(1.0 / math.sqrt(HD))
-    qg = q[t, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
-    n = n_kv - first
-    nb = (n + KB - 1) // KB
-    scores = np.empty((group, nb * KB), np.float32)
+    n_last = p0 + t0 + nq - first  # positions the last query sees
+    nb = (n_last + KB - 1) // KB
+    scores = np.empty((nq, group, nb * KB), np.float32)
     rows = np.zeros((KB, HD), np.float32)  # a tail block's unused rows: scored, never weighted
     for b in range(nb):
-        load_block(kc, ks, g, first + b * KB, n_kv, rows, HD)
+        load_block(kc, ks, g, first + b * KB, first + n_last, rows, HD)
+        for i in range(nq):
+            if b * KB >= p0 + t0 + i + 1 - first:
+                continue  # the block lies past query i's position
+            qg = q[t0 + i, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
+            for gh in range(group):
+                if HD == 64:
+                    dots8_hd64(qg[gh * HD:(gh + 1) * HD], rows, scores[i, gh], b * KB, scale)
+                else:
+                    for jj in range(KB):
+                        s = np.float32(0.0)
+                        for d in range(HD):
+                            s += qg[gh * HD + d] * rows[jj, d]
+                        scores[i, gh, b * KB + jj] = s * scale
+    for i in range(nq):
+        n = p0 + t0 + i + 1 - first
         for gh in range(group):
-            if HD == 64:
-                dots8_hd64(qg[gh * HD:(gh + 1) * HD], rows, scores[gh], b * KB, scale)
-            else:
-                for jj in range(KB):
-                    s = np.float32(0.0)
-                    for d in range(HD):
-                        s += qg[gh * HD + d] * rows[jj, d]
-                    scores[gh, b * KB + jj] = s * scale
-    for gh in range(group):
-        sc = scores[gh, :n]
-        m = np.float32(-np.inf)
-        for j in range(n):
-            m = max(m, sc[j])
-        softmax_exp(sc, m)
-        total = np.float32(0.0)
-        for j in range(n):
-            total += sc[j]
-        for j in range(n):
-            sc[j] /= total
-        scores[gh, n:] = 0.0  # the tail block's padding: weight 0 on zeroed rows
+            sc = scores[i, gh, :n]
+            m = np.float32(-np.inf)
+            for j in range(n):
+                m = max(m, sc[j])
+            softmax_exp(sc, m)
+            total = np.float32(0.0)
+            for j in range(n):
+                total += sc[j]
+            for j in range(n):
+                sc[j] /= total
+            scores[i, gh, n:] = 0.0  # the rest of its last block, and blocks past it: weight 0
+        out[t0 + i, g * group * HD:(g + 1) * group * HD] = 0.0
     rows[:] = 0.0  # (a K row's inf or NaN times weight 0 would still be NaN)
-    og = out[t, g * group * HD:(g + 1) * group * HD]
-    og[:] = 0.0
     for b in range(nb):
-        load_block(vc, vs, g, first + b * KB, n_kv, rows, HD)
-        for gh in range(group):
-            p = scores[gh, b * KB:(b + 1) * KB]
-            for d in range(HD):
-                a = og[gh * HD + d]
-                for jj in range(KB):
-                    a += p[jj] * rows[jj, d]
-                og[gh * HD + d] = a
+        load_block(vc, vs, g, first + b * KB, first + n_last, rows, HD)
+        for i in range(nq):
+            if b * KB >= p0 + t0 + i + 1 - first:
+                continue
+            og = out[t0 + i, g * group * HD:(g + 1) * group * HD]
+            for gh in range(group):
+                p = scores[i, gh, b * KB:(b + 1) * KB]
+                for d in range(HD):
+                    a = og[gh * HD + d]
+                    for jj in range(KB):
+                        a += p[jj] * rows[jj, d]
+                    og[gh * HD + d] = a
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -286,22 +300,25 @@ def attend(q, kc, ks, vc, vs, p0, window, out):
     (kernels/kvrows.py: f32, fp16 bits or Q8_0) holding positions 0..p0+n-1, window 0 or the
     sliding-window size -> out f32[n, H*HD].
 
-    One job per (query, KV head): the query heads that share a KV head (GQA) go through its
-    keys and values together, so each cache row is read once per job, not once per head.
-    Decode (one query) and prefill run the same job code: the same bits.
+    One job per (QT consecutive queries, KV head): the query heads that share a KV head (GQA)
+    go through its keys and values together, so each cache row is read once per job, not once
+    per head and query (with a sliding window the queries start at different rows: one query
+    a job). Decode (one query) and prefill run the same job code: the same bits.
     """
     n = q.shape[0]
     KVH, _, HD = kc.shape
     group = q.shape[1] // HD // KVH
-    for job in prange(n * KVH):
-        t = job // KVH
+    per = QT if window <= 0 else 1
+    tiles = (n + per - 1) // per
+    for job in prange(tiles * KVH):
+        t0 = job // KVH * per
         g = job % KVH
-        n_kv = p0 + t + 1
-        first = 0 if window <= 0 else max(0, n_kv - window)
+        nq = min(per, n - t0)
+        first = 0 if window <= 0 else max(0, p0 + t0 + 1 - window)
         if HD == 64:
-            _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, 64, out)
+            _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, 64, out)
         else:
-            _attend_group(q, kc, ks, vc, vs, t, g, n_kv, first, group, HD, out)
+            _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
