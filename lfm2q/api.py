@@ -10,6 +10,7 @@ import numpy as np
 from .cache import KV_TYPES
 from .errors import GenerationError, Lfm2qError
 from .gguf_model import GGUFFile, Lfm2Config
+from .kernels.actquant import QK8_0
 from .model import Session, Weights
 from .tokenizer import Tokenizer
 
@@ -43,8 +44,8 @@ class Model:
         self.n_ctx = n_ctx
         self.exact = bool(exact)
         self.kv_cache = kv_cache or ("f32" if self.exact else "f16")
-        if self.kv_cache == "q8_0" and self.config.head_dim % 32:
-            raise Lfm2qError(f"kv_cache 'q8_0' stores 32-element blocks; {self.path.name}'s head size is "
+        if self.kv_cache == "q8_0" and self.config.head_dim % QK8_0:
+            raise Lfm2qError(f"kv_cache 'q8_0' stores {QK8_0}-element blocks; {self.path.name}'s head size is "
                              f"{self.config.head_dim} — use 'f16'")
         self.weights = Weights(self.file, exact=self.exact)
         try:

@@ -242,14 +242,15 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
     depend on nq (a block's rows past its position get weight 0): decode (nq = 1) and prefill
     give the same bits."""
     scale = np.float32(1.0 / math.sqrt(HD))
-    n_last = p0 + t0 + nq - first  # positions the last query sees
+    seen = p0 + t0 + 1 - first  # positions query t0 sees; query t0 + i sees seen + i
+    n_last = seen + nq - 1
     nb = (n_last + KB - 1) // KB
     scores = np.empty((nq, group, nb * KB), np.float32)
     rows = np.zeros((KB, HD), np.float32)  # a tail block's unused rows: scored, never weighted
     for b in range(nb):
         load_block(kc, ks, g, first + b * KB, first + n_last, rows, HD)
         for i in range(nq):
-            if b * KB >= p0 + t0 + i + 1 - first:
+            if b * KB >= seen + i:
                 continue  # the block lies past query i's position
             qg = q[t0 + i, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
             for gh in range(group):
@@ -262,7 +263,7 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
                             s += qg[gh * HD + d] * rows[jj, d]
                         scores[i, gh, b * KB + jj] = s * scale
     for i in range(nq):
-        n = p0 + t0 + i + 1 - first
+        n = seen + i
         for gh in range(group):
             sc = scores[i, gh, :n]
             m = np.float32(-np.inf)
@@ -280,7 +281,7 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
     for b in range(nb):
         load_block(vc, vs, g, first + b * KB, first + n_last, rows, HD)
         for i in range(nq):
-            if b * KB >= p0 + t0 + i + 1 - first:
+            if b * KB >= seen + i:
                 continue
             og = out[t0 + i, g * group * HD:(g + 1) * group * HD]
             for gh in range(group):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gguf_model import Lfm2Config
+from .kernels.actquant import QK8_0
 
 
 @dataclass
@@ -47,9 +48,9 @@ class State:
             if kvh:
                 self.k[il] = np.zeros((kvh, n_ctx, HD), dtype)
                 self.v[il] = np.zeros((kvh, n_ctx, HD), dtype)
-                if kv_type == "q8_0":  # head sizes are multiples of 32 (checked when loading)
-                    self.k_scale[il] = np.zeros((kvh, n_ctx, HD // 32), np.float32)
-                    self.v_scale[il] = np.zeros((kvh, n_ctx, HD // 32), np.float32)
+                if kv_type == "q8_0":  # head sizes are multiples of QK8_0 (checked when loading)
+                    self.k_scale[il] = np.zeros((kvh, n_ctx, HD // QK8_0), np.float32)
+                    self.v_scale[il] = np.zeros((kvh, n_ctx, HD // QK8_0), np.float32)
                 else:
                     self.k_scale[il] = self.v_scale[il] = _NO_SCALES
             else:

@@ -14,20 +14,16 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .avx2 import _IR
+from .avx2 import _IR, _arrays
 
 HD = 64
 _F32, _I32 = ir.FloatType(), ir.IntType(32)
 _V8 = ir.VectorType(_F32, 8)
 
 
-def _c_array(a, ndim):
-    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim and a.layout == "C"
-
-
 @intrinsic
 def dots8_hd64(typingctx, qh, rows, s, col, scale):
-    if not (_c_array(qh, 1) and _c_array(rows, 2) and _c_array(s, 1)
+    if not (_arrays(1, qh, s) and _arrays(2, rows) and all(a.dtype == types.float32 for a in (qh, rows, s))
             and isinstance(col, types.Integer) and scale == types.float32):
         return None
 
