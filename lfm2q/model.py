@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import blocks, compiler_pages
+from . import blocks, compiler_pages, hugepages
 from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
 from .kernels.dispatch import PACKED8, integer_prefill, packable, single_threaded_blas
-from .kernels.repack import packed_q4_k8
+from .kernels.repack import packed_q4_k8, packed_shape
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens may run token by token through decode. Where prefill goes
@@ -72,7 +72,7 @@ class Weights:
         self.token_embd = weight("token_embd.weight")                   # [V, D]
         self.output_norm = f.vector(f.final_norm_name)                  # f32[D]
         if not exact:  # every matrix but the embedding table (its rows are looked up)
-            weight = lambda name: _packed(f, f.weight(name))  # noqa: E731
+            weight = _Packer(f).weight
         self.output = self.token_embd if c.tied_embeddings else weight("output.weight")
         self.layers: list[Layer] = []
         for il in range(c.n_layer):
@@ -104,15 +104,39 @@ def _exact(w: Weight) -> Weight:
     return replace(w, kernel=w.qtype | EXACT)
 
 
-def _packed(f: GGUFFile, w: Weight) -> Weight:
-    """w in the layout its fastest kernel reads: Q4_K matrices packed 8 rows at a time where
-    the AVX2 kernels run (kernels/repack.py), their file pages released; others as they are."""
-    if not packable(w.kernel, w.rows):
-        return w
-    out = packed_q4_k8(w.raw)
-    out.flags.writeable = False  # typed as the file's read-only views: one compiled kernel per block, not two
-    f.release(w.name)
-    return replace(w, raw=out, kernel=w.kernel | PACKED8)
+class _Packer:
+    """Matrices in the layout their fastest kernel reads: Q4_K packed 8 rows at a time where the
+    AVX2 kernels run (kernels/repack.py), their file pages released; others as they are. The
+    packed copies share one buffer in 2 MB pages (hugepages.py)."""
+
+    ALIGN = 64  # each copy starts on a cache line
+
+    def __init__(self, f: GGUFFile):
+        self.f = f
+        need = 0
+        for name, shape in f.expected_tensors().items():
+            w = f.weight(name) if len(shape) == 2 and name != "token_embd.weight" else None
+            if w is not None and packable(w.kernel, w.rows):
+                need += self._aligned(int(np.prod(packed_shape(*w.raw.shape))))
+        self.free = hugepages.anonymous(need)
+
+    def _aligned(self, n: int) -> int:
+        return -(-n // self.ALIGN) * self.ALIGN
+
+    def weight(self, name: str) -> Weight:
+        w = self.f.weight(name)
+        if not packable(w.kernel, w.rows):
+            return w
+        shape = packed_shape(*w.raw.shape)
+        n = shape[0] * shape[1]
+        out = None  # a matrix not counted in __init__ (none is) would get an array of its own
+        if n <= self.free.size:
+            out = self.free[:n].reshape(shape)
+            self.free = self.free[min(self._aligned(n), self.free.size):]
+        out = packed_q4_k8(w.raw, out)
+        out.flags.writeable = False  # typed as the file's read-only views: one compiled kernel per block, not two
+        self.f.release(name)
+        return replace(w, raw=out, kernel=w.kernel | PACKED8)
 
 
 def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]

@@ -18,7 +18,8 @@ from lfm2q.convert.gguf_layout import plan_tensors
 from lfm2q.convert.hf import read_config
 from lfm2q.gguf_reader import GGUFReader
 from lfm2q.kernels import dequantize
-from lfm2q.gguf_model import Weight
+from lfm2q.gguf_model import GGUFFile, Weight
+from lfm2q.kernels.repack import packed_q4_k8
 
 N_PROMPT = 81
 
@@ -175,6 +176,17 @@ def test_packed_and_file_matrices_have_one_numba_type(tmp_path):
     assert any(m.kernel & dispatch.PACKED8 for m in mats) and not all(m.kernel & dispatch.PACKED8 for m in mats)
     assert {numba.typeof(m.raw) for m in mats} == {numba.typeof(mats[0].raw)}
     assert not mats[0].raw.flags.writeable
+
+    # The packed copies share one buffer (hugepages.anonymous), one after another on cache
+    # lines, none overlapping another, each the file's matrix packed (repack.packed_q4_k8).
+    packed = sorted((m for m in mats if m.kernel & dispatch.PACKED8), key=lambda m: m.raw.ctypes.data)
+    spans = [(m.raw.ctypes.data, m.raw.ctypes.data + m.raw.nbytes) for m in packed]
+    assert all(start % 64 == 0 for start, _ in spans)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] - spans[0][0] < sum(m.raw.nbytes for m in packed) + 64 * len(packed)
+    reopened = GGUFFile(tmp_path / "m.gguf")
+    for m in packed:
+        np.testing.assert_array_equal(m.raw, packed_q4_k8(reopened.weight(m.name).raw))
 
 
 def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkeypatch):

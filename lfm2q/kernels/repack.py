@@ -52,8 +52,15 @@ def pack_q4_k8(w, out):
                     dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]    # dmin
 
 
-def packed_q4_k8(w):
-    """A new packed copy of the Q4_K matrix w (uint8[rows, nb*144], rows a multiple of 8)."""
-    out = np.empty((w.shape[0] // GROUP, w.shape[1] // Q4_K_BYTES * P_BYTES), np.uint8)
+def packed_shape(rows: int, row_bytes: int) -> tuple[int, int]:
+    """Shape of the packed copy of a Q4_K matrix of rows x row_bytes (rows a multiple of 8)."""
+    return rows // GROUP, row_bytes // Q4_K_BYTES * P_BYTES
+
+
+def packed_q4_k8(w, out=None):
+    """The packed copy of the Q4_K matrix w (uint8[rows, nb*144], rows a multiple of 8), in
+    out (uint8[packed_shape]) or a new array."""
+    if out is None:
+        out = np.empty(packed_shape(*w.shape), np.uint8)
     pack_q4_k8(w, out)
     return out
