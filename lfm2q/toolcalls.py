@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,13 +101,23 @@ def _parse_block(body: str) -> tuple[list[ToolCall], str]:
         except _Refused:
             pass  # valid JSON of another shape: let the pythonic reading have its say
     try:
-        tree = ast.parse(src, mode="eval").body
+        tree = _parse(src)
         rest = ""
     except (SyntaxError, ValueError):  # ValueError: NUL bytes on Python < 3.12
         tree, rest = _first_parsable_prefix(src)
         if tree is None:
             raise _Refused("not a Python list of calls" + (" nor JSON" if json_error else "")) from None
     return _from_ast(tree), rest
+
+
+def _parse(src: str) -> ast.AST:
+    """The expression in src. Model output is not code: Python's SyntaxWarnings about it
+    ("invalid decimal literal"; "invalid escape sequence", a DeprecationWarning before Python
+    3.12) would reach the user's terminal, or stop the parse under -W error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(src, mode="eval").body
 
 
 def _first_parsable_prefix(src: str) -> tuple[Any, str]:
@@ -119,7 +130,7 @@ def _first_parsable_prefix(src: str) -> tuple[Any, str]:
     tries = 0
     for i in _balanced_closers(src):
         try:
-            return ast.parse(src[: i + 1], mode="eval").body, src[i + 1:]
+            return _parse(src[: i + 1]), src[i + 1:]
         except (SyntaxError, ValueError):
             tries += 1
             if tries >= _MAX_CUTS:

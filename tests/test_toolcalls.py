@@ -131,3 +131,19 @@ def test_to_dict_shape_renders_back_through_a_template():
     assert "<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>" in got
     _, back, _ = parse_tool_calls(got.split("<|im_start|>assistant\n")[1])
     assert back == [call]
+
+
+def test_python_warnings_about_the_text_stay_silent():
+    # Model output is not code: ast.parse's SyntaxWarning ("invalid decimal literal") and the
+    # invalid-escape warning (DeprecationWarning before 3.12) must not reach the terminal, and
+    # under -W error (warnings as errors) must not turn a valid call into a refused one.
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, calls, _ = one(r'[grep(pattern="\d+")]')
+        _, odd, _ = one("[f(a=1if 1 else 2)]")
+    assert seen == []
+    assert calls == [ToolCall("grep", {"pattern": "\\d+"})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert one(r'[grep(pattern="\d+")]')[1] == calls
