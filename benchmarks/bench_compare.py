@@ -18,8 +18,10 @@ That is the first table (350M, both files); the sections after it:
                     (one round; more threads than cores oversubscribe, reported anyway)
   first token       wall time from starting a Python process to reading the line it prints
                     after loading the 350M Q4_K_M file (n_ctx 4096) and taking the argmax of a
-                    7-token prompt's logits: median of 3, numba's cache warm; then one lfm2q run
+                    7-token prompt's logits: median of 5, numba's cache warm; then one lfm2q run
                     with a cold numba cache (NUMBA_CACHE_DIR = a fresh folder: compiles every kernel)
+  Q8_0 cache        lfm2q alone, tg32@1 and tg32@4000 on the 350M files with kv_cache="q8_0",
+                    --rounds rounds: the context target as decided (README), lfm2q against itself
   long context      350M Q4_K_M, one round, n_ctx --long + 64: tg32 after a (--long - 64)-token
                     prompt against tg32@1 in the same process, each engine against itself
   targets           each target of the issue with the measured value, met / not met
@@ -34,7 +36,7 @@ engines 8-bit K and V caches instead (llama.cpp: type_k = type_v = Q8_0, flash a
 
     .venv/bin/python benchmarks/bench_compare.py [--threads 2] [--rounds 3] [--types q4_k_m,q8_0]
         [--shapes 350m,1.2b] [--thread-counts 1,2,4] [--long 16384] [--no-cold] [--quick]
-        [--kv-cache f16|q8_0]
+        [--kv-cache f16|q8_0] [--no-q8-context]
 
 A full default run takes about 50 minutes on a quiet 2-core AVX2 machine: 350M table ~24 min
 (most of it the ~4000-token prompts), 1.2B ~5, threads ~2, first token ~1 plus ~1 for the
@@ -297,7 +299,7 @@ def measure(engine: str, path: Path, args, spec: dict, threads: int | None = Non
     """run_worker on a quiet machine: wait for --min-idle, and redo a run during which other
     processes used more than --max-others CPUs (at most --tries runs; keeps the quietest)."""
     threads = args.threads if threads is None else threads
-    spec = dict(spec, kv=args.kv_cache)
+    spec = {"kv": args.kv_cache, **spec}  # a spec's own "kv" (the Q8_0-cache context runs) wins
     best = None
     for attempt in range(args.tries):
         idle = wait_until_quiet(args.min_idle, args.max_wait)
@@ -403,6 +405,7 @@ class Run:
     first: dict = field(default_factory=dict)  # engine -> [seconds]
     cold: float | None = None  # lfm2q's first token with a cold numba cache, seconds
     long: dict = field(default_factory=dict)  # engine -> worker result
+    q8_context: dict = field(default_factory=dict)  # type -> [lfm2q worker result per round], Q8_0 cache
     phase_s: dict = field(default_factory=dict)  # section -> seconds taken
     # the issue's targets, in its order: kind -> [(target, measured, met)]
     targets: dict = field(default_factory=lambda: {k: [] for k in
@@ -471,6 +474,21 @@ def run_first_token(run: Run) -> None:
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     run.phase_s["cold cache"] = time.monotonic() - t0
+
+
+def run_q8_context(run: Run) -> None:
+    """tg32@1 and tg32@4000 of lfm2q on the 350M files with the Q8_0 KV cache, --rounds rounds:
+    the context targets as decided (README: the cache for long contexts). lfm2q against itself,
+    so llama.cpp does not run here (its figures with this cache: --kv-cache q8_0)."""
+    t0 = time.monotonic()
+    sizes = run.sizes
+    spec = {"n_ctx": N_CTX, "measures": [(sizes.tg_empty, 1, sizes.gen_ctx), (sizes.tg_ctx, sizes.ctx, sizes.gen_ctx)],
+            "kv": "q8_0"}
+    for rnd in range(run.args.rounds):
+        for t in run.types:
+            print(f"Q8_0-cache context round {rnd + 1}/{run.args.rounds}: lfm2q {t} …", file=sys.stderr)
+            run.q8_context.setdefault(t, []).append(measure("lfm2q", run.files["350m", t], run.args, spec))
+    run.phase_s["Q8_0-cache context"] = time.monotonic() - t0
 
 
 def run_long(run: Run) -> None:
@@ -588,6 +606,23 @@ def report_first_token(run: Run) -> None:
                                      f"{run.cold:.1f} s", "—"))
 
 
+def report_q8_context(run: Run) -> None:
+    sizes = run.sizes
+    print(f"\n### Context with the Q8_0 KV cache: LFM2-350M, lfm2q, {run.args.threads} threads, n_ctx {N_CTX}, "
+          f"median of {run.args.rounds} rounds, tokens/s")
+    print(f"\n| file | {sizes.tg_empty} | {sizes.tg_ctx} | {sizes.tg_ctx} / {sizes.tg_empty} |")
+    print("|---|---:|---:|---:|")
+    for t, rs in run.q8_context.items():
+        a, b = med(rs, sizes.tg_empty), med(rs, sizes.tg_ctx)
+        print(f"| {t.upper()} | {a:.1f} | {b:.1f} | **{b / a:.2f}** |")
+        run.targets["context"].append(
+            (f"decode at {sizes.ctx} context ({sizes.tg_ctx}) ≥ {CONTEXT_KEEP}× empty ({sizes.tg_empty}), "
+             f"lfm2q LFM2-350M {t.upper()}, Q8_0 KV cache (the setting for long contexts)",
+             f"{b:.1f} / {a:.1f} tok/s = {b / a:.2f}×", met(b / a >= CONTEXT_KEEP)))
+    print(f"\nThe same measurements as the first table's {sizes.tg_empty} and {sizes.tg_ctx}, with "
+          "kv_cache=\"q8_0\" (K and V in llama.cpp's Q8_0 blocks: 72 bytes a 64-element row against fp16's 128).")
+
+
 def report_long(run: Run) -> None:
     sizes, n = run.sizes, run.args.long - 64
     key = f"tg{sizes.gen_ctx}@{n}"
@@ -618,11 +653,13 @@ def report(run: Run, load: float, total_s: float) -> None:
         report_threads(run)
     if run.first:
         report_first_token(run)
+    if run.q8_context:
+        report_q8_context(run)
     if run.long:
         report_long(run)
 
     kept = [r for rs in run.tables.values() for r in rs] + [r for rs in run.threads.values() for r in rs] \
-        + list(run.long.values())
+        + list(run.long.values()) + [r for rs in run.q8_context.values() for r in rs]
     others = [r["others"] for r in kept]
     print(f"\nother processes during the kept runs: {max(others):.2f} CPUs at most, "
           f"{statistics.median(others):.2f} median (of {args.threads} used here)")
@@ -651,7 +688,7 @@ def main() -> None:
                     help="n_threads of the threads section (350M Q4_K_M); empty skips it")
     ap.add_argument("--long", type=int, default=16384,
                     help="context of the long-context run (350M Q4_K_M, n_ctx this + 64); 0 skips it")
-    ap.add_argument("--first-token-runs", type=int, default=3, help="runs per engine of the first-token time")
+    ap.add_argument("--first-token-runs", type=int, default=5, help="runs per engine of the first-token time")
     ap.add_argument("--no-cold", action="store_true", help="skip the first-token run with a cold numba cache")
     ap.add_argument("--quick", action="store_true",
                     help="check the script: tiny prompts and decodes, 1 round, --long 1024, no cold-cache "
@@ -664,6 +701,8 @@ def main() -> None:
     ap.add_argument("--tries", type=int, default=4, help="runs per measurement, at most")
     ap.add_argument("--kv-cache", choices=("f16", "q8_0"), default="f16",
                     help="both engines' K and V cache type (first-token runs keep f16)")
+    ap.add_argument("--no-q8-context", action="store_true",
+                    help="skip lfm2q's tg32@1 / tg32@4000 with the Q8_0 KV cache (350M; run when --kv-cache is f16)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--first-token", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
@@ -699,6 +738,8 @@ def main() -> None:
     t0 = time.monotonic()
     warm_kernels(run)
     run_tables(run)
+    if "350m" in shapes and args.kv_cache == "f16" and not args.no_q8_context:
+        run_q8_context(run)
     if run.q4 and run.thread_counts:
         run_threads(run)
     if run.q4 and args.first_token_runs:
