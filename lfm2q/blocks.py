@@ -15,7 +15,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .kernels.dispatch import matvec
-from .kernels.dots import dots8_hd64
+from .kernels.actquant import QK8_0
+from .kernels.kscores import KB, k_block, k_scores, quantize_query
 from .kernels.kvrows import load_block, store_row
 
 # --- llama.cpp's float arithmetic -------------------------------------------------------------
@@ -225,9 +226,6 @@ def softmax_exp(s, m):  # s f32[n] -> exp(s - m) in place (ggml_v_expf, as ggml'
             s[j] = ggml_expf_small(s[j] - m)
 
 
-KB = 8  # keys per block: dots8_hd64's width
-
-
 QT = 8  # prompt queries per attention job (each K/V block loaded once for all of them)
 
 
@@ -236,8 +234,9 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
     """attend's job: queries t0..t0+nq-1 (positions p0+t..), heads g*group.. (the GQA group of
     KV head g), over cache positions first..; query t sees up to position p0+t. KB keys at a
     time: each block's K rows are read from the cache once for the whole group and all nq
-    queries (kernels/kvrows.py), their scores computed eight at a time (kernels/dots.py, for
-    head size 64: every LFM2 model); then V rows likewise, each output element summing the
+    queries (kernels/kvrows.py), their scores computed eight at a time (kernels/kscores.py:
+    f32 dot products for f32 and fp16 caches, integer ones straight from a Q8_0 cache on CPUs
+    with AVX-512 VNNI, the query heads rounded to Q8_0 first); then V rows likewise, each output element summing the
     block's KB products in registers before it is stored. A query's own arithmetic does not
     depend on nq (a block's rows past its position get weight 0): decode (nq = 1) and prefill
     give the same bits."""
@@ -245,27 +244,30 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
     seen = p0 + t0 + 1 - first  # positions query t0 sees; query t0 + i sees seen + i
     n_last = seen + nq - 1
     nb = (n_last + KB - 1) // KB
-    scores = np.empty((nq, group, nb * KB), np.float32)
+    scores = np.empty((nq * group, nb * KB), np.float32)  # row i * group + gh: query i, head gh
     rows = np.zeros((KB, HD), np.float32)  # a tail block's unused rows: scored, never weighted
+    # the query heads in Q8_0 blocks, for integer K products (Q8_0 cache; else left unused)
+    qq = np.empty((nq * group, HD), np.int8)
+    qd = np.empty((nq * group, HD // QK8_0), np.float32)
+    qc = np.empty((nq * group, HD // QK8_0), np.int32)
+    for i in range(nq):
+        for gh in range(group):
+            h = g * group + gh
+            qi = i * group + gh
+            quantize_query(kc, q[t0 + i, h * HD:(h + 1) * HD], qq[qi], qd[qi], qc[qi])
     for b in range(nb):
-        load_block(kc, ks, g, first + b * KB, first + n_last, rows, HD)
+        k_block(kc, ks, g, first + b * KB, first + n_last, rows, HD)
         for i in range(nq):
             if b * KB >= seen + i:
                 continue  # the block lies past query i's position
             qg = q[t0 + i, g * group * HD:(g + 1) * group * HD]  # the group's heads, one after another
             for gh in range(group):
-                if HD == 64:
-                    dots8_hd64(qg[gh * HD:(gh + 1) * HD], rows, scores[i, gh], b * KB, scale)
-                else:
-                    for jj in range(KB):
-                        s = np.float32(0.0)
-                        for d in range(HD):
-                            s += qg[gh * HD + d] * rows[jj, d]
-                        scores[i, gh, b * KB + jj] = s * scale
+                k_scores(kc, ks, g, first + b * KB, qg[gh * HD:(gh + 1) * HD], qq, qd, qc, i * group + gh,
+                         rows, scores, b * KB, scale, HD)
     for i in range(nq):
         n = seen + i
         for gh in range(group):
-            sc = scores[i, gh, :n]
+            sc = scores[i * group + gh, :n]
             m = np.float32(-np.inf)
             for j in range(n):
                 m = max(m, sc[j])
@@ -275,7 +277,7 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
                 total += sc[j]
             for j in range(n):
                 sc[j] /= total
-            scores[i, gh, n:] = 0.0  # the rest of its last block, and blocks past it: weight 0
+            scores[i * group + gh, n:] = 0.0  # the rest of its last block, and blocks past it: weight 0
         out[t0 + i, g * group * HD:(g + 1) * group * HD] = 0.0
     rows[:] = 0.0  # (a K row's inf or NaN times weight 0 would still be NaN)
     for b in range(nb):
@@ -285,7 +287,7 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
                 continue
             og = out[t0 + i, g * group * HD:(g + 1) * group * HD]
             for gh in range(group):
-                p = scores[i, gh, b * KB:(b + 1) * KB]
+                p = scores[i * group + gh, b * KB:(b + 1) * KB]
                 for d in range(HD):
                     a = og[gh * HD + d]
                     for jj in range(KB):

@@ -7,6 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType, quants
 
 from lfm2q import blocks
+from lfm2q.kernels.avx512 import HAVE_AVX512_VNNI
 
 NO_SCALES = np.zeros((0, 0, 0), np.float32)
 
@@ -29,8 +30,20 @@ def as_cache(x, cache):
     return qs, d, qs.astype(np.float32) * np.repeat(d, 32, axis=-1)
 
 
-def attention_np(q, k, v, p0, window):
-    """q f32[n, H*HD]; k, v f32[KVH, n_ctx, HD] -> f32[n, H*HD], in float64."""
+def q_as_scored(q, cache, HD):
+    """The query rows as the K products see them: with a Q8_0 cache, 64-wide heads and AVX-512
+    VNNI (integer K products, kernels/kscores.py) each head rounded to Q8_0 blocks, as
+    llama.cpp rounds them for its Q8_0 K cache; otherwise q itself."""
+    if cache != "q8_0" or HD != 64 or not HAVE_AVX512_VNNI:
+        return q
+    qs, d = q8_0_blocks(q.reshape(-1, HD))
+    return (qs.astype(np.float32) * np.repeat(d, 32, axis=-1)).reshape(q.shape)
+
+
+def attention_np(q, k, v, p0, window, q_scored=None):
+    """q f32[n, H*HD]; k, v f32[KVH, n_ctx, HD] -> f32[n, H*HD], in float64 (scores from
+    q_scored where given)."""
+    q = q if q_scored is None else q_scored
     KVH, _, HD = k.shape
     n, H = q.shape[0], q.shape[1] // HD
     out = np.zeros((n, H * HD))
@@ -63,7 +76,7 @@ def test_attend_matches_float64_attention(cache, n, p0, window, spread, HD):
             c[:, p0 + n:] = np.float32(np.nan).astype(c.dtype) if cache == "f32" else np.float16(np.nan).view(np.uint16)
     out = np.full((n, H * HD), np.nan, np.float32)
     blocks.attend(q, kc, ks, vc, vs, p0, window, out)
-    want = attention_np(q, k, v, p0, window)
+    want = attention_np(q, k, v, p0, window, q_as_scored(q, cache, HD))
     assert np.isfinite(want).all()
     if spread > 1:  # some scores more than 87 below the largest: exp's underflow range is used
         s = k[0, :p0 + 1] @ q[0, :HD] / np.sqrt(HD)
@@ -112,3 +125,38 @@ def test_dots8_gives_eight_scaled_dot_products(scale):
     assert (s[:8] == -1).all() and (s[16:] == -1).all()  # only s[col:col+8] written
     assert s[8 + 3] == 0.0
     np.testing.assert_allclose(s[8:16], want, rtol=0, atol=1e-6 * np.abs(rows).sum(1).max() * np.abs(qh).max())
+
+
+@pytest.mark.skipif(not HAVE_AVX512_VNNI, reason="the integer K products need AVX-512 VNNI")
+@pytest.mark.parametrize("scale", [1.0, 0.125])
+def test_integer_k_scores_are_exact_sums_with_fixed_float_steps(scale):
+    # idots8_q8_0_hd64 against NumPy: the block sums of int8 products exactly (extremes
+    # included: -128 keys against +-127 queries), then per key
+    # ((dk0 * dq0) * isum0 + (dk1 * dq1) * isum1) * scale in f32, bit for bit.
+    from lfm2q.kernels.kscores import idots8_q8_0_hd64
+    from numba import njit
+
+    @njit
+    def call(qq, qd, qc, qi, kc, ks, g, j0, s, col, scale):
+        idots8_q8_0_hd64(qq, qd, qc, qi, kc, ks, g, j0, s, col, scale)
+
+    rng = np.random.default_rng(7)
+    kc = rng.integers(-128, 128, (2, 20, 64)).astype(np.int8)  # [KV head, position, 64]
+    kh = kc[1]
+    kh[5] = -128
+    kh[6, :32], kh[6, 32:] = 127, -128
+    ks = rng.uniform(1e-3, 2, (2, 20, 2)).astype(np.float32)
+    kd = ks[1]
+    qq = rng.integers(-127, 128, (3, 64)).astype(np.int8)  # [query head, 64]
+    qq[2, :32] = 127
+    qd = rng.uniform(1e-3, 1, (3, 2)).astype(np.float32)
+    qc = (128 * qq.astype(np.int32).reshape(3, 2, 32).sum(-1)).astype(np.int32)
+    s = np.full((3, 24), -1.0, np.float32)
+    j0, qi = 3, 2
+    call(qq, qd, qc, qi, kc, ks, 1, j0, s, 8, np.float32(scale))
+    isum = (kh[j0:j0 + 8].astype(np.int64).reshape(8, 2, 32) * qq[qi].astype(np.int64).reshape(2, 32)).sum(-1)
+    assert np.abs(isum).max() < 2**31
+    part = isum.astype(np.float32) * (kd[j0:j0 + 8] * qd[qi])
+    want = (part[:, 0] + part[:, 1]) * np.float32(scale)
+    assert (s[:qi] == -1).all() and (s[qi, :8] == -1).all() and (s[qi, 16:] == -1).all()  # only s[qi, 8:16]
+    assert np.array_equal(s[qi, 8:16], want)
