@@ -22,9 +22,13 @@ That is the first table (350M, both files); the sections after it:
                     with a cold numba cache (NUMBA_CACHE_DIR = a fresh folder: compiles every kernel)
   context           the context targets: lfm2q's decode steps at an empty context and at ~4000
                     tokens alternating in one process (350M files, F16 and Q8_0 caches, --rounds
-                    rounds); judged on the Q8_0 cache, as decided (README), F16 reported
+                    rounds), then at --long - 64 tokens (350M Q4_K_M, one round per cache);
+                    judged on the Q8_0 cache, as decided (README), F16 reported; with the
+                    attention layers timed alone on the long session's cache and the bound that
+                    the cache's bytes set (file / (file + cache))
   long context      350M Q4_K_M, one round, n_ctx --long + 64: tg32 after a (--long - 64)-token
                     prompt against tg32@1 in the same process, each engine against itself
+                    (both engines' pp16320 and tg32@16320 side by side)
   targets           each target of the issue with the measured value, met / not met
 
 Each measurement runs in its own subprocess (so neither engine's idle threads or caches touch
@@ -39,12 +43,12 @@ engines 8-bit K and V caches instead (llama.cpp: type_k = type_v = Q8_0, flash a
         [--shapes 350m,1.2b] [--thread-counts 1,2,4] [--long 16384] [--no-cold] [--quick]
         [--kv-cache f16|q8_0] [--no-keep]
 
-A full default run takes about 50 minutes on a quiet 2-core AVX2 machine: 350M table ~24 min
-(most of it the ~4000-token prompts), 1.2B ~5, threads ~2, first token ~1 plus ~1 for the
-cold cache, long context ~15 (the ~16k-token prompts: lfm2q ~10 min, llama.cpp ~5); building
-and converting the 1.2B checkpoint the first time adds ~5 min. --quick (tiny prompts and
-decodes, 1 round, --long 1024, no cold-cache run, at most 10 s waiting for a quiet machine per
-measurement) checks the script itself in 3-5 minutes; its figures mean little.
+A full default run takes about 22 minutes on this 2-core AVX-512 machine: 350M table ~5 min,
+1.2B ~2.5, context ~8 (two ~16k-token prompts ~4), threads ~1, first token ~1 plus ~1 for the
+cold cache, long context ~4 (the ~16k-token prompts); building and converting the 1.2B
+checkpoint the first time adds ~5 min. --quick (tiny prompts and decodes, 1 round, --long 1024,
+no cold-cache run, at most 10 s waiting for a quiet machine per measurement) checks the script
+itself in 2-4 minutes; its figures mean little.
 
 Time it on a quiet machine only: llama.cpp's worker threads spin-wait, and a competing process
 distorts both engines unevenly. Before each measurement the script waits until the CPUs are
@@ -251,8 +255,29 @@ def keep_worker(path: Path, threads: int, spec: dict) -> dict:
         t = time.perf_counter()
         lb = ctx.eval([int(np.argmax(lb))])
         tb.append(time.perf_counter() - t)
-    return {"empty_ms": 1e3 * statistics.median(ta), "ctx_ms": 1e3 * statistics.median(tb), "load_s": 0.0,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
+    out = {"empty_ms": 1e3 * statistics.median(ta), "ctx_ms": 1e3 * statistics.median(tb), "load_s": 0.0,
+           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
+    return out | attention_profile(engine.model, ctx, path)
+
+
+def attention_profile(model, session, path: Path) -> dict:
+    """Where a step at a long context goes: the attention layers alone on the session's cache
+    (median of 10 passes of blocks.attend, one query), the cache's bytes, and the file's bytes
+    that every step streams (the tied output matrix included)."""
+    from lfm2q import blocks
+    st, n = session.state, session.n_past
+    layers = [il for il, k in enumerate(st.k) if k is not None]
+    width = model.config.n_head * model.config.head_dim
+    q = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
+    out = np.empty_like(q)
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        for il in layers:
+            blocks.attend(q, st.k[il], st.k_scale[il], st.v[il], st.v_scale[il], n - 1, 0, out)
+        times.append(time.perf_counter() - t)
+    cache = sum(a[:, :n].nbytes for il in layers for a in (st.k[il], st.k_scale[il], st.v[il], st.v_scale[il]))
+    return {"attn_ms": 1e3 * statistics.median(times), "cache_mb": cache / 1e6, "file_mb": path.stat().st_size / 1e6}
 
 
 def first_token(engine_name: str, path: Path, threads: int) -> None:
@@ -506,14 +531,21 @@ def run_first_token(run: Run) -> None:
 def run_keep(run: Run) -> None:
     """The context targets: lfm2q's decode steps at an empty context and at sizes.ctx tokens,
     alternating in one process (keep_worker), on the 350M files with the F16 and the Q8_0
-    cache, --rounds rounds."""
+    cache, --rounds rounds; then at --long tokens on the Q4_K_M file, one round per cache."""
     t0 = time.monotonic()
     for rnd in range(run.args.rounds):
         for t in run.types:
             for kv in KEEP_CACHES:
                 print(f"context round {rnd + 1}/{run.args.rounds}: lfm2q {t} {kv} cache …", file=sys.stderr)
                 spec = {"n_ctx": N_CTX, "kv": kv, "ctx": run.sizes.ctx, "steps": run.sizes.keep_steps}
-                run.keep.setdefault((t, kv), []).append(measure("lfm2q", run.files["350m", t], run.args, spec))
+                run.keep.setdefault((t, kv, run.sizes.ctx), []).append(
+                    measure("lfm2q", run.files["350m", t], run.args, spec))
+    if run.q4 and run.args.long:
+        n = run.args.long - 64
+        for kv in KEEP_CACHES:
+            print(f"context {n}: lfm2q q4_k_m {kv} cache …", file=sys.stderr)
+            spec = {"n_ctx": run.args.long + 64, "kv": kv, "ctx": n, "steps": run.sizes.keep_steps}
+            run.keep.setdefault(("q4_k_m", kv, n), []).append(measure("lfm2q", run.q4, run.args, spec))
     run.phase_s["context"] = time.monotonic() - t0
 
 
@@ -629,25 +661,34 @@ def report_first_token(run: Run) -> None:
 
 def report_keep(run: Run) -> None:
     sizes = run.sizes
-    print(f"\n### Decode at {sizes.ctx} tokens of context against an empty one: LFM2-350M, lfm2q, "
-          f"{run.args.threads} threads, n_ctx {N_CTX}, median of {run.args.rounds} rounds")
-    print(f"\n| file | KV cache | step at an empty context (ms) | step at {sizes.ctx} (ms) | empty / {sizes.ctx} |")
-    print("|---|---|---:|---:|---:|")
-    for (t, kv), rs in run.keep.items():
+    print(f"\n### Decode at a long context against an empty one: LFM2-350M, lfm2q, {run.args.threads} threads, "
+          f"median of {run.args.rounds} rounds at {sizes.ctx} (n_ctx {N_CTX}), one round at {run.args.long - 64} "
+          f"(n_ctx {run.args.long + 64})")
+    print("\n| file | KV cache | context | step, empty (ms) | step at the context (ms) | empty / context "
+          "| attention alone (ms) | cache (MB) | file (MB) | bound |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (t, kv, n), rs in run.keep.items():
         keeps = [r["empty_ms"] / r["ctx_ms"] for r in rs]
         keep = statistics.median(keeps)
-        print(f"| {t.upper()} | {kv.upper()} | {med(rs, 'empty_ms'):.2f} | {med(rs, 'ctx_ms'):.2f} | **{keep:.2f}** |")
+        cache, file = med(rs, "cache_mb"), med(rs, "file_mb")
+        bound = file / (file + cache)
+        print(f"| {t.upper()} | {kv.upper()} | {n} | {med(rs, 'empty_ms'):.2f} | {med(rs, 'ctx_ms'):.2f} | "
+              f"**{keep:.2f}** | {med(rs, 'attn_ms'):.2f} | {cache:.0f} | {file:.0f} | {bound:.2f} |")
         judged = kv == KEEP_JUDGED
         run.targets["context"].append(
-            (f"decode at {sizes.ctx} context ≥ {CONTEXT_KEEP}× empty, lfm2q LFM2-350M {t.upper()}, {kv.upper()} KV cache"
+            (f"decode at {n} context ≥ {CONTEXT_KEEP}× empty, lfm2q LFM2-350M {t.upper()}, {kv.upper()} KV cache"
              + (" (the target as decided: the long-context setting)" if judged else " (reported)"),
              f"steps {med(rs, 'empty_ms'):.2f} / {med(rs, 'ctx_ms'):.2f} ms = {keep:.2f}× "
-             f"(rounds: {', '.join(f'{k:.2f}' for k in keeps)})",
+             + (f"(rounds: {', '.join(f'{k:.2f}' for k in keeps)})" if len(rs) > 1 else "(one round)")
+             + f"; bound by bytes {bound:.2f}×",
              met(keep >= CONTEXT_KEEP) if judged else ("met" if keep >= CONTEXT_KEEP else "not met")))
-    print(f"\nOne process per file and cache: two sessions, one after a {sizes.ctx}-token prompt, decode "
+    print(f"\nOne process per row: two sessions, one after a prompt of the context's length, decode "
           f"{sizes.keep_steps} greedy steps each, alternating, so both see the same machine (this VM's "
           "speed drifts 20–30% between processes); medians of the steps. The first table's "
-          f"{sizes.tg_empty} and {sizes.tg_ctx} come from separate processes minutes apart.")
+          f"{sizes.tg_empty} and {sizes.tg_ctx} come from separate processes minutes apart. Attention alone: "
+          "the attention layers of one decode step on that session's cache (blocks.attend, median of 10). "
+          "Bound: file / (file + cache), the share of an empty step's speed left when a step reads the "
+          "cache besides the weights at the same bandwidth.")
 
 
 def report_long(run: Run) -> None:
@@ -667,10 +708,11 @@ def report_long(run: Run) -> None:
           f"{ours['rss_mb'] - theirs['rss_mb']:+.0f} MB |")
     print(f"\nThe {n}-token prompt runs in one call, as for {sizes.tg_ctx}; {sizes.tg_empty} runs in the same "
           f"process (n_ctx {run.args.long + 64}).")
-    run.targets["context"].append(
-        (f"decode at {run.args.long} context ({key}) ≥ {CONTEXT_KEEP}× empty ({sizes.tg_empty}), "
-         "lfm2q 350M Q4_K_M", f"{ours[key]:.1f} / {ours[sizes.tg_empty]:.1f} tok/s = {keep_a:.2f}× "
-         f"(llama.cpp {keep_b:.2f}×)", met(keep_a >= CONTEXT_KEEP)))
+    if not run.keep:  # otherwise the context targets come from report_keep
+        run.targets["context"].append(
+            (f"decode at {run.args.long} context ({key}) ≥ {CONTEXT_KEEP}× empty ({sizes.tg_empty}), "
+             "lfm2q 350M Q4_K_M", f"{ours[key]:.1f} / {ours[sizes.tg_empty]:.1f} tok/s = {keep_a:.2f}× "
+             f"(llama.cpp {keep_b:.2f}×)", met(keep_a >= CONTEXT_KEEP)))
 
 
 def report(run: Run, load: float, total_s: float) -> None:
