@@ -43,8 +43,8 @@ engines 8-bit K and V caches instead (llama.cpp: type_k = type_v = Q8_0, flash a
         [--shapes 350m,1.2b] [--thread-counts 1,2,4] [--long 16384] [--no-cold] [--quick]
         [--kv-cache f16|q8_0] [--no-keep]
 
-A full default run takes about 22 minutes on this 2-core AVX-512 machine: 350M table ~5 min,
-1.2B ~2.5, context ~8 (two ~16k-token prompts ~4), threads ~1, first token ~1 plus ~1 for the
+A full default run takes about 25 minutes on this 2-core AVX-512 machine: 350M table ~6 min,
+1.2B ~2.5, context ~9 (two ~16k-token prompts ~4), threads ~1, first token ~1 plus ~1 for the
 cold cache, long context ~4 (the ~16k-token prompts); building and converting the 1.2B
 checkpoint the first time adds ~5 min. --quick (tiny prompts and decodes, 1 round, --long 1024,
 no cold-cache run, at most 10 s waiting for a quiet machine per measurement) checks the script
