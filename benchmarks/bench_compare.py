@@ -83,7 +83,7 @@ RSS_MARGIN_MB = 120  # target: peak RSS ≤ llama.cpp's + this
 FIRST_TOKEN_S = 1.5  # target: first token (warm numba cache) within this many seconds
 CONTEXT_KEEP = 0.8  # target: decode at a long context ≥ this share of decode at an empty one
 KEEP_CACHES = ("f16", "q8_0")  # caches of the context measurement
-KEEP_JUDGED = "q8_0"  # the cache the context target is judged on (decided: README, "What is not met")
+KEEP_JUDGED = "q8_0"  # the cache the context targets are judged on (README, "Decisions the issue left open")
 PREFILL_RATIO = 1.0  # bar applied to prefill (the issue states 1.0× for decode)
 
 
@@ -457,7 +457,7 @@ class Run:
     first: dict = field(default_factory=dict)  # engine -> [seconds]
     cold: float | None = None  # lfm2q's first token with a cold numba cache, seconds
     long: dict = field(default_factory=dict)  # engine -> worker result
-    keep: dict = field(default_factory=dict)  # (type, cache) -> [keep_worker result per round]
+    keep: dict = field(default_factory=dict)  # (type, cache, context) -> [keep_worker result per round]
     phase_s: dict = field(default_factory=dict)  # section -> seconds taken
     # the issue's targets, in its order: kind -> [(target, measured, met)]
     targets: dict = field(default_factory=lambda: {k: [] for k in
