@@ -201,6 +201,15 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def warm_up(engine, ids: list[int]) -> None:
+    """Both paths once, untimed (lfm2q compiles or loads its kernels here): lfm2q evaluates
+    prompts of up to 20 tokens through decode (model.SHORT_PROMPT), so a 32-token prompt
+    loads its prefill kernels; llama.cpp runs both prompts as batches. ids: 49 or more."""
+    engine.eval(ids[:16])
+    engine.eval(ids[16:48])
+    engine.eval([ids[48]])
+
+
 def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
     """spec: {"n_ctx": int, "measures": [(key, prompt length, tokens generated), …]}.
     Returns tokens/s per key, "<key> cpus" (CPU time / wall time of each decode loop),
@@ -209,12 +218,7 @@ def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
     t0 = time.perf_counter()
     engine = ENGINES[engine_name](path, threads, spec["n_ctx"], spec.get("kv", "f16"))
     ids = prompt_ids(max([n for _, n, _ in measures] + [48]) + 1)
-    # Warm-up of both paths (lfm2q compiles or loads its kernels here): lfm2q evaluates
-    # prompts of up to 20 tokens through decode (model.SHORT_PROMPT), so a 32-token prompt
-    # loads its prefill kernels; llama.cpp runs both prompts as batches.
-    engine.eval(ids[:16])
-    engine.eval(ids[16:48])
-    engine.eval([ids[48]])
+    warm_up(engine, ids)
     out = {"load_s": time.perf_counter() - t0}
     for key, n_prompt, n_gen in measures:
         engine.reset()
@@ -242,10 +246,9 @@ def keep_worker(path: Path, threads: int, spec: dict) -> dict:
     median step of each in ms. Alternating, both see the same state of the machine."""
     engine = Lfm2qEngine(path, threads, spec["n_ctx"], spec["kv"])
     ids = prompt_ids(max(spec["ctx"], 48) + 1)
-    empty, ctx = engine.model.session(), engine.model.session()
-    empty.eval(ids[:16])  # warm-up, as worker(): decode and prefill kernels loaded
-    empty.eval(ids[16:48])
-    empty.reset()
+    warm_up(engine, ids)
+    engine.reset()
+    empty, ctx = engine.session, engine.model.session()
     la, lb = empty.eval([ids[0]]), ctx.eval(ids[:spec["ctx"]])
     ta, tb = [], []
     for _ in range(spec["steps"]):
@@ -255,9 +258,8 @@ def keep_worker(path: Path, threads: int, spec: dict) -> dict:
         t = time.perf_counter()
         lb = ctx.eval([int(np.argmax(lb))])
         tb.append(time.perf_counter() - t)
-    out = {"empty_ms": 1e3 * statistics.median(ta), "ctx_ms": 1e3 * statistics.median(tb), "load_s": 0.0,
-           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
-    return out | attention_profile(engine.model, ctx, path)
+    return ({"empty_ms": 1e3 * statistics.median(ta), "ctx_ms": 1e3 * statistics.median(tb)}
+            | attention_profile(engine.model, ctx, path))
 
 
 def attention_profile(model, session, path: Path) -> dict:
