@@ -14,6 +14,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from . import cpu
+
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -52,4 +54,5 @@ def configure() -> None:
     numba.config.CACHE_DIR = str(base / "lfm2q" / "numba" / source_hash())
 
 
+cpu.configure()  # numba's target CPU, before any kernel module is compiled (lfm2q/cpu.py)
 configure()

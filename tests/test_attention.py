@@ -7,7 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType, quants
 
 from lfm2q import blocks
-from lfm2q.kernels.avx512 import HAVE_AVX512_VNNI
+from lfm2q.kernels.isa.x86_avx512 import HAVE_AVX512_VNNI
 
 NO_SCALES = np.zeros((0, 0, 0), np.float32)
 

@@ -1,4 +1,4 @@
-"""The integer row kernels, portable (kernels/intdot.py) and AVX2 (kernels/avx2.py), against the
+"""The integer row kernels, portable (kernels/intdot.py) and AVX2 (kernels/isa/x86_avx2.py), against the
 NumPy oracle "dequantized weights . x rounded as llama.cpp rounds it", on random blocks and on
 blocks at the edges of the 8- and 16-bit ranges the SIMD steps rely on (all-ones quants, the
 largest scales, activations at +-127)."""
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lfm2q.kernels import avx2, avx512, dispatch, intdot
+from lfm2q.kernels import dispatch, intdot
+from lfm2q.kernels.isa import x86_avx2 as avx2, x86_avx512 as avx512
 from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
 from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_K, Q5_K, Q6_K, Q8_0, block_size
@@ -144,7 +145,13 @@ def test_nan_activations_reach_the_output():
 
 
 def test_matvec_uses_the_avx2_kernels_where_the_cpu_has_them():
-    assert dispatch.USE_AVX2 == avx2.HAVE_AVX2
+    from lfm2q.kernels.isa import ARCH, portable, x86
+
+    assert (dispatch.simd is x86) == (ARCH == "x86_64" and avx2.HAVE_AVX2)
+    if dispatch.simd is x86:
+        assert dispatch.SIMD_PREFILL and dispatch.SIMD_PACKS_Q4_K
+    if ARCH not in ("x86_64", "aarch64"):
+        assert dispatch.simd is portable
 
 
 @pytest.mark.skipif(not avx2.HAVE_AVX2, reason="this CPU has no AVX2: the portable kernels decode")
@@ -200,7 +207,7 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
 _AVX2_ONLY = """
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
-from lfm2q.kernels import avx2, avx512
+from lfm2q.kernels.isa import x86_avx2 as avx2, x86_avx512 as avx512
 from test_intdot import wide_kernel_outputs
 assert avx2.HAVE_AVX2 and not avx512.HAVE_AVX512_VNNI
 np.savez(sys.argv[2], *wide_kernel_outputs())

@@ -148,7 +148,7 @@ def test_session_in_pieces_equals_whole_sequence(tmp_path):
     assert fed == N_PROMPT
 
 
-@pytest.mark.skipif(not dispatch.USE_AVX2, reason="without AVX2, prefill multiplies through BLAS")
+@pytest.mark.skipif(not dispatch.SIMD_PREFILL, reason="this backend prefills through BLAS")
 @pytest.mark.parametrize("out_type, kv_cache", [("q8_0", "f16"), ("q4_k_m", "f16"), ("q4_k_m", "q8_0")])
 def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type, kv_cache):
     # With the AVX2 integer kernels both paths sum every product in the same order, so a
@@ -166,7 +166,7 @@ def test_prefill_and_decode_give_the_same_bits(tmp_path, out_type, kv_cache):
     np.testing.assert_array_equal(whole, one_by_one)
 
 
-@pytest.mark.skipif(not dispatch.USE_AVX2, reason="without AVX2, Q4_K matrices stay unpacked")
+@pytest.mark.skipif(not dispatch.SIMD_PACKS_Q4_K, reason="this backend keeps Q4_K matrices unpacked")
 def test_packed_and_file_matrices_have_one_numba_type(tmp_path):
     # Q4_K matrices are packed into new arrays at load, the other types stay read-only views of
     # the file. Typed alike, each decode block is one compiled kernel: a writable packed array
@@ -207,7 +207,7 @@ def test_short_prompts_go_through_decode_until_prefill_has_run(tiny_gguf, monkey
     s.eval(ids[30:35])                               # short again: prefill where it is the
     s.eval(ids[35:36])                               # integer one (same bits); 1 token: decode
     assert prefilled == ([25, 5] if m.weights.integer_prefill else [25])
-    assert m.weights.integer_prefill == dispatch.USE_AVX2  # Q8_0 weights throughout
+    assert m.weights.integer_prefill == dispatch.SIMD_PREFILL  # Q8_0 weights throughout
 
 
 @pytest.mark.parametrize("kv_cache", ["f16", "q8_0"])

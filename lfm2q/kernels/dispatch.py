@@ -5,17 +5,19 @@ in f32. Without EXACT the activations are first rounded the way llama.cpp rounds
 weight type (kernels/actquant.py), so both engines compute the same products.
 
 - `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
-  never expanded to floats. K-quant and Q8_0 rows multiply integers (kernels/intdot.py;
-  kernels/avx2.py on x86 CPUs with AVX2).
-- `matmul`: prefill. On AVX2 CPUs, K-quant and Q8_0 matrices go through the integer kernels
-  of decode, each weight row meeting 4 prompt positions per call (`_imatmul`): the same bits
-  as decode, 1.6-2x the BLAS path below on the 350M shape. Rows go in pairs (packed Q4_K in
-  pairs of 8-row groups, Q8_0 in quads against 8 positions), which the 512-bit kernels of
-  avx512.py take at once where the CPU has AVX-512 VNNI (the same bits again). Otherwise it dequantizes an
-  L2-sized tile of rows at a time and multiplies it with every prompt position at once
-  through BLAS. Threads are ours, not BLAS's: each of n_threads workers owns a share of the
-  rows and runs single-threaded BLAS on its tiles. OpenBLAS's own threads spin-wait between
-  calls and, interleaved with numba's workers, ran 20x slower than one thread here.
+  never expanded to floats. K-quant and Q8_0 rows multiply integers, through the kernels of
+  one instruction set's backend (`simd`, kernels/isa/: AVX2 / AVX-512 VNNI on x86, NEON on
+  aarch64, intdot.py's plain loops elsewhere).
+- `matmul`: prefill. Where the backend has integer prefill, K-quant and Q8_0 matrices go
+  through the integer kernels of decode, each weight row meeting 4 prompt positions per call
+  (`_imatmul`): the same bits as decode, 1.6-2x the BLAS path below on the 350M shape. Rows go
+  in pairs (packed Q4_K in pairs of 8-row groups, Q8_0 in quads against 8 positions), which the
+  512-bit kernels take at once where the CPU has AVX-512 VNNI (the same bits again). Otherwise
+  it dequantizes an L2-sized tile of rows at a time and multiplies it with every prompt
+  position at once through BLAS. Threads are ours, not BLAS's: each of n_threads workers owns
+  a share of the rows and runs single-threaded BLAS on its tiles. OpenBLAS's own threads
+  spin-wait between calls and, interleaved with numba's workers, ran 20x slower than one
+  thread here.
 - `row_dequant`: one row as f32, for the BLAS path's tiles (the embedding lookup is lookup.py).
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +31,7 @@ from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
 from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
                        round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
-from . import avx2, avx512
-from .intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
+from .isa import TOKENS as simd_tokens, simd
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
                       dequantize_q5_k_np, dequantize_q6_k_np, dot_q4_k, dot_q5_k, dot_q6_k)
 from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequantize_q4_0_np,
@@ -111,32 +112,27 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
     return ACT_F32 if code & EXACT else act_of(code & 255)
 
 
-# The integer row kernels: AVX2 instructions where the CPU has them (kernels/avx2.py), else the
-# portable loops of intdot.py (ARM, older x86). A global read at compile time; numba's cache
-# is keyed by CPU, so a cached choice never reaches another machine.
-USE_AVX2 = avx2.HAVE_AVX2
+# The integer kernels come from one instruction set's backend, `simd` (kernels/isa/: AVX2 /
+# AVX-512 on x86, NEON on aarch64, plain loops elsewhere), chosen once at import; nothing here
+# names an instruction set. numba's cache is keyed by CPU, so a cached choice never reaches
+# another machine. Its flags are globals, read at compile time.
+SIMD_PREFILL = simd.INTEGER_PREFILL
+SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
+Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 
 
-@njit(error_model="numpy", fastmath=False, cache=True)  # see avx2.py: no fastmath
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
 def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
-    if USE_AVX2:
-        if qtype == Q4_K:
-            return avx2.q4_k_row(w[r], xq, xd, bsum)
-        if qtype == Q6_K:
-            return avx2.q6_k_row(w[r], xq, xd, bsum)
-        return avx2.q5_k_row(w[r], xq, xd, bsum)
     if qtype == Q4_K:
-        return idot_q4_k(w, r, xq, xd, bsum)
+        return simd.q4_k_row(w[r], xq, xd, bsum)
     if qtype == Q6_K:
-        return idot_q6_k(w, r, xq, xd, bsum)
-    return idot_q5_k(w, r, xq, xd, bsum)
+        return simd.q6_k_row(w[r], xq, xd, bsum)
+    return simd.q5_k_row(w[r], xq, xd, bsum)
 
 
-@njit(error_model="numpy", fastmath=False, cache=True)  # see avx2.py: no fastmath
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
 def row_idot_q8_0(w, r, xq, xd):  # Q8_0 row . x in Q8_0
-    if USE_AVX2:
-        return avx2.q8_0_row(w[r], xq, xd)
-    return idot_q8_0(w, r, xq, xd)
+    return simd.q8_0_row(w[r], xq, xd)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -153,13 +149,13 @@ def _matvec_serial(w, qtype, x, out):
         out[r] = row_dot(w, qtype, r, x)
 
 
-@njit(error_model="numpy", fastmath=False, cache=True)  # see avx2.py: no fastmath
-def rows_idot_k(row, qtype, xq, xd, bsum, t):  # K-quant row . x[t + i], i < TOKENS (AVX2 only)
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def rows_idot_k(row, qtype, xq, xd, bsum, t):  # K-quant row . x[t + i], i < TOKENS
     if qtype == Q4_K:
-        return avx2.q4_k_rows(row, xq, xd, bsum, t)
+        return simd.q4_k_rows(row, xq, xd, bsum, t)
     if qtype == Q6_K:
-        return avx2.q6_k_rows(row, xq, xd, bsum, t)
-    return avx2.q5_k_rows(row, xq, xd, bsum, t)
+        return simd.q6_k_rows(row, xq, xd, bsum, t)
+    return simd.q5_k_rows(row, xq, xd, bsum, t)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -176,15 +172,15 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
-@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatvec_q8_0_parallel(w, xq, xd, out):
-    if USE_AVX2:  # rows in pairs, as prefill (avx512.q8_0_row2: the same bits)
+    if Q8_0_DECODE_PAIRS:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
         rows = w.shape[0]
         for task in prange(-(-rows // 2)):
             r0 = 2 * task
             prefetch_rows_ahead(w, r0, r0 + 2)
             if r0 + 1 < rows:
-                avx512.q8_0_row2(w, r0, xq, xd, out)
+                simd.q8_0_row2(w, r0, xq, xd, out)
             else:
                 out[r0] = row_idot_q8_0(w, r0, xq, xd)
     else:
@@ -210,18 +206,18 @@ def _sums32(bsum):  # Q8_K sums per 16 -> per 32 (int16[.., cols/32]), for the p
     return out
 
 
-@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatvec_packed_parallel(p, xq, xd, bs32, out):
     for gi in prange(p.shape[0]):
         prefetch_rows_ahead(p, gi, gi + 1)
-        avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
+        simd.q4_k_packed(p, gi, xq, xd, bs32, out)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
 def _imatvec_packed_serial(p, xq, xd, bs32, out):
     for gi in range(p.shape[0]):
         prefetch_rows_ahead(p, gi, gi + 1)
-        avx2.q4_k_packed(p, gi, xq, xd, bs32, out)
+        simd.q4_k_packed(p, gi, xq, xd, bs32, out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -267,11 +263,11 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
             _matvec_parallel(w, qtype, xr, out)
 
 
-# Prefill with the integer kernels (AVX2 only): each weight row meets TOKENS prompt positions
+# Prefill with the integer kernels (where the backend has them): each weight row meets TOKENS prompt positions
 # per kernel call, so its bytes are loaded and unpacked once for all of them; positions go in
 # blocks of TOKEN_BLOCK, whose 8-bit activations stay in L2 while every row passes by. Each
 # position is summed exactly as decode sums it: prefill and decode give the same bits.
-TOKENS = avx2.TOKENS
+TOKENS = simd_tokens
 TOKEN_BLOCK = 64
 
 
@@ -291,7 +287,7 @@ def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, o
     return xq, xd, bsum
 
 
-@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
     n = x.shape[0]
     kquant = qtype != Q8_0
@@ -300,29 +296,29 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
         # A task is four rows: a Q8_0 quad runs as one against 8 positions at a time, Q6_K
-        # and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, avx512.py), the rest row
+        # and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, isa/x86_avx512.py), the rest row
         # by row. The same bits either way.
         for task in prange(-(-rows // 4)):
             r0 = 4 * task
             r1 = min(r0 + 4, rows)
             t = t0
             if qtype == Q8_0 and r1 - r0 == 4:
-                while t + avx512.QUAD_TOKENS <= t1:
-                    avx512.q8_0_rows4(w, r0, xq, xd, t, out)
-                    t += avx512.QUAD_TOKENS
+                while t + simd.QUAD_TOKENS <= t1:
+                    simd.q8_0_rows4(w, r0, xq, xd, t, out)
+                    t += simd.QUAD_TOKENS
             while t + TOKENS <= t1:
                 r = r0
                 while r + 2 <= r1 and qtype in (Q6_K, Q8_0):
                     if qtype == Q6_K:
-                        avx512.q6_k_rows2(w, r, xq, xd, bsum, t, out)
+                        simd.q6_k_rows2(w, r, xq, xd, bsum, t, out)
                     else:
-                        avx512.q8_0_rows2(w, r, xq, xd, t, out)
+                        simd.q8_0_rows2(w, r, xq, xd, t, out)
                     r += 2
                 for rr in range(r, r1):
                     if kquant:
                         res = rows_idot_k(w[rr], qtype, xq, xd, bsum, t)
                     else:
-                        res = avx2.q8_0_rows(w[rr], xq, xd, t)
+                        res = simd.q8_0_rows(w[rr], xq, xd, t)
                     for i in range(TOKENS):
                         out[t + i, rr] = res[i]
                 t += TOKENS
@@ -335,26 +331,26 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 t += 1
 
 
-@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see avx2.py
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
     n = x.shape[0]
     xq, xd, bsum = _quantize_rows(x, True)
     bs32 = _sums32(bsum)
     # A task is two groups, 16 rows: one 512-bit kernel call where the CPU has AVX-512 VNNI
-    # (avx512.py: 2.2-2.8x the AVX2 kernel's speed), else the AVX2 kernel twice.
+    # (isa/x86_avx512.py: 2.2-2.8x the AVX2 kernel's speed), else the AVX2 kernel twice.
     groups = p.shape[0]
     for task in prange(-(-groups // 2)):
         g0 = 2 * task
         t = 0
         while t + TOKENS <= n:
             if g0 + 1 < groups:
-                avx512.q4_k_packed16_rows(p, g0, xq, xd, bs32, t, out)
+                simd.q4_k_packed16_rows(p, g0, xq, xd, bs32, t, out)
             else:
-                avx2.q4_k_packed_rows(p, g0, xq, xd, bs32, t, out)
+                simd.q4_k_packed_rows(p, g0, xq, xd, bs32, t, out)
             t += TOKENS
         while t < n:
             for gi in range(g0, min(g0 + 2, groups)):
-                avx2.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
+                simd.q4_k_packed(p, gi, xq[t], xd[t], bs32[t], out[t])
             t += 1
 
 
@@ -383,13 +379,13 @@ _pool: ThreadPoolExecutor | None = None
 def integer_prefill(code: int) -> bool:
     """Whether matmul multiplies this kernel code through the integer kernels (_imatmul).
     (Plain Python: called at load time, before any numba function has been loaded.)"""
-    return USE_AVX2 and not code & EXACT and code & 255 in (Q4_K, Q5_K, Q6_K, Q8_0)
+    return SIMD_PREFILL and not code & EXACT and code & 255 in (Q4_K, Q5_K, Q6_K, Q8_0)
 
 
 def packable(code: int, rows: int) -> bool:
     """Whether a matrix of this kernel code is packed at load time (repack.pack_q4_k8): Q4_K
-    with the AVX2 kernels, f32 activations not asked for, whole groups of 8 rows."""
-    return USE_AVX2 and code == Q4_K and rows % GROUP == 0
+    where the backend packs, f32 activations not asked for, whole groups of 8 rows."""
+    return SIMD_PACKS_Q4_K and code == Q4_K and rows % GROUP == 0
 
 
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .avx2 import _IR, _arrays
+from .isa.llvm_ir import IR as _IR, _arrays
 
 HD = 64
 _F32, _I32 = ir.FloatType(), ir.IntType(32)

@@ -25,8 +25,8 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .actquant import QK8_0, quantize_q8_0
-from .avx2 import F32, I32, I64, _IR, _arrays, _data
-from .avx512 import HAVE_AVX512_VNNI, V16F32, V16I32, V64I8, _dpbusd
+from .isa.llvm_ir import F32, I32, I64, IR as _IR, _arrays, _data
+from .isa.x86_avx512 import HAVE_AVX512_VNNI, V16F32, V16I32, V64I8, _dpbusd
 from .dots import dots8_hd64
 from .kvrows import AHEAD, load_block, prefetch_rows
 

@@ -22,7 +22,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .actquant import QK8_0, quantize_q8_0
-from .avx2 import _IR
+from .isa.llvm_ir import IR as _IR
 from .half import as_f32, kv_value
 from .prefetch import LINE, prefetch_line
 

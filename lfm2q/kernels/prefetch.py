@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .avx2 import _IR
+from .isa.llvm_ir import IR as _IR
 
 _I8, _I32 = ir.IntType(8), ir.IntType(32)
 LINE = 64  # bytes per cache line

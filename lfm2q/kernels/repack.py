@@ -1,4 +1,4 @@
-"""Q4_K matrices packed 8 rows at a time at load time, for avx2.q4_k_packed.
+"""Q4_K matrices packed 8 rows at a time at load time, for the packed kernels (isa/x86_avx2.q4_k_packed, isa/portable.q4_k_packed).
 
 In a GGUF file each Q4_K row is its own run of 144-byte super-blocks, and a row kernel sums
 one row at a time with the 8 lanes of a vector. Packed, one 32-byte vector holds the same 4

@@ -23,69 +23,31 @@ Q4_K q*x pairs <= 2*15*127, Q5_K 2*31*127, Q6_K (q in 0..63, the 32 taken off th
 per-16 sums afterwards) 2*63*127;
 Q8_0 |w|, |x| <= 127 (ggml rounds to +-127), so |w|*|x| pairs <= 2*127*127 < 32768.
 """
-import llvmlite.binding as llvm
-import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
-from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from ...cpu import target
+from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
+from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from .llvm_ir import (F16, F32, I8, I16, I32, I64, IR, TOKENS, V8F32, V8I32, V16I8, V16I16, V32I8,
+                      _arrays, _data, _n_blocks, _offset, _result, _row_ptr, _token_rows, _tokens, _typed)
 
 
 NEEDS = ("avx2", "fma", "f16c")
 
 
-def _target_features() -> set[str]:
-    """The CPU features numba compiles for: the host's, or those named by NUMBA_CPU_NAME /
-    NUMBA_CPU_FEATURES (e.g. a portable `generic` cache has none)."""
-    if numba.config.CPU_NAME not in (None, "host"):
-        return {f[1:] for f in (numba.config.CPU_FEATURES or "").split(",") if f.startswith("+")}
-    return {name for name, on in llvm.get_host_cpu_features().items() if on}
-
-
-_FEATURES = _target_features()
+_FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
 HAVE_AVX2 = set(NEEDS) <= _FEATURES
 # vpdpbusd sums 4 byte products straight into 32-bit lanes: the same integers as vpmaddubsw then
 # vpmaddwd with ones (Q8_0's pairs cannot saturate, see above), one instruction instead of two.
 # 256-bit vpdpbusd comes with AVX-VNNI, or with AVX-512 VNNI plus VL.
 HAVE_VNNI = HAVE_AVX2 and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
 
-I8, I16, I32, I64, F16, F32 = (ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64),
-                               ir.HalfType(), ir.FloatType())
-V32I8, V16I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(I8, 16),
-                                      ir.VectorType(I16, 16), ir.VectorType(I32, 8),
-                                      ir.VectorType(F32, 8))
-
-
-class _IR:
-    """The few vector operations the kernels are made of, over one IR builder."""
-
-    def __init__(self, builder):
-        self.b = builder
-
-    def fn(self, name, ret, args):
-        return cgutils.get_or_insert_function(self.b.module, ir.FunctionType(ret, args), name)
-
-    def const(self, vty, value):
-        return ir.Constant(vty, [value] * vty.count)
-
-    def load(self, base, offset, ty):  # ty at byte/element `offset` of pointer `base`, unaligned
-        ptr = self.b.bitcast(self.b.gep(base, [offset]), ty.as_pointer())
-        return self.b.load(ptr, align=1)
-
-    def f16(self, base, offset):  # an fp16 at byte `offset` -> f32
-        return self.b.fpext(self.b.bitcast(self.load(base, offset, I16), F16), F32)
-
-    def lanes(self, vec, idx):  # shufflevector picking lanes idx of vec
-        return self.b.shuffle_vector(vec, ir.Constant(vec.type, ir.Undefined),
-                                     ir.Constant(ir.VectorType(I32, len(idx)), list(idx)))
-
-    def splat(self, scalar, vty):
-        v = self.b.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(I32, 0))
-        return self.lanes(v, [0] * vty.count)
+class _IR(IR):
+    """IR plus the x86 integer instructions."""
 
     # maddubs, maddwd and fma take 256-bit vectors, or 512-bit ones (avx512.py) by their type.
 
@@ -107,102 +69,6 @@ class _IR:
 
     def sign(self, a, b):  # vpsignb: a negated where b < 0, zeroed where b == 0
         return self.b.call(self.fn("llvm.x86.avx2.psign.b", V32I8, [V32I8, V32I8]), [a, b])
-
-    def fma(self, a, b, c):  # a * b + c, one rounding (one f32, or a vector of them)
-        t = a.type
-        name = f"llvm.fma.v{t.count}f32" if isinstance(t, ir.VectorType) else "llvm.fma.f32"
-        return self.b.call(self.fn(name, t, [t, t, t]), [a, b, c])
-
-    def isum(self, v):  # <8 x i32> -> i32 (exact: any order)
-        q = self.b.add(self.lanes(v, [0, 1, 2, 3]), self.lanes(v, [4, 5, 6, 7]))
-        h = self.b.add(self.lanes(q, [0, 1]), self.lanes(q, [2, 3]))
-        return self.b.add(self.b.extract_element(h, ir.Constant(I32, 0)),
-                          self.b.extract_element(h, ir.Constant(I32, 1)))
-
-    def hsum(self, v):  # ggml's hsum_float_8 order: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))
-        b = self.b
-        q = b.fadd(self.lanes(v, [0, 1, 2, 3]), self.lanes(v, [4, 5, 6, 7]))
-        h = b.fadd(self.lanes(q, [0, 1]), self.lanes(q, [2, 3]))
-        return b.fadd(b.extract_element(h, ir.Constant(I32, 0)),
-                      b.extract_element(h, ir.Constant(I32, 1)))
-
-    def loop(self, count, body, *init):
-        """Run body(index, *carried) -> carried for index in range(count); returns the carried
-        values (kept in stack slots, which LLVM promotes to registers)."""
-        slots = [cgutils.alloca_once_value(self.b, v) for v in init]
-        with cgutils.for_range(self.b, count) as loop:
-            new = body(loop.index, *[self.b.load(s) for s in slots])
-            for s, v in zip(slots, new):
-                self.b.store(v, s)
-        return [self.b.load(s) for s in slots]
-
-
-def _arrays(ndim, *arrays):  # the kernels index raw pointers: C-contiguous arrays only
-    return all(isinstance(a, types.Array) and a.ndim == ndim and a.layout == "C" for a in arrays)
-
-
-def _data(context, builder, arrty, arr):
-    return context.make_array(arrty)(context, builder, arr).data
-
-
-def _row_ptr(context, builder, arrty, arr, index):  # &arr[index, 0] of a C-contiguous 2D array
-    a = context.make_array(arrty)(context, builder, arr)
-    stride = cgutils.unpack_tuple(builder, a.strides)[0]
-    raw = builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(index, stride)])
-    return builder.bitcast(raw, a.data.type)
-
-
-def _n_blocks(context, builder, rowty, row, block_bytes):
-    a = context.make_array(rowty)(context, builder, row)
-    return builder.udiv(cgutils.unpack_tuple(builder, a.shape)[0], ir.Constant(I64, block_bytes))
-
-
-def _offset(v, k):
-    return ir.Constant(v.type, k)
-
-
-def _tokens(context, builder, sig, args, n_arrays):
-    """Pointers (xq, xd[, bsum]) for each token the kernel multiplies: one token for 1-D
-    activation arrays, or TOKENS consecutive rows t.. of 2-D ones (the last argument is t)."""
-    arrs = list(zip(sig.args[1:1 + n_arrays], args[1:1 + n_arrays]))
-    if sig.args[1].ndim == 1:
-        return [[_data(context, builder, ty, v) for ty, v in arrs]]
-    t = args[1 + n_arrays]
-    return [[_row_ptr(context, builder, ty, v, builder.add(t, ir.Constant(t.type, i))) for ty, v in arrs]
-            for i in range(TOKENS)]
-
-
-def _token_rows(context, builder, sig, args, xs, t, col, count=None):
-    """For each of `count` (TOKENS) positions t.. of 2-D activation arrays args[xs] (a slice):
-    the pointers to their rows, then &out[t + i, col] (out: the last argument, f32[n, rows])."""
-    out_ty, out = sig.args[-1], args[-1]
-    rows = []
-    for i in range(count or TOKENS):
-        ti = builder.add(t, ir.Constant(t.type, i))
-        rows.append([_row_ptr(context, builder, ty, v, ti) for ty, v in zip(sig.args[xs], args[xs])]
-                    + [builder.gep(_row_ptr(context, builder, out_ty, out, ti), [col])])
-    return rows
-
-
-def _result(context, builder, sig, values):
-    if len(values) == 1:
-        return values[0]
-    return context.make_tuple(builder, sig.return_type, values)
-
-
-def _typed(codegen, row, *arrays, t=None):
-    """(signature, codegen) for numba: f32 for one token (1-D activations), a TOKENS-tuple for
-    rows t.. of 2-D ones; None (no match) for any other argument types."""
-    if t is None and _arrays(1, row, *arrays):
-        return types.float32(row, *arrays), codegen
-    if t is not None and _arrays(1, row) and _arrays(2, *arrays) and isinstance(t, types.Integer):
-        return types.UniTuple(types.float32, TOKENS)(row, *arrays, t), codegen
-    return None
-
-
-# Prefill multiplies each weight row with TOKENS prompt positions at once: the weights are
-# loaded and unpacked once for all of them. 4 keeps the accumulators in AVX2's 16 registers.
-TOKENS = 4
 
 
 # --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------

@@ -25,12 +25,12 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
+from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
                    _arrays, _broadcast32, _data, _packed_loop, _packed_tail, _q4_k_packed,
                    _row_ptr, _token_rows)
-from .kquants import Q6_K_BYTES, QK_K
-from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from .repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from ..kquants import Q6_K_BYTES, QK_K
+from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 
 # 512-bit vpdpbusd and vpmaddwd, and 512-bit registers the compiler may use (32 of them).
 HAVE_AVX512_VNNI = HAVE_AVX2 and {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES

@@ -1,0 +1,147 @@
+"""The integer kernels' interface in plain loops (kernels/intdot.py's), for any CPU.
+
+Every instruction set's backend (x86.py, arm.py) offers these same functions, so that
+kernels/dispatch.py names no instruction set: it calls `simd.<kernel>` and the selection in
+isa/__init__.py decides, once, which module `simd` is. This one is the fallback where no SIMD
+backend applies (an x86 without AVX2, RISC-V, ...) and the reference the others are tested
+against: every function here computes the exact int32 sums of intdot.py per sub-block.
+
+The multi-row and packed forms are the same row products in loops; they exist so dispatch can
+call them unconditionally (numba compiles every branch it sees, whatever the CPU).
+"""
+import numpy as np
+from numba import njit
+
+from ..intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
+from ..kquants import QK_K, _f16
+from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from .llvm_ir import TOKENS
+
+NAME = "portable loops"
+INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
+PACKS_Q4_K = False  # the packed layout only pays with SIMD row groups
+Q8_0_DECODE_PAIRS = False
+QUAD_TOKENS = 2 * TOKENS
+assert TOKENS == 4  # the *_rows functions below spell out four positions
+
+_J = dict(error_model="numpy", fastmath=False, cache=True)
+
+
+@njit(**_J)
+def _one(row):  # a row as a 1-row matrix, the form intdot's kernels take
+    return row.reshape(1, row.shape[0])
+
+
+@njit(**_J)
+def q4_k_row(row, xq, xd, bsum):  # row uint8[cols/256*144]; x in Q8_K -> f32
+    return idot_q4_k(_one(row), 0, xq, xd, bsum)
+
+
+@njit(**_J)
+def q5_k_row(row, xq, xd, bsum):
+    return idot_q5_k(_one(row), 0, xq, xd, bsum)
+
+
+@njit(**_J)
+def q6_k_row(row, xq, xd, bsum):
+    return idot_q6_k(_one(row), 0, xq, xd, bsum)
+
+
+@njit(**_J)
+def q8_0_row(row, xq, xd):  # row uint8[cols/32*34]; x in Q8_0
+    return idot_q8_0(_one(row), 0, xq, xd)
+
+
+@njit(**_J)
+def q4_k_rows(row, xq, xd, bsum, t):  # row . x[t + i] for i < TOKENS (2-D xq, xd, bsum)
+    w = _one(row)
+    return (idot_q4_k(w, 0, xq[t], xd[t], bsum[t]), idot_q4_k(w, 0, xq[t + 1], xd[t + 1], bsum[t + 1]),
+            idot_q4_k(w, 0, xq[t + 2], xd[t + 2], bsum[t + 2]), idot_q4_k(w, 0, xq[t + 3], xd[t + 3], bsum[t + 3]))
+
+
+@njit(**_J)
+def q5_k_rows(row, xq, xd, bsum, t):
+    w = _one(row)
+    return (idot_q5_k(w, 0, xq[t], xd[t], bsum[t]), idot_q5_k(w, 0, xq[t + 1], xd[t + 1], bsum[t + 1]),
+            idot_q5_k(w, 0, xq[t + 2], xd[t + 2], bsum[t + 2]), idot_q5_k(w, 0, xq[t + 3], xd[t + 3], bsum[t + 3]))
+
+
+@njit(**_J)
+def q6_k_rows(row, xq, xd, bsum, t):
+    w = _one(row)
+    return (idot_q6_k(w, 0, xq[t], xd[t], bsum[t]), idot_q6_k(w, 0, xq[t + 1], xd[t + 1], bsum[t + 1]),
+            idot_q6_k(w, 0, xq[t + 2], xd[t + 2], bsum[t + 2]), idot_q6_k(w, 0, xq[t + 3], xd[t + 3], bsum[t + 3]))
+
+
+@njit(**_J)
+def q8_0_rows(row, xq, xd, t):
+    w = _one(row)
+    return (idot_q8_0(w, 0, xq[t], xd[t]), idot_q8_0(w, 0, xq[t + 1], xd[t + 1]),
+            idot_q8_0(w, 0, xq[t + 2], xd[t + 2]), idot_q8_0(w, 0, xq[t + 3], xd[t + 3]))
+
+
+@njit(**_J)
+def q6_k_rows2(w, r, xq, xd, bsum, t, out):  # out[t + i, r : r + 2], i < TOKENS
+    for i in range(TOKENS):
+        for rr in range(r, r + 2):
+            out[t + i, rr] = idot_q6_k(w, rr, xq[t + i], xd[t + i], bsum[t + i])
+
+
+@njit(**_J)
+def q8_0_rows2(w, r, xq, xd, t, out):  # out[t + i, r : r + 2], i < TOKENS
+    for i in range(TOKENS):
+        for rr in range(r, r + 2):
+            out[t + i, rr] = idot_q8_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
+def q8_0_row2(w, r, xq, xd, out):  # decode: out[r : r + 2]
+    out[r] = idot_q8_0(w, r, xq, xd)
+    out[r + 1] = idot_q8_0(w, r + 1, xq, xd)
+
+
+@njit(**_J)
+def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q8_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
+def q4_k_packed(p, gi, xq, xd, bs32, out):
+    """out[8gi + r] for r < 8: the rows of packed group gi (repack.py's layout) . x in Q8_K
+    (xq int8[cols], xd f32[cols/256], bs32 int16[cols/32]: x's sums per 32)."""
+    g = p[gi]
+    nb = g.shape[0] // P_BYTES
+    for r in range(GROUP):
+        acc = np.float32(0.0)
+        for k in range(nb):
+            base = k * P_BYTES
+            isum = 0
+            msum = 0
+            for j in range(8):  # sub-block j: the low (j even) or high nibbles of chunk j // 2
+                c, hi = j // 2, j % 2
+                s = 0
+                for gg in range(8):
+                    for b4 in range(4):
+                        v = np.int32(g[base + P_QS + 32 * (8 * c + gg) + 4 * r + b4])
+                        q = (v >> 4) if hi else (v & 15)
+                        s += q * np.int32(xq[k * QK_K + 64 * c + 32 * hi + 4 * gg + b4])
+                isum += np.int32(g[base + P_SC + 8 * j + r]) * s
+                msum += np.int32(g[base + P_MN + 16 * (j // 2) + 2 * r + hi]) * np.int32(bs32[k * 8 + j])
+            d = _f16(g, base + P_D + 2 * r)
+            dmin = _f16(g, base + P_DMIN + 2 * r)
+            acc += xd[k] * (d * np.float32(isum) - dmin * np.float32(msum))
+        out[GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def q4_k_packed_rows(p, gi, xq, xd, bs32, t, out):  # out[t + i, 8gi : 8gi + 8], i < TOKENS
+    for i in range(TOKENS):
+        q4_k_packed(p, gi, xq[t + i], xd[t + i], bs32[t + i], out[t + i])
+
+
+@njit(**_J)
+def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
+    for h in range(2):
+        q4_k_packed_rows(p, gi + h, xq, xd, bs32, t, out)
