@@ -10,11 +10,11 @@ from lfm2q.kernels import dispatch, intdot
 from lfm2q.kernels.isa import x86_avx2 as avx2, x86_avx512 as avx512
 from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
 from lfm2q.kernels.dispatch import activations_np, dequantize
-from lfm2q.kernels.formats import Q4_K, Q5_K, Q6_K, Q8_0, block_size
+from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
 from lfm2q.kernels.repack import packed_q4_k8
 
-TYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
-FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}
+TYPES = {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0", Q4_0: "Q4_0"}
+FP16_FIELDS = {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,), Q4_0: (0,)}
 
 
 @njit(error_model="numpy", fastmath=True)
@@ -26,6 +26,8 @@ def _portable(w, qtype, xq, xd, bsum, out):
             out[r] = intdot.idot_q5_k(w, r, xq, xd, bsum)
         elif qtype == Q6_K:
             out[r] = intdot.idot_q6_k(w, r, xq, xd, bsum)
+        elif qtype == Q4_0:
+            out[r] = intdot.idot_q4_0(w, r, xq, xd)
         else:
             out[r] = intdot.idot_q8_0(w, r, xq, xd)
 
@@ -39,6 +41,8 @@ def _avx2(w, qtype, xq, xd, bsum, out):
             out[r] = avx2.q5_k_row(w[r], xq, xd, bsum)
         elif qtype == Q6_K:
             out[r] = avx2.q6_k_row(w[r], xq, xd, bsum)
+        elif qtype == Q4_0:
+            out[r] = avx2.q4_0_row(w[r], xq, xd)
         else:
             out[r] = avx2.q8_0_row(w[r], xq, xd)
 
@@ -50,7 +54,7 @@ def run(impl, w, qtype, x):
     n = x.shape[0]
     xq = np.empty(n, np.int8)
     bsum = np.empty(n // 16, np.int16)
-    if qtype == Q8_0:
+    if qtype in (Q8_0, Q4_0):
         xd = np.empty(n // 32, np.float32)
         quantize_q8_0(x, xq, xd)
     else:
@@ -163,7 +167,7 @@ def test_q8_0_decode_in_row_pairs_gives_the_row_kernels_bits():
             xq, xd = np.empty(cols, np.int8), np.empty(cols // 32, np.float32)
             quantize_q8_0(x, xq, xd)
             out = np.full(29, np.nan, np.float32)
-            dispatch._imatvec_q8_0_parallel(w, xq, xd, out)
+            dispatch._imatvec_b32_parallel(w, Q8_0, xq, xd, out)
             np.testing.assert_array_equal(out, run("avx2", w, Q8_0, x), err_msg=f"{wname} x {xname}")
 
 
@@ -235,7 +239,7 @@ def wide_kernel_outputs():
             xq, xd = np.empty(512, np.int8), np.empty(16, np.float32)
             quantize_q8_0(x[0], xq, xd)
             one = np.full(rows, np.nan, np.float32)
-            dispatch._imatvec_q8_0_parallel(w, xq, xd, one)
+            dispatch._imatvec_b32_parallel(w, Q8_0, xq, xd, one)
             np.testing.assert_array_equal(one, run("avx2", w, qtype, x[0]))
             outs.append(one)
     return outs

@@ -119,6 +119,7 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
 SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
+Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
@@ -131,8 +132,10 @@ def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
-def row_idot_q8_0(w, r, xq, xd):  # Q8_0 row . x in Q8_0
-    return simd.q8_0_row(w[r], xq, xd)
+def row_idot_b32(w, qtype, r, xq, xd):  # Q8_0 or Q4_0 row . x in Q8_0
+    if qtype == Q8_0:
+        return simd.q8_0_row(w[r], xq, xd)
+    return simd.q4_0_row(w[r], xq, xd)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -173,8 +176,8 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatvec_q8_0_parallel(w, xq, xd, out):
-    if Q8_0_DECODE_PAIRS:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
+def _imatvec_b32_parallel(w, qtype, xq, xd, out):  # Q8_0 / Q4_0 rows . x in Q8_0
+    if Q8_0_DECODE_PAIRS and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
         rows = w.shape[0]
         for task in prange(-(-rows // 2)):
             r0 = 2 * task
@@ -182,18 +185,18 @@ def _imatvec_q8_0_parallel(w, xq, xd, out):
             if r0 + 1 < rows:
                 simd.q8_0_row2(w, r0, xq, xd, out)
             else:
-                out[r0] = row_idot_q8_0(w, r0, xq, xd)
+                out[r0] = row_idot_b32(w, qtype, r0, xq, xd)
     else:
         for r in prange(w.shape[0]):
             prefetch_rows_ahead(w, r, r + 1)
-            out[r] = row_idot_q8_0(w, r, xq, xd)
+            out[r] = row_idot_b32(w, qtype, r, xq, xd)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def _imatvec_q8_0_serial(w, xq, xd, out):
+def _imatvec_b32_serial(w, qtype, xq, xd, out):
     for r in range(w.shape[0]):
         prefetch_rows_ahead(w, r, r + 1)
-        out[r] = row_idot_q8_0(w, r, xq, xd)
+        out[r] = row_idot_b32(w, qtype, r, xq, xd)
 
 
 @njit(error_model="numpy", cache=True)
@@ -241,14 +244,14 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
             _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)
-    elif act == ACT_Q8_0 and qtype == Q8_0:
+    elif act == ACT_Q8_0 and (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)):
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
         if serial:
-            _imatvec_q8_0_serial(w, xq, xd, out)
+            _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
-            _imatvec_q8_0_parallel(w, xq, xd, out)
+            _imatvec_b32_parallel(w, qtype, xq, xd, out)
     elif act == ACT_F32:
         if serial:
             _matvec_serial(w, qtype, x, out)
@@ -290,7 +293,7 @@ def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, o
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
     n = x.shape[0]
-    kquant = qtype != Q8_0
+    kquant = qtype != Q8_0 and qtype != Q4_0
     xq, xd, bsum = _quantize_rows(x, kquant)
     rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
@@ -317,8 +320,10 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 for rr in range(r, r1):
                     if kquant:
                         res = rows_idot_k(w[rr], qtype, xq, xd, bsum, t)
-                    else:
+                    elif qtype == Q8_0:
                         res = simd.q8_0_rows(w[rr], xq, xd, t)
+                    else:
+                        res = simd.q4_0_rows(w[rr], xq, xd, t)
                     for i in range(TOKENS):
                         out[t + i, rr] = res[i]
                 t += TOKENS
@@ -327,7 +332,7 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                     if kquant:
                         out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
                     else:
-                        out[t, r] = row_idot_q8_0(w, r, xq[t], xd[t])
+                        out[t, r] = row_idot_b32(w, qtype, r, xq[t], xd[t])
                 t += 1
 
 
@@ -379,7 +384,9 @@ _pool: ThreadPoolExecutor | None = None
 def integer_prefill(code: int) -> bool:
     """Whether matmul multiplies this kernel code through the integer kernels (_imatmul).
     (Plain Python: called at load time, before any numba function has been loaded.)"""
-    return SIMD_PREFILL and not code & EXACT and code & 255 in (Q4_K, Q5_K, Q6_K, Q8_0)
+    qtype = code & 255
+    return (SIMD_PREFILL and not code & EXACT
+            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)))
 
 
 def packable(code: int, rows: int) -> bool:

@@ -1,7 +1,7 @@
 """Integer dot products of quantized weight rows with 8-bit activations (llama.cpp's
 vec_dot_<type>_q8_<K|0>): the decode kernels for Q4_K, Q5_K, Q6_K (x in Q8_K) and Q8_0
-(x in Q8_0). The other types multiply the rounded-float form of x with their f32 kernels: an
-integer Q4_0 kernel measured no faster than its f32 twin. Activations come from kernels/actquant.py; block layouts are in kquants.py,
+and Q4_0 (x in Q8_0). The other types multiply the rounded-float form of x with their f32
+kernels. Activations come from kernels/actquant.py; block layouts are in kquants.py,
 q8_0.py and q4_0.py.
 
 Each sub-block's sum of q_w * q_x is exact in int32, then scaled in f32 once per block — the
@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from .kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, _f16, _scale_min
+from .q4_0 import Q4_0_BYTES
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 
 I32 = np.int32
@@ -136,5 +137,22 @@ def idot_q8_0(w, r, xq, xd):  # w uint8[rows, cols/32*34]; x as Q8_0 (xd = its f
         s = I32(0)
         for j in range(n32):
             s = I32(s + I32(I32(np.int8(row[o + 2 + j])) * I32(xq[xo + j])))
+        acc += (_f16(row, o) * xd[b]) * np.float32(s)
+    return acc
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def idot_q4_0(w, r, xq, xd):  # w uint8[rows, cols/32*18]; x as Q8_0 -> f32 (ggml_vec_dot_q4_0_q8_0)
+    row = w[r]
+    acc = np.float32(0.0)
+    n16 = xq.shape[0] // xd.shape[0] // 2  # 16, see _opaque
+    for b in range(row.shape[0] // Q4_0_BYTES):
+        o = b * Q4_0_BYTES
+        xo = b * 32
+        s = I32(0)
+        for j in range(n16):
+            v = row[o + 2 + j]
+            s = I32(s + I32(I32(I32(v & M4) - 8) * I32(xq[xo + j])))
+            s = I32(s + I32(I32(I32(v >> S4) - 8) * I32(xq[xo + 16 + j])))
         acc += (_f16(row, o) * xd[b]) * np.float32(s)
     return acc

@@ -12,7 +12,7 @@ call them unconditionally (numba compiles every branch it sees, whatever the CPU
 import numpy as np
 from numba import njit
 
-from ..intdot import idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
+from ..intdot import idot_q4_0, idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
 from ..kquants import QK_K, _f16
 from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 from .llvm_ir import TOKENS
@@ -21,6 +21,7 @@ NAME = "portable loops"
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layout only pays with SIMD row groups
 Q8_0_DECODE_PAIRS = False
+Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
 QUAD_TOKENS = 2 * TOKENS
 assert TOKENS == 4  # the *_rows functions below spell out four positions
 
@@ -50,6 +51,18 @@ def q6_k_row(row, xq, xd, bsum):
 @njit(**_J)
 def q8_0_row(row, xq, xd):  # row uint8[cols/32*34]; x in Q8_0
     return idot_q8_0(_one(row), 0, xq, xd)
+
+
+@njit(**_J)
+def q4_0_row(row, xq, xd):  # row uint8[cols/32*18]; x in Q8_0
+    return idot_q4_0(_one(row), 0, xq, xd)
+
+
+@njit(**_J)
+def q4_0_rows(row, xq, xd, t):
+    w = _one(row)
+    return (idot_q4_0(w, 0, xq[t], xd[t]), idot_q4_0(w, 0, xq[t + 1], xd[t + 1]),
+            idot_q4_0(w, 0, xq[t + 2], xd[t + 2]), idot_q4_0(w, 0, xq[t + 3], xd[t + 3]))
 
 
 @njit(**_J)

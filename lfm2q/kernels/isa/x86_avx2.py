@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 
 from ...cpu import target
 from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
+from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 from .llvm_ir import (F16, F32, I8, I16, I32, I64, IR, TOKENS, V8F32, V8I32, V16I8, V16I16, V32I8,
@@ -214,32 +215,53 @@ def _q6_k(context, builder, sig, args):
 
 # --- Q8_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) ----------------------------------------
 
-def _q8_0(context, builder, sig, args):
-    ir_ = _IR(builder)
-    b = builder
-    w = _data(context, b, sig.args[0], args[0])
-    toks = _tokens(context, b, sig, args, 2)
-    nb = _n_blocks(context, b, sig.args[0], args[0], Q8_0_BYTES)
-    ones = ir_.const(V16I16, 1)
+def _q8_0_block(ir_, w, o):  # Q8_0's 32 quants (int8) and its fp16 scale at byte o
+    return ir_.load(w, ir_.b.add(o, _offset(o, 2)), V32I8), ir_.f16(w, o)
 
-    def body(k, *accs):
-        o = b.mul(k, ir.Constant(I64, Q8_0_BYTES))
-        q = ir_.load(w, b.add(o, _offset(o, 2)), V32I8)
-        q_abs, d_w = ir_.sign(q, q), ir_.f16(w, o)
-        out = []
-        for acc, (xp, dp) in zip(accs, toks):
-            x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
-            # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
-            if HAVE_VNNI:
-                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
-            else:
-                sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
-            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
-            out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
-        return out
 
-    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
-    return _result(context, b, sig, [ir_.hsum(a) for a in accs])
+def _q4_0_block(ir_, w, o):
+    """Q4_0's 32 quants as int8 q - 8 (element j < 16 the low nibble of byte j, j + 16 its high
+    nibble) and its scale: then the Q8_0 kernel's steps, as ggml's AVX2 q4_0_q8_0 takes them."""
+    b = ir_.b
+    v = ir_.load(w, b.add(o, _offset(o, 2)), V16I8)
+    lo = b.and_(v, ir_.const(V16I8, 15))
+    hi = b.lshr(v, ir_.const(V16I8, 4))
+    q = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+    return b.sub(q, ir_.const(V32I8, 8)), ir_.f16(w, o)
+
+
+def _b32(block_bytes, block):
+    """The kernel of a 32-weight block type whose quants unpack to int8 (Q8_0, Q4_0)."""
+    def codegen(context, builder, sig, args):
+        ir_ = _IR(builder)
+        b = builder
+        w = _data(context, b, sig.args[0], args[0])
+        toks = _tokens(context, b, sig, args, 2)
+        nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
+        ones = ir_.const(V16I16, 1)
+
+        def body(k, *accs):
+            q, d_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
+            q_abs = ir_.sign(q, q)
+            out = []
+            for acc, (xp, dp) in zip(accs, toks):
+                x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
+                # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
+                if HAVE_VNNI:
+                    sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
+                else:
+                    sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
+                d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+                out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
+            return out
+
+        accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
+        return _result(context, b, sig, [ir_.hsum(a) for a in accs])
+    return codegen
+
+
+_q8_0 = _b32(Q8_0_BYTES, _q8_0_block)
+_q4_0 = _b32(Q4_0_BYTES, _q4_0_block)
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
@@ -293,6 +315,16 @@ def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34], x in Q8_0
 @intrinsic
 def q8_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q8_0, row, xq, xd, t=t)
+
+
+@intrinsic
+def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
+    return _typed(_q4_0, row, xq, xd)
+
+
+@intrinsic
+def q4_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q4_0, row, xq, xd, t=t)
 
 
 def _broadcast32(ir_, base, offset, lanes=8):  # the 4 bytes at `offset` of base (i8* or i16*) in all dwords

@@ -1,0 +1,117 @@
+"""Every kernel the engine compiles, compiled for a Raspberry Pi's CPU on this machine.
+
+The signatures come from running the engine here on models of every weight type the mixes
+produce (and every KV cache type); tests/foreign_target.py then compiles each of them in a
+process that numba believes is an aarch64 one (the code is never run). This keeps the fix for
+"x86 intrinsics compiled on aarch64" (LLVM aborts the process there) from rotting: a kernel
+that reaches an llvm.x86.* intrinsic on aarch64, or an instruction the target lacks (sdot on a
+Pi 4's Cortex-A72, which has no dotprod: SIGILL on the board), fails here on x86 too.
+"""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lfm2q.builtin import builtin_model_path
+
+HERE = Path(__file__).parent
+SCRIPT = HERE / "foreign_target.py"
+TINY_HF = HERE.parent / "training" / "out" / "lfm2q-tiny"
+
+# qemu's / LLVM's names: Pi 5 (NEON + dotprod), Pi 4 (NEON only), a Neoverse with i8mm
+TARGETS = {
+    "cortex-a76": "+neon,+dotprod,+fullfp16,-i8mm",
+    "cortex-a72": "+neon,-dotprod,-fullfp16,-i8mm",
+    "neoverse-v2": "+neon,+dotprod,+fullfp16,+i8mm",
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The built-in model's checkpoint in every mix: Q4_K, Q5_K, Q6_K, Q8_0, Q4_0 and the
+    fallbacks of 128-wide rows (Q5_0, Q5_1), F16, BF16 and F32."""
+    from lfm2q.convert import convert_hf
+
+    d = tmp_path_factory.mktemp("foreign_models")
+    out = [builtin_model_path()]
+    for mix in ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_0"):
+        out.append(convert_hf(TINY_HF, d / f"tiny-{mix}.gguf", mix))
+    return out
+
+
+@pytest.fixture(scope="module")
+def signatures(models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sigs") / "sigs.pkl"
+    subprocess.run([sys.executable, str(SCRIPT), "record", str(path), *map(str, models)],
+                   check=True, capture_output=True, text=True, timeout=900, cwd=HERE)
+    return path
+
+
+def _cross(sigs: Path, cpu: str, tmp: Path) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp / f"cache-{cpu}"))
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    p = subprocess.run([sys.executable, str(SCRIPT), "cross", str(sigs), "--cpu", cpu,
+                        "--features", TARGETS[cpu]], capture_output=True, text=True, timeout=1200,
+                       env=env, cwd=HERE)
+    assert p.stdout.strip(), f"{cpu}: no report (exit {p.returncode}):\n{p.stderr[-3000:]}"
+    report = json.loads(p.stdout)
+    report["returncode"] = p.returncode
+    return report
+
+
+@pytest.fixture(scope="module")
+def reports(signatures, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cross")
+    cpus = ["cortex-a76", "cortex-a72"]
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(cpus, pool.map(lambda c: _cross(signatures, c, tmp), cpus)))
+
+
+@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+def test_every_engine_kernel_compiles_for_aarch64_without_x86_intrinsics(reports, cpu):
+    r = reports[cpu]
+    assert r["target"]["arch"] == "aarch64" and r["target"]["cpu"] == cpu
+    assert r["errors"] == []
+    assert r["x86_intrinsics"] == []
+    assert r["forbidden"] == []  # no instruction the CPU lacks (sdot without dotprod...)
+    # the engine's kernels were all there: matvec, matmul, the blocks, attention, lookups
+    assert r["functions"] >= 40 and r["signatures"] >= r["functions"]
+    assert r["returncode"] == 0
+
+
+def test_the_pi_4_build_has_no_dotprod_and_the_pi_5_build_uses_it_where_neon_kernels_do(reports):
+    a72, a76 = reports["cortex-a72"], reports["cortex-a76"]
+    assert "sdot" not in a72["instructions"]
+    if any("sdot" in name for name in a76["aarch64_intrinsics"]):
+        assert a76["instructions"].get("sdot", 0) > 0
+
+
+def test_an_x86_intrinsic_requested_for_aarch64_is_a_python_error_not_an_abort(tmp_path):
+    # The second line of defence (isa/llvm_ir.IR.fn): compile the AVX2 row kernel directly
+    # for aarch64. LLVM would abort the process; lfm2q refuses it at lowering time instead.
+    code = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from foreign_target import _pretend
+_pretend("aarch64", "cortex-a76", "+neon,+dotprod")
+import numpy as np
+from numba import njit
+from lfm2q.kernels.isa import x86_avx2
+
+@njit
+def f(row, xq, xd):
+    return x86_avx2.q8_0_row(row, xq, xd)
+try:
+    f.compile("float32(uint8[::1], int8[::1], float32[::1])")
+except Exception as e:
+    print("refused:", "llvm.x86" in str(e) and "aarch64" in str(e))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "refused: True" in p.stdout, p.stdout + p.stderr[-2000:]
