@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install llamacpp test test-slow test-llamacpp bench bench-compare run clean
+.PHONY: install llamacpp test test-slow test-llamacpp test-arm64 bench bench-compare run clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# lfm2q on an emulated Raspberry Pi 5 and Pi 4 (qemu-user, Debian arm64, wheels only): the
+# built-in model's generate (the text x86 gives) and run, then the kernel tests, on both CPUs.
+# Needs root (debootstrap, chroot). The rootfs is built once into ~/.cache/lfm2q-arm64 (~10 min
+# on 2 cores) and reused; cold numba caches under emulation take minutes (tests/arm64/test.sh).
+test-arm64: install
+	bash tests/arm64/test.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench_350m.py

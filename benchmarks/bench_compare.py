@@ -236,8 +236,21 @@ def worker(engine_name: str, path: Path, threads: int, spec: dict) -> dict:
         out[key] = n_gen / wall
         out[f"{key} cpus"] = (cpu_seconds() - c) / wall
         out[f"{key} prompt"] = n_prompt / prompt_s
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss: KiB
+    out["rss_mb"] = peak_rss_mb()
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM), MB. Not ru_maxrss: Linux carries the maximum over
+    exec, so a worker forked from the script after it built checkpoints with torch reported
+    that script's 5.7 GB in every row."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def keep_worker(path: Path, threads: int, spec: dict) -> dict:
@@ -391,9 +404,15 @@ def system_line() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    from lfm2q.kernels.dispatch import kernel_name
+    from lfm2q.kernels.formats import Q4_0, Q4_K, Q6_K, Q8_0
+    from lfm2q.kernels.isa import describe
+
     info = llama_cpp.llama_print_system_info().decode().strip()
+    d = describe()
+    kernels = "; ".join(f"{n} {kernel_name(q)}" for n, q in (("Q4_K", Q4_K), ("Q6_K", Q6_K), ("Q8_0", Q8_0), ("Q4_0", Q4_0)))
     return (f"{cpu}; Python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__} "
-            f"(llama.cpp: {info})")
+            f"(llama.cpp: {info})\nlfm2q kernels: {d['arch']}, LLVM CPU {d['cpu']}; {kernels}")
 
 
 def model_file(shape: str, t: str) -> Path:
@@ -595,7 +614,7 @@ def report_tables(run: Run, load: float) -> None:
                   + ", ".join(f"{e} {t.upper()} {med(res[s, e, t], sizes.tg_ctx + ' prompt'):.0f}"
                               for t in run.types for e in ENGINES))
             print(f"CPUs = process CPU time / wall time during the tg{sizes.gen} loop; peak RSS = the process's "
-                  f"ru_maxrss (n_ctx {N_CTX}, after the {sizes.ctx}-token prompt), MB = 10^6 bytes")
+                  f"VmHWM of the measuring process (n_ctx {N_CTX}, after the {sizes.ctx}-token prompt), MB = 10^6 bytes")
             print(f"decode at {sizes.ctx} tokens of context against an empty one, each engine against itself "
                   f"({sizes.tg_ctx} / {sizes.tg_empty}): "
                   + ", ".join(f"{e} {t.upper()} {keep(res[s, e, t]):.2f}" for t in run.types for e in ENGINES))
@@ -752,7 +771,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--types", default="q4_k_m,q8_0")
+    ap.add_argument("--types", default="q4_k_m,q8_0,q4_0,q6_k")
     ap.add_argument("--shapes", default="350m,1.2b",
                     help="model shapes (350m, 1.2b); threads, first token and long context need 350m")
     ap.add_argument("--thread-counts", default="1,2,4",

@@ -329,6 +329,7 @@ def info(
         ("tensor types", ", ".join(f"{k} ×{v}" for k, v in sorted(types.items(), key=lambda kv: -kv[1]))),
         ("chat template", ("yes" if template else "no (ChatML fallback)")
          + (" · tool calls (vocabulary has <|tool_call_start|>)" if "<|tool_call_start|>" in tokens else "")),
+        *_kernel_rows({t.qtype for t in ts if len(t.shape) == 2}),
     ]
     console = Console(highlight=False)
     for k, v in rows:
@@ -341,6 +342,22 @@ def info(
             table.add_row(t.name, type_name(t.qtype), " × ".join(map(str, t.shape)), _size(t.nbytes))
         console.print()
         console.print(table)
+
+
+def _kernel_rows(qtypes: set) -> list[tuple[str, str]]:
+    """What this CPU compiles for and the decode kernel of each weight type (info's last rows)."""
+    from .cpu import machine
+    from .kernels import type_name
+    from .kernels.dispatch import kernel_name
+    from .kernels.isa import describe
+
+    d = describe()
+    shown = [f for f in d["features"] if f in ("avx2", "fma", "f16c", "avx512f", "avx512vnni", "avxvnni",
+                                                   "neon", "dotprod", "i8mm", "fullfp16", "sve")]
+    rows = [("cpu", f"{machine()} · {d['arch']} · LLVM {d['cpu']} · {' '.join(shown) or 'baseline'}")]
+    for q in sorted(qtypes, key=type_name):
+        rows.append((f"kernel {type_name(q)}", kernel_name(q)))
+    return rows
 
 
 # --- bench ---------------------------------------------------------------------------------

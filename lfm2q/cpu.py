@@ -5,8 +5,8 @@ name another. On x86 LLVM's detection (CPUID) is complete. On aarch64 it is not:
 /proc/cpuinfo's "CPU part" for the name, and its feature list can miss what the kernel's hwcaps
 say (on a Cortex-A76 it reported `neon` without `dotprod`); under qemu-user the guest even sees
 the x86 host's /proc/cpuinfo and LLVM says `generic`. So on aarch64 the features are read from
-the kernel's hwcaps ("Features" in /proc/cpuinfo: asimd, asimddp, i8mm, fphp/asimdhp) and handed
-to numba here, before its code generator is made: dotprod is then used on a Pi 5 and never on a
+the kernel's hwcaps (getauxval(AT_HWCAP / AT_HWCAP2), which /proc/cpuinfo prints as "Features":
+asimd, asimddp, i8mm, asimdhp) and handed to numba here, before its code generator is made: dotprod is then used on a Pi 5 and never on a
 Pi 4 (where `sdot` would be SIGILL).
 
 Must run before the first @njit decorator executes (lfm2q/numba_cache.py calls configure()).
@@ -72,6 +72,31 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     return CpuInfo(name, frozenset(features))
 
 
+# Linux's aarch64 hwcap bits (arch/arm64/include/uapi/asm/hwcap.h) -> LLVM feature names
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+_HWCAP_BITS = {1: "neon", 7: "crc", 8: "lse", 10: "fullfp16", 12: "rdm", 15: "rcpc", 20: "dotprod", 22: "sve"}
+_HWCAP2_BITS = {13: "i8mm", 14: "bf16"}
+
+
+def auxv_features() -> frozenset[str] | None:
+    """The kernel's hwcaps from the auxiliary vector (getauxval), as LLVM feature names; None
+    where it cannot be read. Unlike /proc/cpuinfo, qemu-user sets these for the CPU it
+    emulates, so they are right under emulation too."""
+    import ctypes
+
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype = ctypes.c_ulong
+    getauxval.argtypes = [ctypes.c_ulong]
+    hw, hw2 = getauxval(_AT_HWCAP), getauxval(_AT_HWCAP2)
+    if not hw:
+        return None
+    return frozenset([f for bit, f in _HWCAP_BITS.items() if hw >> bit & 1]
+                     + [f for bit, f in _HWCAP2_BITS.items() if hw2 >> bit & 1])
+
+
 def arch() -> str:
     """'x86_64', 'aarch64' or another machine name: the architecture LLVM compiles for."""
     import llvmlite.binding as llvm
@@ -105,10 +130,12 @@ def configure() -> None:
     if arch() != "aarch64":
         return
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        info = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return
-    info = parse_cpuinfo(text)
+        info = CpuInfo(None, frozenset())
+    aux = auxv_features()
+    if aux:  # the same hwcaps; also right under qemu-user, whose /proc/cpuinfo is the host's
+        info = CpuInfo(info.name, aux)
     import llvmlite.binding as llvm
 
     llvm_features = {k for k, v in llvm.get_host_cpu_features().items() if v}

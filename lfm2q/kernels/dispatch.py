@@ -432,6 +432,20 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
         job.result()
 
 
+def kernel_name(qtype: int) -> str:
+    """Which kernel decode uses for weights of this type on this CPU, in words (`lfm2q info`)."""
+    name = simd.NAME
+    if qtype == Q4_K and SIMD_PACKS_Q4_K:
+        return f"integer, 8-row packed groups ({name})"
+    if qtype in (Q4_K, Q5_K, Q6_K):
+        return f"integer rows x Q8_K ({name})"
+    if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER):
+        return f"integer rows x Q8_0 ({name})" + (", row pairs" if qtype == Q8_0 and Q8_0_DECODE_PAIRS else "")
+    if qtype in (Q4_0, Q4_1, Q5_0, Q5_1):
+        return "float rows x Q8_0-rounded activations"
+    return "float rows"
+
+
 def single_threaded_blas():
     """A context in which NumPy's BLAS uses one thread (our workers are the parallelism)."""
     from threadpoolctl import threadpool_limits

@@ -18,8 +18,10 @@ Q6_K = int(GGMLQuantizationType.Q6_K)
 SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K})
 
 # fp16 -> fp32 for every bit pattern: a 256 KiB table that stays in L2 and turns the scale
-# of a block into one load.
-F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+# of a block into one load. ARM's hardware conversion raises FE_INVALID on the signalling-NaN
+# patterns (x86's does not): numpy would warn in every process; the NaNs are what we want.
+with np.errstate(invalid="ignore"):
+    F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def type_name(qtype: int) -> str:
