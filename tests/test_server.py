@@ -58,10 +58,10 @@ def client(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key=API_KEY, max_retries=0)
 
 
-def post(server, path, body, key=API_KEY, **kw):
+def post(server, path, body, key=API_KEY, timeout=60):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(server.base + path, content=content, headers=headers, timeout=60, **kw)
+    return httpx.post(server.base + path, content=content, headers=headers, timeout=timeout)
 
 
 class _Scripted:
@@ -292,6 +292,23 @@ def test_disconnect_stops_within_one_token(server, scripted):
                                                  "max_tokens": 2}).status_code == 200
 
 
+def test_a_queued_request_whose_client_left_never_runs(server, scripted):
+    scripted(forever=server.engine.model.tokenize("a", add_bos=False)[0])
+    body = {"messages": [{"role": "user", "content": "Hold the engine."}], "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines)
+        with pytest.raises(httpx.TimeoutException):  # gives up while queued behind the stream
+            post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Impatient."}]},
+                 timeout=0.3)
+        time.sleep(2 * 0.25 + 0.2)  # the server polls for gone clients every 0.25 s
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    job = _last_job(server, "Impatient.")
+    assert job.finish == "cancelled" and job.produced == 0
+
+
 def test_concurrent_requests_queue_in_order(client, server):
     results, threads = {}, []
 
@@ -357,6 +374,9 @@ def test_one_log_line_per_request(server, caplog):
     with caplog.at_level(logging.INFO, logger="lfm2q.server"):
         post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
         post(server, "/v1/chat/completions", b"nope")
+        deadline = time.time() + 5  # the line is written once the response has gone out
+        while time.time() < deadline and len([r for r in caplog.records if r.name == "lfm2q.server"]) < 2:
+            time.sleep(0.02)
     lines = [r.getMessage() for r in caplog.records if r.name == "lfm2q.server"]
     assert len(lines) == 2
     assert '"POST /v1/chat/completions" 200' in lines[0] and "prompt" in lines[0] and "completion" in lines[0]

@@ -24,6 +24,7 @@ from .structured import constraint_for
 from .tools import message
 
 log = logging.getLogger("lfm2q.server")
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -74,12 +75,28 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
         req = parse_completion(parse_body(await request.body()))
         return await _run(request, engine.submit(req), chat=False)
 
-    async def _run(request: Request, job: Job, chat: bool) -> Response:
+    async def _next(request: Request, job: Job):
+        """The job's next event; a client that leaves meanwhile (queued, or waiting for a
+        non-streamed reply) cancels the job, and None is returned."""
+        get = asyncio.ensure_future(job.events.get())
         try:
-            kind, start = await job.events.get()
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
+            while True:
+                done, _ = await asyncio.wait({get}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return get.result()
+                if await request.is_disconnected():
+                    request.state.finish = "cancelled (client gone)"
+                    return None
+        finally:
+            if not get.done():  # gone, or this request was cancelled: the job is not wanted
+                get.cancel()
+                job.cancel()
+
+    async def _run(request: Request, job: Job, chat: bool) -> Response:
+        event = await _next(request, job)
+        if event is None:
+            return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+        kind, start = event
         if kind == "error":
             job.cancel()
             raise start
@@ -90,11 +107,10 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
         if job.request.stream:
             return StreamingResponse(_sse(request, job, head, chat), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            kind, end = await job.events.get()
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
+        event = await _next(request, job)
+        if event is None:
+            return Response(status_code=499)
+        kind, end = event
         if kind == "error":
             raise end
         request.state.usage = end["usage"]

@@ -88,8 +88,9 @@ class Engine:
             job = self._jobs.get()
             if job is None:
                 return
-            if job.cancelled.is_set():
+            if job.cancelled.is_set():  # its client left while it waited
                 job.finish = "cancelled"
+                self.finished = (self.finished + [job])[-32:]
                 continue
             self.busy = job
             try:
