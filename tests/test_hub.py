@@ -4,6 +4,7 @@ and HF_HUB_OFFLINE when it is imported."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_download_cache_hit_offline_and_list_rm(fake, tmp_path):
     assert fake.count("GET", "/cdn/") == 2
 
     fake.stop()  # no network at all, and HF_HUB_OFFLINE: the cache answers
-    r = lfm2q_cli(["generate", REPO, "-p", "Hello", "-n", "4", "-q"], _env(None, tmp_path, HF_HUB_OFFLINE="1"))
+    r = lfm2q_cli(["info", REPO], _env(None, tmp_path, HF_HUB_OFFLINE="1"))
     assert r.returncode == 0, r.stderr
     assert "picked" in r.stderr and "tiny-Q4_K_M.gguf" in r.stderr
     r = lfm2q_cli(["info", f"{REPO}:Q8_0"], _env(None, tmp_path))  # Hub unreachable, not declared offline
@@ -117,19 +118,27 @@ def test_download_cache_hit_offline_and_list_rm(fake, tmp_path):
 
 def test_errors_are_one_line(fake, tmp_path):
     env = _env(fake, tmp_path)
-    cases = [
+    for args, message in [
         (["info", "LiquidAI/Nope-GGUF"], "LiquidAI/Nope-GGUF: no such model repo on the Hub"),
         (["info", f"{REPO}:Q6_K"], f"{REPO} has no GGUF file tagged 'Q6_K'; its GGUF files: tiny-Q2_K.gguf, "
                                    "tiny-Q4_K_M.gguf, tiny-Q8_0.gguf"),
-        (["info", "LiquidAI/Split-GGUF"], "LiquidAI/Split-GGUF/big-F16-00001-of-00002.gguf is split into 2 parts"),
-        (["info", REPO, "--revision", "v9"], f"{REPO} has no revision 'v9'"),
-        (["info", f"hf://{REPO}/missing.gguf"], f"{REPO} has no file 'missing.gguf'"),
-    ]
-    for args, message in cases:
+    ]:
         r = lfm2q_cli(args, env)
         assert r.returncode == 1, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: " + message), (args, r.stderr)
+    # the other refusals, in one process (each is the same one-line HubError the CLI prints)
+    cases = [("LiquidAI/Split-GGUF", None, "LiquidAI/Split-GGUF/big-F16-00001-of-00002.gguf is split into 2 parts"),
+             (REPO, "v9", f"{REPO} has no revision 'v9'"),
+             (f"hf://{REPO}/missing.gguf", None, f"{REPO} has no file 'missing.gguf'")]
+    code = ("import json, sys\nfrom lfm2q import hub\nfor spec, rev in json.loads(sys.argv[1]):\n"
+            "    try:\n        hub.download(spec, rev)\n    except hub.HubError as e:\n        print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps([c[:2] for c in cases])], env=env,
+                       capture_output=True, text=True, timeout=120)
+    got = r.stdout.splitlines()
+    assert len(got) == len(cases), r.stderr
+    for line, (_, _, message) in zip(got, cases):
+        assert line.startswith(message), line
 
 
 def test_resume_after_a_cut_connection(tmp_path):

@@ -381,3 +381,43 @@ def test_one_log_line_per_request(server, caplog):
     assert len(lines) == 2
     assert '"POST /v1/chat/completions" 200' in lines[0] and "prompt" in lines[0] and "completion" in lines[0]
     assert '"POST /v1/chat/completions" 400' in lines[1] and "JSON" in lines[1]
+
+
+# --- the command -----------------------------------------------------------------------------
+
+def test_lfm2q_serve_command(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LFM2Q_API_KEY": "k-123"}
+    proc = subprocess.Popen([sys.executable, "-m", "lfm2q", "serve", "--port", str(port), "--ctx", "256"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        c = openai.OpenAI(base_url=base + "/v1", api_key="k-123", max_retries=0)
+        assert c.models.list().data[0].id == "lfm2q-tiny-q4_k_m"  # the built-in model, by its file name
+        r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert r.usage.completion_tokens >= 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).models.list()
+        # the same port again: a one-line error before loading anything
+        busy = subprocess.run([sys.executable, "-m", "lfm2q", "serve", "--port", str(port)], capture_output=True,
+                              text=True, timeout=60)
+        assert busy.returncode == 1 and busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    log = [line for line in err.splitlines() if '"POST /v1/chat/completions"' in line or '"GET /v1/models"' in line]
+    assert len(log) == 3 and " 200 " in log[1] and " 401 " in log[2], err
