@@ -253,8 +253,9 @@ def _translate(e: Exception, ref: HubRef, revision: Optional[str], filename: Opt
     if isinstance(e, hf.GatedRepoError):
         return HubError(f"{ref.repo} is gated: accept its terms on the Hub and log in (`hf auth login`, or HF_TOKEN)")
     if isinstance(e, hf.RepositoryNotFoundError):
-        return HubError(f"{ref.repo}: no such model repo on the Hub (or it is private: log in with "
-                        f"`hf auth login`, or set HF_TOKEN)")
+        local = "" if ref.filename or ref.tag else ", and no local file of that name"
+        return HubError(f"{ref.repo}: no such model repo on the Hub{local} (if the repo is private, log in "
+                        f"with `hf auth login` or set HF_TOKEN)")
     if isinstance(e, hf.RevisionNotFoundError):
         return HubError(f"{ref.repo} has no revision {revision!r} (use a branch, tag or commit of the repo)")
     if isinstance(e, hf.LocalEntryNotFoundError):
