@@ -5,6 +5,12 @@
 the Python API. Both time the decode only: from the first token to the last, over the tokens after
 the first (the prompt is evaluated before either clock starts). Median of --rounds rounds.
 
+The API runs in a worker thread, as the server's engine runs the model (lfm2q/server/engine.py),
+so the ratio is the server's own cost. --main-thread also times it from the main thread: on a
+busy machine numba's OpenMP pool launched from the main thread was seen to cost milliseconds a
+parallel region (2-core VM, load 11: 5-10 ms against 50 us from another thread), which is the
+machine's, not the server's, doing.
+
     .venv/bin/python benchmarks/bench_server.py [--model PATH] [--350m] [--tokens 256] [--rounds 5]
 
 --350m builds (once, cached) the LFM2-350M-shape random checkpoint of bench_350m.py and converts
@@ -86,6 +92,16 @@ def through_api(model, n: int) -> tuple[float, int]:
     return (result.n_generated - 1) / (last - first), result.n_generated
 
 
+def in_thread(fn, *args):
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    t.join()
+    return out[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None, help="GGUF file (default: the built-in model)")
@@ -93,6 +109,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--main-thread", action="store_true", help="also time Model.generate from the main thread")
     args = ap.parse_args()
 
     import lfm2q
@@ -112,20 +129,24 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         model = lfm2q.load(path, n_ctx=2048, n_threads=args.threads)
-        through_server(base, 8), through_api(model, 8)  # warm-up: kernels compiled or loaded
-        srv, api = [], []
+        through_server(base, 8), in_thread(through_api, model, 8)  # warm-up: kernels compiled or loaded
+        srv, api, main_api = [], [], []
         for _ in range(args.rounds):
             s, ns = through_server(base, args.tokens)
-            a, na = through_api(model, args.tokens)
+            a, na = in_thread(through_api, model, args.tokens)
             assert ns == na, (ns, na)  # greedy: the same tokens both ways
             srv.append(s)
             api.append(a)
+            if args.main_thread:
+                main_api.append(through_api(model, args.tokens)[0])
         s, a = statistics.median(srv), statistics.median(api)
         print(f"model: {Path(path).name} · {ns} tokens per run · median of {args.rounds} rounds · "
-              f"{os.cpu_count()} CPUs")
-        print(f"Model.generate        {a:8.1f} tok/s")
-        print(f"lfm2q serve (stream)  {s:8.1f} tok/s")
-        print(f"ratio                 {s / a:8.3f}x  (goal >= 0.95x)")
+              f"{os.cpu_count()} CPUs · load average {os.getloadavg()[0]:.1f}")
+        print(f"Model.generate                 {a:8.1f} tok/s")
+        if main_api:
+            print(f"Model.generate (main thread)   {statistics.median(main_api):8.1f} tok/s")
+        print(f"lfm2q serve (stream, httpx)    {s:8.1f} tok/s")
+        print(f"ratio                          {s / a:8.3f}x  (goal >= 0.95x)")
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -75,10 +75,10 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
         req = parse_completion(parse_body(await request.body()))
         return await _run(request, engine.submit(req), chat=False)
 
-    async def _next(request: Request, job: Job):
-        """The job's next event; a client that leaves meanwhile (queued, or waiting for a
+    async def _next(request: Request, job: Job) -> Optional[list]:
+        """The job's next events; a client that leaves meanwhile (queued, or waiting for a
         non-streamed reply) cancels the job, and None is returned."""
-        get = asyncio.ensure_future(job.events.get())
+        get = asyncio.ensure_future(job.next_events())
         try:
             while True:
                 done, _ = await asyncio.wait({get}, timeout=DISCONNECT_POLL_S)
@@ -93,10 +93,10 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
                 job.cancel()
 
     async def _run(request: Request, job: Job, chat: bool) -> Response:
-        event = await _next(request, job)
-        if event is None:
+        batch = await _next(request, job)
+        if batch is None:
             return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
-        kind, start = event
+        kind, start = batch.pop(0)
         if kind == "error":
             job.cancel()
             raise start
@@ -105,12 +105,14 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": job.request.model or engine.name}
         if job.request.stream:
-            return StreamingResponse(_sse(request, job, head, chat), media_type="text/event-stream",
+            return StreamingResponse(_sse(request, job, head, chat, batch), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        event = await _next(request, job)
-        if event is None:
-            return Response(status_code=499)
-        kind, end = event
+        while not any(kind in ("done", "error") for kind, _ in batch):
+            more = await _next(request, job)
+            if more is None:
+                return Response(status_code=499)
+            batch += more
+        kind, end = next((k, p) for k, p in batch if k in ("done", "error"))
         if kind == "error":
             raise end
         request.state.usage = end["usage"]
@@ -122,7 +124,7 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
         choice = {"index": 0, "text": end["result"].text, "logprobs": None, "finish_reason": end["finish_reason"]}
         return JSONResponse({**head, "choices": [choice], "usage": end["usage"]})
 
-    async def _sse(request: Request, job: Job, head: dict, chat: bool):
+    async def _sse(request: Request, job: Job, head: dict, chat: bool, items: list):
         def event(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -137,11 +139,10 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
             if chat:
                 yield event(chunk({"role": "assistant", "content": ""}))
             while True:
-                items = [await job.events.get()]
-                while not job.events.empty():  # what piled up goes out in one write
-                    items.append(job.events.get_nowait())
+                if not items:
+                    items = await job.next_events()
                 out, end = [], None
-                for kind, payload in items:
+                for kind, payload in items:  # what piled up goes out in one write
                     if kind == "delta":
                         out.append(event(chunk(payload)))
                     elif kind == "error":
@@ -154,6 +155,7 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
                         if job.request.include_usage:
                             out.append(event({**head, "choices": [], "usage": payload["usage"]}))
                         end = "done"
+                items = []
                 if end is not None:
                     out.append("data: [DONE]\n\n")
                     yield "".join(out)

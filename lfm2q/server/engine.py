@@ -1,7 +1,9 @@
 """One model, one engine: a worker thread runs the requests one at a time, in the order they came.
 
 The HTTP side (asyncio) never computes: it queues a `Job` and reads its events, so `/health` and
-`/v1/models` answer while a generation runs. A job's events go to its asyncio queue:
+`/v1/models` answer while a generation runs. A job's events are taken in batches
+(`await job.next_events()`): the worker wakes the event loop once per batch, not once per token,
+which keeps the cost of streaming small next to a token's compute. The events:
 
     ("start", {"prompt_tokens", "cached_tokens"})   the prompt was rendered and fits
     ("delta", {...})                               an OpenAI delta (streamed jobs only)
@@ -18,6 +20,7 @@ so at most one more token is computed after the flag is set (`tokens_after_cance
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 import time
@@ -35,14 +38,40 @@ from .tools import DeltaStream
 class Job:
     request: Any  # ChatRequest | CompletionRequest
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
     cancelled: threading.Event = field(default_factory=threading.Event)
     produced: int = 0                     # tokens sampled so far
     produced_at_cancel: Optional[int] = None
     finish: str = ""                      # after the end: the finish reason, or "cancelled" / "error"
+    _items: collections.deque = field(default_factory=collections.deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake_pending: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)  # made in the loop's thread (submit)
 
     def emit(self, kind: str, payload: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        """From the worker: queue an event; wake the loop unless a wake-up is already on its way."""
+        self._items.append((kind, payload))
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._ready.set()
+
+    async def next_events(self) -> list:
+        """In the loop: every event queued so far, waiting for at least one."""
+        while not self._items:
+            self._ready.clear()
+            if self._items:
+                break
+            await self._ready.wait()
+        out = []
+        while self._items:
+            out.append(self._items.popleft())
+        return out
 
     def cancel(self) -> None:
         if not self.cancelled.is_set():
@@ -72,8 +101,7 @@ class Engine:
         return self._jobs.qsize()
 
     def submit(self, request) -> Job:
-        loop = asyncio.get_running_loop()
-        job = Job(request, loop, asyncio.Queue())
+        job = Job(request, asyncio.get_running_loop())
         self._jobs.put(job)
         return job
 
