@@ -43,6 +43,8 @@ def fake():
     f = FakeHub()
     f.add(REPO, {"README.md": b"# tiny\n", "tiny-Q4_K_M.gguf": Q4, "tiny-Q8_0.gguf": Q8,
                  "tiny-Q2_K.gguf": b"GGUF not really", "mmproj-tiny-F16.gguf": b"projector"})
+    repo = f.repos[REPO]
+    repo.refs["v1"] = repo.commit
     f.add("LiquidAI/Split-GGUF", {"big-F16-00001-of-00002.gguf": b"a" * 10, "big-F16-00002-of-00002.gguf": b"b" * 10})
     with f:
         yield f
@@ -88,9 +90,10 @@ def test_download_cache_hit_offline_and_list_rm(fake, tmp_path):
 
     r = lfm2q_cli(["info", f"{REPO}:q8_0"], env)  # a tag, matched case-insensitively
     assert r.returncode == 0 and f"using {REPO}/tiny-Q8_0.gguf" in r.stderr, r.stderr
-    r = lfm2q_cli(["info", f"hf://{REPO}/tiny-Q8_0.gguf"], env)  # cache hit: no second transfer
+    r = lfm2q_cli(["info", f"hf://{REPO}/tiny-Q8_0.gguf", "--revision", "v1"], env)  # cache hit: no transfer
     assert r.returncode == 0, r.stderr
     assert fake.count("GET", "/cdn/") == 2
+    assert (tmp_path / "hub" / "models--LiquidAI--Tiny-GGUF" / "refs" / "v1").read_text() == fake.repos[REPO].commit
 
     fake.stop()  # no network at all, and HF_HUB_OFFLINE: the cache answers
     r = lfm2q_cli(["info", REPO], _env(None, tmp_path, HF_HUB_OFFLINE="1"))
@@ -103,7 +106,7 @@ def test_download_cache_hit_offline_and_list_rm(fake, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
     assert [row[:2] for row in rows] == [[REPO, "tiny-Q4_K_M.gguf"], [REPO, "tiny-Q8_0.gguf"]]
-    assert rows[0][4] == "Q4_K_M" and rows[0][5] == "main"
+    assert rows[0][4] == "Q4_K_M" and " ".join(rows[0][5:]) == "main, v1"  # type, revisions
     r = lfm2q_cli(["rm", f"{REPO}:Q8_0"], _env(None, tmp_path, HF_HUB_OFFLINE="1"))
     assert r.returncode == 0 and f"removed {REPO}/tiny-Q8_0.gguf" in r.stdout, r.stderr
     assert not list((tmp_path / "hub").rglob("tiny-Q8_0.gguf"))

@@ -151,6 +151,31 @@ def test_completions(client, server):
     assert "," not in r.choices[0].text
 
 
+def test_seed_and_penalties(client):
+    ask = dict(model="x", prompt="Once upon a time", max_tokens=16, temperature=1.0, top_p=0.95,
+               extra_body={"min_p": 0.0})
+    a = client.completions.create(seed=42, **ask).choices[0].text
+    assert client.completions.create(seed=42, **ask).choices[0].text == a  # the same seed, the same text
+    assert len({client.completions.create(seed=s, **ask).choices[0].text for s in (1, 2, 3)} | {a}) > 1
+
+
+def test_presence_and_frequency_penalties_as_llama_cpp():
+    import numpy as np
+
+    from lfm2q.sampling import Sampler, SamplingParams
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=50).astype(np.float32)
+    recent = [3, 3, 3, 7, 9, 9]
+    p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    want = logits.copy()
+    for tid, count in ((3, 3), (7, 1), (9, 2)):
+        want[tid] -= 0.5 + 0.25 * count
+    np.testing.assert_allclose(Sampler(p)._penalized(logits, recent), want, rtol=0, atol=1e-6)
+    with pytest.raises(lfm2q.GenerationError, match="presence_penalty=3"):
+        SamplingParams(presence_penalty=3)
+
+
 def test_prompt_cache_reuse(client):
     msgs = [{"role": "user", "content": "Tell me a story about a fox."}]
     first = client.chat.completions.create(model="x", messages=msgs, max_tokens=16, temperature=0)
