@@ -7,6 +7,7 @@ so when set to anything but their default; unknown fields are ignored, as llama-
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -15,8 +16,6 @@ from ..conversation import CHAT_SAMPLING
 from ..sampling import SamplingParams
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
-               dict: "an object"}
 
 
 class APIError(Exception):
@@ -29,14 +28,14 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+_JSON_TYPES = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"),
+               (list, "an array"), (dict, "an object"))  # bool first: it is an int too
+
+
 def _got(value: Any) -> str:
     if value is None:
         return "null"
-    for t in (bool, str, int, float, list, dict):
-        if isinstance(value, t):
-            return {"str": "a string", "bool": "a boolean", "int": "an integer", "float": "a number",
-                    "list": "an array", "dict": "an object"}[t.__name__]
-    return type(value).__name__
+    return next((name for t, name in _JSON_TYPES if isinstance(value, t)), type(value).__name__)
 
 
 def wrong_type(param: str, want: str, value: Any) -> APIError:
@@ -160,8 +159,6 @@ def _common(body: dict) -> Common:
 
 
 def _asdict(p: SamplingParams) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(p)
 
 
