@@ -133,7 +133,15 @@ def _text_pieces(steps) -> Iterator[str]:
 
 def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
          exact: bool = False, kv_cache: str | None = None) -> Model:
-    """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM (see Model)."""
+    """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM (see Model).
+
+    `path` may also name a GGUF on the Hugging Face Hub (`OWNER/REPO[:QUANT]`, `hf://OWNER/REPO/FILE`):
+    it is downloaded into, or found in, huggingface_hub's cache (lfm2q.hub).
+    """
+    from .hub import is_hub_name, resolve_model
+
+    if is_hub_name(path):
+        path = resolve_model(path)
     return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, kv_cache=kv_cache)
 
 

@@ -54,8 +54,10 @@ def _user_errors():
 
 # --- shared options ------------------------------------------------------------------------
 
-MODEL_ARG = typer.Argument(None, help="LFM2 .gguf file (default: the built-in model, if installed).",
-                           show_default=False)
+MODEL_ARG = typer.Argument(None, help="LFM2 .gguf file, or a Hub repo: OWNER/REPO[:QUANT] or hf://OWNER/REPO/FILE.gguf "
+                           "(default: the built-in model, if installed).", show_default=False)
+REVISION_OPT = typer.Option(None, "--revision", help="Hub branch, tag or commit (for Hub model names).",
+                            show_default=False)
 CTX_OPT = typer.Option(4096, "--ctx", "-c", help="Context size in tokens.")
 THREADS_OPT = typer.Option(None, "--threads", "-t", help="CPU threads (default: all).", show_default=False)
 TOOLS_OPT = typer.Option(None, "--tools", help="JSON file with tool definitions (a list of JSON schemas).",
@@ -79,9 +81,13 @@ def _first_run_note() -> None:
                    "(about a minute, once; later runs start in about a second)", err=True)
 
 
-def _model_path(model: Optional[Path]) -> Path:
-    if model is not None:
-        return model
+def _model_path(model: Optional[str], revision: Optional[str] = None) -> Path:
+    if model is not None:  # a file, or a Hub name (downloaded, or found in the cache)
+        from .hub import resolve_model
+
+        return resolve_model(model, revision, announce=lambda line: typer.echo(f"lfm2q: {line}", err=True))
+    if revision is not None:
+        raise Lfm2qError("--revision needs a Hub model name (OWNER/REPO[:QUANT])")
     import lfm2q
 
     finder = getattr(lfm2q, "builtin_model_path", None)
@@ -123,15 +129,19 @@ TYPE_HELP = ("Weight types: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_k_s, 
 
 @app.command()
 def convert(
-    hf_dir: Path = typer.Argument(..., help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files)."),
+    hf_dir: str = typer.Argument(..., help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer "
+                                 "files), or a Hub repo (OWNER/REPO: only the files convert reads are fetched)."),
     output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write."),
     out_type: str = typer.Option("f16", "--type", "-t", help=TYPE_HELP),
+    revision: Optional[str] = REVISION_OPT,
 ) -> None:
     """Convert an HF LFM2 checkpoint to a GGUF file that lfm2q and llama.cpp load."""
     from .convert import convert_hf
+    from .hub import download_checkpoint, is_hub_name
 
     try:
-        convert_hf(hf_dir, output, out_type, progress=True)
+        source = download_checkpoint(hf_dir, revision) if is_hub_name(hf_dir) else Path(hf_dir)
+        convert_hf(source, output, out_type, progress=True)
     except Lfm2qError as e:
         raise fail(str(e))
 
@@ -155,7 +165,8 @@ def quantize(
 
 @app.command()
 def run(
-    model: Optional[Path] = MODEL_ARG,
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt.", show_default=False),
     temperature: float = typer.Option(0.3, "--temperature", help="Sampling temperature (0 = greedy)."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0 = off)."),
@@ -179,7 +190,7 @@ def run(
         sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tool_list = _read_tools(tools)
         _max_tokens(max_tokens)
-        path = _model_path(model)
+        path = _model_path(model, revision)
         _first_run_note()
         m = repl.load_model(path, ctx, threads, kv_cache)
         conv = Conversation(m, system=system, tools=tool_list, sampling=sampling, max_tokens=max_tokens)
@@ -191,7 +202,8 @@ def run(
 
 @app.command()
 def generate(
-    model: Optional[Path] = MODEL_ARG,
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (default: read stdin).",
                                          show_default=False),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template as a user message."),
@@ -235,7 +247,7 @@ def generate(
                                  "pipe UTF-8 text or pass -p") from None
         if not prompt:
             raise Lfm2qError("the prompt is empty")
-        path = _model_path(model)
+        path = _model_path(model, revision)
         _first_run_note()
         m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
         chat = chat or system is not None or tool_list is not None
@@ -290,7 +302,8 @@ def _count(n: int) -> str:
 
 @app.command()
 def info(
-    model: Optional[Path] = MODEL_ARG,
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
     tensors: bool = typer.Option(False, "--tensors", help="Also list every tensor: name, type, shape, size."),
 ) -> None:
     """Show a GGUF file's architecture, sizes, layer pattern, tensor types and chat template."""
@@ -305,7 +318,7 @@ def info(
     from .kernels import type_name
 
     with _user_errors():
-        f = GGUFFile(_model_path(model))
+        f = GGUFFile(_model_path(model, revision))
     c = f.config
     ts = list(f.reader.tensors.values())
     n_params = sum(math.prod(t.shape) for t in ts)
@@ -374,7 +387,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @app.command()
 def bench(
-    model: Optional[Path] = MODEL_ARG,
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
     n_prompt: str = typer.Option("512", "--n-prompt", "-p", help="Prompt lengths to time (comma-separated; 0 skips)."),
     n_gen: str = typer.Option("128", "--n-gen", "-n", help="Tokens to generate (comma-separated; 0 skips)."),
     threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Thread counts (comma-separated; default: all).",
@@ -393,7 +407,7 @@ def bench(
         ths = _int_list(threads, "-t") if threads else [numba.config.NUMBA_NUM_THREADS]
         if reps < 1:
             raise Lfm2qError(f"-r {reps}: use at least 1 repetition")
-        path = _model_path(model)
+        path = _model_path(model, revision)
         n_ctx = max(max(pp), max(tg) + 1, 2)
         _first_run_note()
         m = load(path, n_ctx=n_ctx, kv_cache=kv_cache)
@@ -438,7 +452,8 @@ def bench(
 
 @app.command()
 def perplexity(
-    model: Optional[Path] = MODEL_ARG,
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
     file: Path = typer.Option(..., "--file", "-f", help="Text file to score."),
     ctx: int = typer.Option(512, "--ctx", "-c", help="Window size in tokens; the second half of each is scored."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Tokens between window starts (default: --ctx, "
@@ -458,7 +473,7 @@ def perplexity(
             raise Lfm2qError(f"{file}: cannot read ({e.strerror})") from None
         except UnicodeDecodeError:
             raise Lfm2qError(f"{file}: not UTF-8 text") from None
-        path = _model_path(model)
+        path = _model_path(model, revision)
         _first_run_note()
         m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
 
@@ -468,6 +483,73 @@ def perplexity(
         r = compute(m, text, n_ctx=ctx, stride=stride, on_window=show)
     typer.echo(f"{r.n_tokens} tokens, {r.n_windows} windows of {ctx}, {r.n_scored} scored")
     typer.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_stderr:.5f}")
+
+
+# --- serve, list, rm -----------------------------------------------------------------------
+
+@app.command()
+def serve(
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LFM2Q_API_KEY", show_default=False,
+                                          help="Require 'Authorization: Bearer KEY' on /v1 (or set LFM2Q_API_KEY)."),
+    ctx: int = CTX_OPT,
+    threads: Optional[int] = THREADS_OPT,
+    kv_cache: str = KV_OPT,
+) -> None:
+    """Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+    import socket
+
+    from .api import load
+    from .server import require_extra, serve as run_server
+
+    with _user_errors():
+        require_extra()
+        try:  # a busy port is a one-line error, before the model loads
+            with socket.create_server((host, port)):
+                pass
+        except OSError as e:
+            raise Lfm2qError(f"cannot listen on {host}:{port} ({e.strerror}) — pick another --port") from None
+        path = _model_path(model, revision)
+        _first_run_note()
+        m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
+        run_server(m, name=model or path.stem, host=host, port=port, api_key=api_key)
+
+
+@app.command("list")
+def list_models() -> None:
+    """List the GGUF models in the Hugging Face cache: repo, file, size, type."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .hub import cached_models
+
+    with _user_errors():
+        found = cached_models()
+    if not found:
+        typer.echo("no GGUF models in the Hugging Face cache (fetch one: lfm2q run OWNER/REPO)")
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col, justify in (("repo", "left"), ("file", "left"), ("size", "right"), ("type", "left"),
+                         ("revision", "left")):
+        table.add_column(col, justify=justify)
+    for f in found:
+        table.add_row(f.repo, f.filename, _size(f.size), f.qtype, ", ".join(f.revisions))
+    Console(highlight=False, width=200).print(table)
+
+
+@app.command("rm")
+def remove(
+    model: str = typer.Argument(..., help="OWNER/REPO (every file of it), OWNER/REPO:QUANT or hf://OWNER/REPO/FILE.gguf."),
+) -> None:
+    """Remove a model from the Hugging Face cache."""
+    from .hub import remove as remove_cached
+
+    with _user_errors():
+        gone, freed = remove_cached(model)
+    typer.echo(f"removed {', '.join(gone)} ({_size(freed)} freed)")
 
 
 # --- entry point ---------------------------------------------------------------------------

@@ -22,7 +22,9 @@ reply (max_tokens, at most a quarter of the context) does not fit, the oldest tu
 message and everything up to the next one) leave the context window, the system prompt stays,
 and the stream yields a `Notice(kind="trimmed")` saying so. The transcript keeps every message
 (`save` writes them all). If the latest turn alone does not fit, the turn is refused with a
-one-line `GenerationError`. on_full="error" refuses instead of dropping.
+one-line `GenerationError`. on_full="error" refuses instead of dropping. on_full="prompt" (a server,
+whose clients send the whole conversation each time) keeps every message and refuses only a
+prompt that leaves no position for the reply; the reply then ends when the context fills.
 
 Interrupted replies (the consumer stops iterating, or Ctrl-C raises inside a kernel): the
 partial reply stays in the transcript. A stop between steps leaves the session as it is; an
@@ -58,6 +60,7 @@ MAX_CHECKPOINTS = 64   # per conversation; each is n_past + the conv windows
 FILE_FORMAT = "lfm2q-chat"
 FILE_VERSION = 1
 ROLES = ("user", "assistant", "tool")
+ON_FULL = ("drop_oldest", "error", "prompt")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -201,8 +204,8 @@ class Conversation:
     def __init__(self, model: "Model", system: Optional[str] = None, tools: Optional[list] = None,
                  sampling: SamplingParams = CHAT_SAMPLING, max_tokens: Optional[int] = None,
                  stop: Optional[list[str]] = None, on_full: str = "drop_oldest"):
-        if on_full not in ("drop_oldest", "error"):
-            raise GenerationError(f"on_full={on_full!r} is invalid; use 'drop_oldest' or 'error'")
+        if on_full not in ON_FULL:
+            raise GenerationError(f"on_full={on_full!r} is invalid; use 'drop_oldest', 'error' or 'prompt'")
         if not isinstance(sampling, SamplingParams):
             raise GenerationError("sampling must be a SamplingParams")
         self.model = model
@@ -355,6 +358,12 @@ class Conversation:
     def _fit_window(self) -> tuple[list[int], Optional[Notice]]:
         """Render the window, dropping the oldest turns while the prompt and the reply's room don't fit."""
         n_ctx = self.n_ctx
+        if self.on_full == "prompt":
+            ids = render_ids(self.model, self.window(), self.tools)
+            if len(ids) >= n_ctx:
+                raise GenerationError(f"the prompt is {len(ids)} tokens but the context holds {n_ctx}; "
+                                      "shorten the conversation or raise the context size (--ctx)")
+            return ids, None
         room = min(self.max_tokens or n_ctx, n_ctx // 4)  # kept free for the reply
         start0 = self._start
         ids = render_ids(self.model, self.window(), self.tools)
@@ -492,8 +501,8 @@ class Conversation:
         if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
             raise ChatFileError(f"{path}: settings.stop must be a list of strings")
         on_full = settings.get("on_full", self.on_full)
-        if on_full not in ("drop_oldest", "error"):
-            raise ChatFileError(f"{path}: settings.on_full must be 'drop_oldest' or 'error'")
+        if on_full not in ON_FULL:
+            raise ChatFileError(f"{path}: settings.on_full must be 'drop_oldest', 'error' or 'prompt'")
         self.messages = [dict(m) for m in messages]
         self.system, self.tools = system or None, tools or None
         self.sampling, self.max_tokens, self.stop, self.on_full = sampling, max_tokens, stop or None, on_full

@@ -4,13 +4,15 @@ The chain follows llama.cpp's default sampler order (`common/common.h`,
 `common_params_sampling::samplers`: penalties → dry → top_n_sigma → top_k → typical → top_p →
 min_p → xtc → temperature, then `dist` draws). lfm2q implements the subset
 
-    repetition penalty → top_k → top_p → min_p → temperature → draw
+    repetition penalty → presence / frequency penalties → top_k → top_p → min_p → temperature → draw
 
 with llama.cpp's semantics at each step:
 - repetition penalty (the CTRL / HF / llama.cpp rule): each distinct id among the last
   `REPEAT_LAST_N` = 64 ids (llama.cpp's default `repeat_last_n`; prompt ids count too) has a
   positive logit divided by the penalty and a negative one multiplied by it — once per id,
   however often it occurred;
+- presence / frequency penalties (OpenAI's, as llama.cpp's penalties sampler applies them over the
+  same last 64 ids): each id seen there loses presence_penalty + frequency_penalty × its count;
 - top_k keeps the k largest logits (0 = off);
 - top_p softmaxes the surviving logits (temperature not applied yet) and keeps the smallest
   most-likely prefix whose probability mass reaches top_p (1.0 = off);
@@ -55,6 +57,8 @@ class SamplingParams:
     min_p: float = 0.0  # 0.0 = off; in [0, 1]
     repetition_penalty: float = 1.0  # 1.0 = off; > 0
     seed: Optional[int] = None  # None = a fresh, unseeded generator
+    presence_penalty: float = 0.0  # 0.0 = off; in [-2, 2] as OpenAI's
+    frequency_penalty: float = 0.0  # 0.0 = off; in [-2, 2]
 
     def __post_init__(self) -> None:
         def bad(name: str, value: object, want: str) -> GenerationError:
@@ -70,6 +74,10 @@ class SamplingParams:
             raise bad("min_p", self.min_p, "a number in [0, 1] (0 turns it off)")
         if not _is_real(self.repetition_penalty) or not self.repetition_penalty > 0:
             raise bad("repetition_penalty", self.repetition_penalty, "a number > 0 (1 turns it off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_real(value) or not -2.0 <= value <= 2.0:
+                raise bad(name, value, "a number in [-2, 2] (0 turns it off)")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0):
             raise bad("seed", self.seed, "an integer >= 0, or None for a random seed")
 
@@ -119,18 +127,25 @@ class Sampler:
 
     def _penalized(self, logits: np.ndarray, recent_ids: Sequence[int]) -> np.ndarray:
         """Logits with the repetition penalty applied, in the reused buffer (or `logits` itself)."""
-        penalty = self.params.repetition_penalty
-        if penalty == 1.0 or len(recent_ids) == 0:
+        p = self.params
+        penalty = p.repetition_penalty
+        additive = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        if (penalty == 1.0 and not additive) or len(recent_ids) == 0:
             return logits  # read-only from here on
         V = logits.shape[0]
         if self._buf is None or self._buf.shape[0] != V:
             self._buf = np.empty(V, dtype=np.float32)
         buf = self._buf
         np.copyto(buf, logits)
-        recent = np.unique(np.asarray(recent_ids[-REPEAT_LAST_N:], dtype=np.int64))  # [<=64]
-        recent = recent[(recent >= 0) & (recent < V)]
+        recent, counts = np.unique(np.asarray(recent_ids[-REPEAT_LAST_N:], dtype=np.int64), return_counts=True)
+        inside = (recent >= 0) & (recent < V)
+        recent, counts = recent[inside], counts[inside]  # [<=64]
         v = buf[recent]
-        buf[recent] = np.where(v > 0, v / penalty, v * penalty)
+        if penalty != 1.0:
+            v = np.where(v > 0, v / penalty, v * penalty)
+        if additive:
+            v = v - (p.presence_penalty + p.frequency_penalty * counts).astype(np.float32)
+        buf[recent] = v
         return buf
 
     def _candidates(self, x: np.ndarray) -> tuple[Optional[np.ndarray], np.ndarray]:
