@@ -13,8 +13,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(EDITABLE_QUIET) $(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# setuptools prints an "Editable installation" note for any editable install whose packages map
+# folders (lfm2q.convert -> convert/): information only, not a problem to fix.
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation:UserWarning"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -23,7 +23,7 @@ That is the first table (350M, both files); the sections after it:
   context           the context targets: lfm2q's decode steps at an empty context and at ~4000
                     tokens alternating in one process (350M files, F16 and Q8_0 caches, --rounds
                     rounds), then at --long - 64 tokens (350M Q4_K_M, one round per cache);
-                    judged on the Q8_0 cache, as decided (README), F16 reported; with the
+                    judged on the Q8_0 cache, as decided (docs/benchmarks.md §4), F16 reported; with the
                     attention layers timed alone on the long session's cache and the bound that
                     the cache's bytes set (file / (file + cache))
   long context      350M Q4_K_M, one round, n_ctx --long + 64: tg32 after a (--long - 64)-token
@@ -83,7 +83,7 @@ RSS_MARGIN_MB = 120  # target: peak RSS ≤ llama.cpp's + this
 FIRST_TOKEN_S = 1.5  # target: first token (warm numba cache) within this many seconds
 CONTEXT_KEEP = 0.8  # target: decode at a long context ≥ this share of decode at an empty one
 KEEP_CACHES = ("f16", "q8_0")  # caches of the context measurement
-KEEP_JUDGED = "q8_0"  # the cache the context targets are judged on (README, "Decisions the issue left open")
+KEEP_JUDGED = "q8_0"  # the cache the context targets are judged on (docs/benchmarks.md §4)
 PREFILL_RATIO = 1.0  # bar applied to prefill (the issue states 1.0× for decode)
 
 

@@ -1,8 +1,8 @@
 """The HF -> GGUF map for LFM2: tensor names and shapes, and the `lfm2.*` metadata.
 
 The only place in lfm2q where Hugging Face tensor names appear. GGUF names come from gguf-py's
-constants (`TENSOR_NAMES`), the one source llama.cpp uses too. Spec: shared/reference/lfm2-facts.md
-§5 (tensors) and §6 (metadata).
+constants (`TENSOR_NAMES`), the one source llama.cpp uses too. Spec: docs/lfm2-facts.md §5
+(tensors) and §6 (metadata).
 
 Every tensor is written in HF's [out, in] row-major layout unchanged (ggml ne[0] = in); the one
 reshape is the short-conv kernel, HF [D, 1, L] -> GGUF [D, L]. No Q/K permutation: LFM2 uses
@@ -101,7 +101,7 @@ def is_skipped_when_tied(name: str, cfg: HFConfig) -> bool:
 
 
 def add_model_metadata(writer: gguf.GGUFWriter, cfg: HFConfig, *, name: str, file_type: int) -> None:
-    """general.* and lfm2.* keys, as llama.cpp's LFM2 converter writes them (lfm2-facts §6).
+    """general.* and lfm2.* keys, as llama.cpp's LFM2 converter writes them (docs/lfm2-facts.md §6).
     general.architecture is written by GGUFWriter itself."""
     writer.add_name(name)
     writer.add_file_type(file_type)

@@ -1,4 +1,4 @@
-"""The LFM2 blocks as numba kernels (DESIGN.md §2), for one token (decode) and for a chunk of
+"""The LFM2 blocks as numba kernels (docs/lfm2-facts.md §2), for one token (decode) and for a chunk of
 prompt positions (prefill).
 
 Decode makes one call per block: norm, projections, the block's own arithmetic, the output

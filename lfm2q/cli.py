@@ -81,6 +81,16 @@ def _first_run_note() -> None:
                    "(about a minute, once; later runs start in about a second)", err=True)
 
 
+def _waiting():
+    """A status line on stderr (to a person at a terminal only) while kernels compile, until the
+    first output: see progress.Waiting."""
+    from rich.console import Console
+
+    from .progress import Waiting
+
+    return Waiting(Console(stderr=True), enabled=_stderr_is_terminal())
+
+
 def _model_path(model: Optional[str], revision: Optional[str] = None) -> Path:
     if model is not None:  # a file, or a Hub name (downloaded, or found in the cache)
         from .hub import resolve_model
@@ -231,8 +241,9 @@ def generate(
     from .api import load
     from .conversation import Done, Reply, chat_stream
     from .generate import generate_stream
+    from .progress import CompileSplit, rate
 
-    with _user_errors():
+    with _user_errors(), _waiting() as waiting:
         sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         _max_tokens(max_tokens)
         tool_list = _read_tools(tools)
@@ -259,7 +270,10 @@ def generate(
                                     sampling=sampling, stop=stop)
         out = sys.stdout
         result = reply = None
+        timing = CompileSplit()
         for step in steps:
+            if timing.first_token():
+                waiting.end()  # no live line while text streams
             if step.text and not as_json:
                 out.write(step.text)
                 out.flush()
@@ -268,6 +282,7 @@ def generate(
                 reply = step.reply if isinstance(step, Done) else None
         if reply is None:  # plain completion: the text as generated, no tool-call parsing
             reply = Reply(text=result.text, tool_calls=[], result=result, raw=result.text)
+        compiled = timing.done()
         if as_json:
             out.write(json.dumps({
                 "text": reply.text,
@@ -281,9 +296,12 @@ def generate(
         else:
             out.write("\n")
         out.flush()
-    if not quiet:
-        typer.echo(f"{result.n_generated} tokens · {result.tokens_per_s:.1f} tok/s · prompt {result.n_prompt} "
-                   f"tokens at {result.prompt_tokens_per_s:.0f} tok/s · finish: {result.finish_reason}", err=True)
+    if not quiet:  # evaluation speeds; the first run's compile time is shown apart
+        tps = rate(result.n_generated, result.decode_seconds, compiled.decode_s)
+        pps = rate(result.n_prompt, result.prompt_seconds, compiled.prompt_s)
+        note = f" · {compiled.note()}" if compiled.note() else ""
+        typer.echo(f"{result.n_generated} tokens · {tps:.1f} tok/s · prompt {result.n_prompt} "
+                   f"tokens at {pps:.0f} tok/s · finish: {result.finish_reason}{note}", err=True)
 
 
 # --- info ----------------------------------------------------------------------------------
@@ -410,7 +428,8 @@ def bench(
         path = _model_path(model, revision)
         n_ctx = max(max(pp), max(tg) + 1, 2)
         _first_run_note()
-        m = load(path, n_ctx=n_ctx, kv_cache=kv_cache)
+        with _waiting():
+            m = load(path, n_ctx=n_ctx, kv_cache=kv_cache)
         rng = np.random.default_rng(0)
         V = m.config.n_vocab
         session = m.session()
@@ -441,7 +460,8 @@ def bench(
             set_threads(th)
             tests = [("pp", n, time_pp) for n in pp if n] + [("tg", n, time_tg) for n in tg if n]
             for kind, n, fn in tests:
-                fn(min(n, 8))  # warm-up: numba compiles or loads its cache on the first call
+                with _waiting():
+                    fn(min(n, 8))  # warm-up: numba compiles or loads its cache on the first call
                 speeds = np.array([fn(n) for _ in range(reps)])
                 row = [path.name, _size(m.file.reader.size), _count(n_params), "/".join(types), str(th),
                        f"{kind}{n}", f"{speeds.mean():.2f} ± {speeds.std():.2f}"]
@@ -466,7 +486,7 @@ def perplexity(
     from .api import load
     from .perplexity import perplexity as compute
 
-    with _user_errors():
+    with _user_errors(), _waiting() as waiting:
         try:
             text = Path(file).read_text(encoding="utf-8")
         except OSError as e:
@@ -478,6 +498,7 @@ def perplexity(
         m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
 
         def show(i: int, n: int, ppl: float) -> None:
+            waiting.end()
             typer.echo(f"[{i + 1}/{n}] {ppl:.4f}", err=True)
 
         r = compute(m, text, n_ctx=ctx, stride=stride, on_window=show)

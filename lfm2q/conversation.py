@@ -3,7 +3,7 @@
 A turn:
  1. The whole conversation (system prompt, tools, the messages in the context window and the
     generation prompt) is rendered with the file's template (`render_chat`; ChatML when the
-    file has none) and tokenized WITHOUT adding BOS: the template writes it (DESIGN.md §5).
+    file has none) and tokenized WITHOUT adding BOS: the template writes it (docs/chat.md §1).
  2. The ids already in the cache are compared with the new rendering. When they are a prefix,
     only the new ids are evaluated. When they are not (the model sampled a tokenization of its
     reply that re-tokenizes differently; LFM2.5 templates drop past `<think>` blocks; the

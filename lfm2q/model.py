@@ -1,4 +1,4 @@
-"""The LFM2 forward pass over a validated GGUF file (DESIGN.md §2).
+"""The LFM2 forward pass over a validated GGUF file (docs/architecture.md §3).
 
     token_embd -> N x [ x += op(rmsnorm(x)); x += ffn(rmsnorm(x)) ] -> rmsnorm -> LM head
 

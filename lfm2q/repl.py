@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from rich.console import Console
@@ -19,11 +20,15 @@ from rich.markup import escape
 
 from .conversation import Conversation, Done, Notice, Reply
 from .errors import Lfm2qError
+from .progress import Compiled, CompileSplit, Waiting, rate
 from .toolcalls import TOOL_CALL_END, TOOL_CALL_START
 
 PROMPT, MORE = ">>> ", "... "
 SPINNER_MIN_TOKENS = 64  # prompts shorter than this evaluate too fast for a spinner to help
 MAX_TOOL_ROUNDS = 8      # model -> tool results -> model, per user message
+
+DEMO_NOTE = ("This is the built-in demo model (2.6M parameters): it shows lfm2q working but does not answer "
+             "questions. For a real one: lfm2q run MODEL.gguf, or a Hub name such as LiquidAI/LFM2-1.2B-GGUF.")
 
 HELP = """\
 Commands:
@@ -111,11 +116,14 @@ class _CtrlC:
         signal.signal(signal.SIGINT, self._old)
 
 
-def stream_reply(console: Console, stream: Iterator) -> Optional[Reply]:
-    """Print a reply as it streams; return it, or None when it was interrupted."""
+def stream_reply(console: Console, stream: Iterator) -> tuple[Optional[Reply], Compiled]:
+    """Print a reply as it streams; return it (None when it was interrupted) and the compile
+    time it included. Until the first text, a status line shows the prompt being read (long
+    prompts) or the kernels compiling."""
     split = MarkupSplitter()
     styles = {"text": "", "think": "dim italic"}
-    status = None
+    waiting = Waiting(console)
+    timing = CompileSplit()
     reply = None
     wrote = ""
 
@@ -126,18 +134,19 @@ def stream_reply(console: Console, stream: Iterator) -> Optional[Reply]:
             wrote = piece
 
     try:
-        with _CtrlC() as ctrl_c:
+        with _CtrlC() as ctrl_c, waiting:
             for step in stream:
                 if isinstance(step, Notice):
                     if step.kind == "trimmed":
                         console.print(f"[yellow]{escape(step.message)}[/]")
-                    elif step.kind == "prefill" and step.n_tokens >= SPINNER_MIN_TOKENS:
-                        status = console.status(f"reading {step.n_tokens} tokens…", spinner="dots")
-                        status.start()
+                    elif step.kind == "prefill":
+                        timing.start()  # the prompt's evaluation starts now
+                        if step.n_tokens >= SPINNER_MIN_TOKENS:
+                            waiting.label = f"reading {step.n_tokens} tokens…"
+                            waiting.show()
                     continue
-                if status is not None:
-                    status.stop()
-                    status = None
+                if timing.first_token():
+                    waiting.end()
                 for kind, piece in split.feed(step.text):
                     show(kind, piece)
                 if isinstance(step, Done):
@@ -147,31 +156,34 @@ def stream_reply(console: Console, stream: Iterator) -> Optional[Reply]:
     except KeyboardInterrupt:
         pass
     finally:
-        if status is not None:
-            status.stop()
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+    compiled = timing.done()
     for kind, piece in split.flush():
         show(kind, piece)
     if wrote and not wrote.endswith("\n"):
         console.print()
     if reply is None:
         console.print("[dim]^C — reply stopped; it stays in the chat[/]")
-    return reply
+    return reply, compiled
 
 
-def stats_line(conv: Conversation, reply: Optional[Reply]) -> str:
+def stats_line(conv: Conversation, reply: Optional[Reply], compiled: Optional[Compiled] = None) -> str:
     s = conv.stats
+    compiled = compiled or Compiled()
     parts = []
     if reply is not None and reply.result is not None:
         r = reply.result
-        parts.append(f"{r.n_generated} tokens · {r.tokens_per_s:.1f} tok/s")
+        parts.append(f"{r.n_generated} tokens · {rate(r.n_generated, r.decode_seconds, compiled.decode_s):.1f} tok/s")
         if r.n_prompt:
-            parts.append(f"prompt {r.n_prompt} tokens at {r.prompt_tokens_per_s:.0f} tok/s")
+            parts.append(f"prompt {r.n_prompt} tokens at "
+                         f"{rate(r.n_prompt, r.prompt_seconds, compiled.prompt_s):.0f} tok/s")
         if r.finish_reason != "stop":
             parts.append(f"stopped: {'max tokens' if r.finish_reason == 'length' else 'context full'}")
     parts.append(f"context {s.n_past}/{s.n_ctx}")
+    if compiled.note():
+        parts.append(compiled.note())
     return " · ".join(parts)
 
 
@@ -201,6 +213,15 @@ def read_message(read: Callable[[str], str]) -> str:
     return "\n".join(lines)
 
 
+def _is_builtin(path) -> bool:
+    from .builtin import DATA
+
+    try:
+        return Path(path).resolve().parent == DATA.resolve()
+    except OSError:
+        return False
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 class Repl:
@@ -209,11 +230,14 @@ class Repl:
         self.conv = conv
         self.console = console or Console(highlight=False)
         self.read = read
+        self.compiled = Compiled()  # the last reply's compile time, kept out of /stats' rates
 
     def run(self) -> int:
         c = self.console
         c.print(f"[bold]{escape(self.conv.model.path.name)}[/] · context {self.conv.n_ctx} · "
                 "[dim]/help for commands, Ctrl-D to leave[/]")
+        if _is_builtin(self.conv.model.path):
+            c.print(f"[yellow]{escape(DEMO_NOTE)}[/]")
         while True:
             try:
                 text = read_message(self.read)
@@ -238,11 +262,11 @@ class Repl:
         c = self.console
         for _ in range(MAX_TOOL_ROUNDS):
             try:
-                reply = stream_reply(c, self.conv.send_stream(text))
+                reply, self.compiled = stream_reply(c, self.conv.send_stream(text))
             except Lfm2qError as e:
                 c.print(f"[red]error:[/] {escape(str(e))}")
                 return
-            c.print(f"[dim]{escape(stats_line(self.conv, reply))}[/]")
+            c.print(f"[dim]{escape(stats_line(self.conv, reply, self.compiled))}[/]")
             if reply is None:
                 return
             for w in reply.warnings:
@@ -296,9 +320,10 @@ class Repl:
             c.print(f"context {s.n_past}/{s.n_ctx} tokens · {s.messages} messages "
                     f"({s.messages_in_context} in context) · {s.turns} replies, {s.tokens_generated} tokens")
             if s.last is not None:
-                c.print(f"last reply: {s.last.n_generated} tokens at {s.last.tokens_per_s:.1f} tok/s; "
-                        f"prompt {s.last_prompt_new} new + {s.last_prompt_reused} cached tokens "
-                        f"({s.last.prompt_tokens_per_s:.0f} tok/s)")
+                r, k = s.last, self.compiled
+                c.print(f"last reply: {r.n_generated} tokens at {rate(r.n_generated, r.decode_seconds, k.decode_s):.1f} "
+                        f"tok/s; prompt {s.last_prompt_new} new + {s.last_prompt_reused} cached tokens "
+                        f"({rate(r.n_prompt, r.prompt_seconds, k.prompt_s):.0f} tok/s)")
         elif name == "/save":
             if not arg:
                 raise Lfm2qError("/save needs a file name: /save chat.json")
@@ -341,11 +366,11 @@ class Repl:
 
 def load_model(path, n_ctx: int, n_threads: Optional[int], kv_cache: str = "f16",
                console: Optional[Console] = None):
-    """`lfm2q.load` behind a spinner (on a terminal)."""
+    """`lfm2q.load` behind a status line (on a terminal), which also counts kernels compiling."""
     from .api import load
 
     console = console or Console(stderr=True)
-    with console.status(f"loading {escape(str(path))}…", spinner="dots"):
+    with Waiting(console, f"loading {path}…"):
         return load(path, n_ctx=n_ctx, n_threads=n_threads, kv_cache=kv_cache)
 
 

@@ -1,6 +1,6 @@
 """lfm2q.convert: HF LFM2 checkpoint -> GGUF.
 
-Checked against the spec (shared/reference/lfm2-facts.md §5-§6) written out literally here, against
+Checked against the spec (docs/lfm2-facts.md §5-§6) written out literally here, against
 the HF weights byte for byte, and against a plain transcription of ggml's quantize_row_q8_0_ref.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def tensor_bytes(t) -> bytes:
 
 def expected_tensors(n_layers: int, attn: tuple[int, ...], tied: bool, D: int, FF: int, V: int,
                      H: int, KVH: int, L: int = 3) -> dict[str, tuple[list[int], str]]:
-    """The spec's tensor table (lfm2-facts §5), literally: GGUF name -> (ne in ggml order, kind).
+    """The spec's tensor table (docs/lfm2-facts.md §5), literally: GGUF name -> (ne in ggml order, kind).
     kind: "f32" = always F32, "mat" = in the requested type."""
     HD = D // H
     t = {"token_embd.weight": ([D, V], "mat"), "token_embd_norm.weight": ([D], "f32")}

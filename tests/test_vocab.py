@@ -1,7 +1,8 @@
 """convert/vocab.py: the GGUF tokenizer metadata written from HF tokenizer files.
 
-The real LFM2 tokenizer (tests/data/lfm2-tokenizer) checks the counts against lfm2-facts; small
-hand-made tokenizer folders check the error paths and where the chat template comes from.
+The real LFM2 tokenizer (tests/data/lfm2-tokenizer) checks the counts against
+docs/lfm2-facts.md §7; small hand-made tokenizer folders check the error paths and where the chat
+template comes from.
 The values are checked in the writer's key/value table; test_tokenizer.py reads a written file back.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ same windows; llama.cpp scores the same GGUF files when llama-cpp-python is inst
     .venv/bin/python training/quality.py [--ckpt training/out/lfm2q-tiny] [--ctx 256] [--llamacpp]
     .venv/bin/python training/quality.py --only-llamacpp   # redo the llama.cpp column alone
 
-Writes training/out/quality.json and prints a markdown table for the README.
+Writes training/out/quality.json and prints a markdown table for docs/benchmarks.md §7.
 """
 from __future__ import annotations
 

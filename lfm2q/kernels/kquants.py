@@ -31,7 +31,7 @@ Q6_K (210 bytes), 16 sub-blocks of 16, value = d * sc[j] * (q - 32), q in 0..63:
         element l + 96 = ql[l + 32] >> 4 | (qh[l] >> 6 & 3) << 4
     and element e of the half uses scales[8h + e // 16].
 
-Dot kernels: a 32-lane float accumulator per row, one horizontal sum at the end (DESIGN §6).
+Dot kernels: a 32-lane float accumulator per row, one horizontal sum at the end (docs/kernels.md §6).
 Q4_K/Q5_K apply `- dmin * m` per weight (one FMA more): folding it out as dmin * m[j] * sum(x
 over sub-block j) only pays when those sums are made once per token; computed per row (inside
 dot_q4_k) they made the kernel ~2x slower. Dequantizers compute exactly what ggml's

@@ -9,7 +9,7 @@ Element j < 16 of a block sits in the low nibble of qs[j], element j + 16 in its
 
     qs[j] = q[j] & 15 | (q[j + 16] & 15) << 4;  Q5: bit j of qh (little endian) = q[j] >> 4.
 
-Dot kernels keep a 32-lane float accumulator per row and sum it once at the end (DESIGN §6).
+Dot kernels keep a 32-lane float accumulator per row and sum it once at the end (docs/kernels.md §6).
 Dequantizers compute exactly what ggml's dequantize_row_* and gguf-py compute.
 """
 import numpy as np
