@@ -13,8 +13,10 @@ says which token ids may come next (a bitmask over the vocabulary); lfm2q only w
   <|endoftext|>, stop ids) are allowed exactly where the grammar may end; when it cannot go
   on at all the generation stops there (finish "stop") without asking the model again.
 - The next mask can be computed on a worker thread while the model evaluates the token just
-  sampled (`Guide.prefetch`; llguidance drops the GIL). A step's mask costs 0.02-0.3 ms on
-  LFM2's 65,536-token vocabulary (benchmarks/bench_structured.py), so this hides little.
+  sampled (`Guide.prefetch`; llguidance drops the GIL), but that is off (OVERLAP): a step's
+  mask costs 0.02-0.3 ms on LFM2's 65,536-token vocabulary, well under 1% of a 350M decode
+  step, and on a small CPU whose cores all run the model's kernels the extra thread costs
+  more than it hides (benchmarks/bench_structured.py measures both).
 
 JSON output is written as Python's json.dumps writes it (", " and ": " between items, no other
 whitespace), as models mostly write JSON, so a model cannot loop on whitespace; a schema's own
@@ -173,6 +175,8 @@ def grammar(text: str, tokenizer, syntax: str = "lark", what: str = "grammar") -
 
 # --- tool calls -------------------------------------------------------------------------------
 
+# Calls in one forced block at most: a small model decoding greedily may repeat a call forever.
+MAX_CALLS = 8
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -228,9 +232,10 @@ def _call_rules(i: int, name: str, params: dict) -> list[str]:
     return rules
 
 
-def tool_calls(tools: Sequence[Any], tokenizer, names: Optional[Sequence[str]] = None) -> Constraint:
+def tool_calls(tools: Sequence[Any], tokenizer, names: Optional[Sequence[str]] = None,
+               max_calls: int = MAX_CALLS) -> Constraint:
     """Output that is one LFM2 tool-call block calling the given tools (only `names` when given):
-    `<|tool_call_start|>[f(a=1), g(b="x")]<|tool_call_end|>`, one call or more."""
+    `<|tool_call_start|>[f(a=1), g(b="x")]<|tool_call_end|>`, 1 to `max_calls` calls."""
     for marker in (TOOL_CALL_START, TOOL_CALL_END):
         tid = tokenizer.token_to_id(marker)
         if tid is None or not tokenizer.is_control(tid):
@@ -249,7 +254,8 @@ def tool_calls(tools: Sequence[Any], tokenizer, names: Optional[Sequence[str]] =
     for i, (name, params) in enumerate(specs):
         rules += _call_rules(i, name, params)
     calls = " | ".join(f"call{i}" for i in range(len(specs)))
-    top = [f'start: {TOOL_CALL_START} "[" call ("," " "? call)* "]" {TOOL_CALL_END}', f"call: {calls}"]
+    more = f' ("," " "? call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
+    top = [f'start: {TOOL_CALL_START} "[" call{more} "]" {TOOL_CALL_END}', f"call: {calls}"]
     what = "tools" if names is None else f"tool {names[0]!r}" if len(names) == 1 else "tools"
     return grammar("\n".join(top + rules), tokenizer, what=what)
 
@@ -283,20 +289,22 @@ def from_response_format(fmt: Any, tokenizer) -> Optional[Constraint]:
     return json_schema(schema, tokenizer, what=label)
 
 
-def from_tool_choice(tool_choice: Any, tools: Optional[Sequence[Any]], tokenizer) -> Optional[Constraint]:
+def from_tool_choice(tool_choice: Any, tools: Optional[Sequence[Any]], tokenizer,
+                     parallel_tool_calls: bool = True) -> Optional[Constraint]:
     """The constraint of an OpenAI `tool_choice` (None: the model chooses, as with "auto").
 
-    "auto", "none" or None -> None (a server drops the tools for "none"); "required" -> a call
-    to one or more of `tools`; {"type": "function", "function": {"name": N}} -> a call to N.
+    "auto", "none" or None -> None (a server drops the tools for "none"); "required" -> calls
+    to `tools`, up to MAX_CALLS of them (one with parallel_tool_calls=False);
+    {"type": "function", "function": {"name": N}} -> one call to N.
     """
     if tool_choice in (None, "auto", "none"):
         return None
     if tool_choice == "required":
-        return tool_calls(tools or [], tokenizer)
+        return tool_calls(tools or [], tokenizer, max_calls=MAX_CALLS if parallel_tool_calls else 1)
     fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     if (isinstance(tool_choice, dict) and tool_choice.get("type") == "function" and isinstance(fn, dict)
             and isinstance(fn.get("name"), str)):
-        return tool_calls(tools or [], tokenizer, names=[fn["name"]])
+        return tool_calls(tools or [], tokenizer, names=[fn["name"]], max_calls=1)
     raise ConstraintError("tool_choice must be \"auto\", \"none\", \"required\" or "
                           "{\"type\": \"function\", \"function\": {\"name\": ...}}")
 
@@ -304,6 +312,8 @@ def from_tool_choice(tool_choice: Any, tools: Optional[Sequence[Any]], tokenizer
 # --- one generation ------------------------------------------------------------------------------
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm2q-mask")
+# Compute the next mask on _WORKER while the model evaluates (see the module docstring).
+OVERLAP = False
 
 
 class Guide:
@@ -327,8 +337,8 @@ class Guide:
         self._m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
 
     def prefetch(self) -> None:
-        """Start computing the next mask on the worker thread (after `advance`)."""
-        if self._pending is None and not self.finished:
+        """Start computing the next mask on the worker thread (after `advance`), if OVERLAP."""
+        if OVERLAP and self._pending is None and not self.finished:
             self._pending = _WORKER.submit(self._fill)
 
     def allowed(self) -> np.ndarray:

@@ -10,8 +10,8 @@ It works against two small contracts, so it does not depend on the model impleme
 Constrained generation (`constraint`, a constrain.Constraint): each step's grammar mask goes
 to the sampler before every other filter; end tokens are allowed only where the grammar may end,
 and when the grammar cannot go on the generation stops right there (finish "stop", stopped_by
-None) without evaluating that last token. The next mask is computed on a worker thread while
-the model evaluates the current token. max_tokens still applies: a grammar the model has not
+None) without evaluating that last token. The next mask can be computed on a worker thread
+while the model evaluates the current token (constrain.OVERLAP, off by default). max_tokens still applies: a grammar the model has not
 finished by then ends with finish "length" and the partial text.
 
 Stop rules, checked after each sampled token:
@@ -232,7 +232,7 @@ def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_str
             finish = "context"  # no position left to evaluate this token
             break
         if guide is not None:
-            guide.prefetch()  # the next mask, on a worker thread while the model runs
+            guide.prefetch()  # with constrain.OVERLAP: the next mask, on a worker thread while the model runs
         logits = _checked(session.eval([tid]))
 
     tail = ""

@@ -241,7 +241,8 @@ class Repl:
         c = self.console
         for _ in range(MAX_TOOL_ROUNDS):
             try:
-                reply = stream_reply(c, self.conv.send_stream(text, constraint=self.format))
+                shape = {} if self.format is None else {"constraint": self.format}
+                reply = stream_reply(c, self.conv.send_stream(text, **shape))
             except Lfm2qError as e:
                 c.print(f"[red]error:[/] {escape(str(e))}")
                 return
