@@ -11,8 +11,9 @@ Constrained generation (`constraint`, a constrain.Constraint): each step's gramm
 to the sampler before every other filter; end tokens are allowed only where the grammar may end,
 and when the grammar cannot go on the generation stops right there (finish "stop", stopped_by
 None) without evaluating that last token. The next mask can be computed on a worker thread
-while the model evaluates the current token (constrain.OVERLAP, off by default). max_tokens still applies: a grammar the model has not
-finished by then ends with finish "length" and the partial text.
+while the model evaluates the current token (constrain.OVERLAP, off by default). max_tokens
+still applies: a grammar the model has not finished by then ends with finish "length" and the
+partial text.
 
 Stop rules, checked after each sampled token:
 - an end token: `tokenizer.eos_id`, `<|im_end|>` and `<|endoftext|>` when the vocabulary has

@@ -138,7 +138,8 @@ class Sampler:
         if self._masked is None or self._masked.shape[0] != V:
             self._masked = np.empty(V, dtype=np.float32)
         np.copyto(self._masked, -np.inf)
-        np.copyto(self._masked, logits, where=allowed)
+        n = min(V, allowed.shape[0])  # rows past the tokenizer's vocabulary are never allowed
+        np.copyto(self._masked[:n], logits[:n], where=allowed[:n])
         return self._masked
 
     def _penalized(self, logits: np.ndarray, recent_ids: Sequence[int]) -> np.ndarray:

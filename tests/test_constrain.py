@@ -139,6 +139,9 @@ def test_mask_comes_before_every_other_filter():
     assert sorted(ids.tolist()) == [2, 4, 5] and abs(p.sum() - 1) < 1e-9
     draws = {Sampler(SamplingParams(temperature=5.0, seed=s)).sample(logits, (), allowed) for s in range(50)}
     assert draws <= {2, 4, 5} and len(draws) == 3
+    # logits rows past the tokenizer's vocabulary (a shorter mask) are never picked
+    wide = np.concatenate([logits, np.float32([50.0, 60.0])])
+    assert Sampler(SamplingParams()).sample(wide, (), allowed) == 2
 
 
 class EndLovingSession:
