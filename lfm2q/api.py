@@ -80,8 +80,15 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] | None = None, stream: bool = False):
+                 stop: Sequence[str] | None = None, stream: bool = False, *,
+                 json_schema: dict | str | None = None, regex: str | None = None,
+                 grammar: str | None = None):
         """Continue `prompt` (text, or token ids). Greedy at temperature 0.
+
+        Structured output (at most one): `json_schema` (a dict or its JSON text) makes the text
+        one JSON value valid under it; `regex` one match of it; `grammar` a sentence of a Lark
+        grammar. A bad one raises a one-line ConstraintError before anything is generated. The
+        text may still be cut short by max_tokens or a stop string.
 
         Returns the generated text, or with stream=True an iterator of text pieces.
         """
@@ -90,18 +97,38 @@ class Model:
 
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repetition_penalty=repetition_penalty, seed=seed)
+        constraint = self.constraint(json_schema=json_schema, regex=regex, grammar=grammar)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-        kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop=list(stop) if stop else None)
+        kwargs = dict(max_tokens=max_tokens, sampling=sampling, stop=list(stop) if stop else None,
+                      constraint=constraint)
         if stream:
             return _text_pieces(generate_stream(self.session(), self.tokenizer, ids, **kwargs))
         return generate_text(self.session(), self.tokenizer, ids, **kwargs).text
 
+    def constraint(self, *, json_schema=None, regex: str | None = None, grammar: str | None = None):
+        """A constrain.Constraint for this model's tokenizer from at most one of the three, or None."""
+        from . import constrain
+
+        given = [k for k, v in (("json_schema", json_schema), ("regex", regex), ("grammar", grammar))
+                 if v is not None]
+        if len(given) > 1:
+            raise GenerationError(f"give at most one of json_schema, regex and grammar, not {' and '.join(given)}")
+        if json_schema is not None:
+            return constrain.json_schema(json_schema, self.tokenizer)
+        if regex is not None:
+            return constrain.regex(regex, self.tokenizer)
+        if grammar is not None:
+            return constrain.grammar(grammar, self.tokenizer)
+        return None
+
     # --- chat -----------------------------------------------------------------------------
 
     def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-             max_tokens: int | None = None, stop: Sequence[str] | None = None, **sampling):
+             max_tokens: int | None = None, stop: Sequence[str] | None = None,
+             response_format: dict | str | None = None, tool_choice=None, **sampling):
         """One reply to `messages` ([{"role", "content"}], system first if any), in a fresh session.
 
+        response_format / tool_choice: as OpenAI's (see Conversation.send).
         Rendered with the file's chat template. `sampling` overrides fields of SamplingParams;
         the defaults are the model card's (temperature 0.3, min_p 0.15, repetition_penalty 1.05).
         max_tokens None: until the reply ends or the context is full. Returns a `Reply`
@@ -109,19 +136,23 @@ class Model:
         """
         from .conversation import Done
 
-        for step in self.chat_stream(messages, tools, max_tokens=max_tokens, stop=stop, **sampling):
+        for step in self.chat_stream(messages, tools, max_tokens=max_tokens, stop=stop,
+                                     response_format=response_format, tool_choice=tool_choice, **sampling):
             if isinstance(step, Done):
                 return step.reply
         raise AssertionError("chat stream ended without a Done step")
 
     def chat_stream(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                    max_tokens: int | None = None, stop: Sequence[str] | None = None, **sampling):
+                    max_tokens: int | None = None, stop: Sequence[str] | None = None,
+                    response_format: dict | str | None = None, tool_choice=None, **sampling):
         """`chat`, streamed: token Steps, then a `conversation.Done` step whose `.reply` is the Reply."""
-        from .conversation import chat_stream, sampling_params
+        from .conversation import chat_stream, reply_constraint, sampling_params
 
-        return chat_stream(self, list(messages), list(tools) if tools else None,
+        tools = list(tools) if tools else None
+        return chat_stream(self, list(messages), tools,
                            sampling=sampling_params(**sampling), max_tokens=max_tokens,
-                           stop=list(stop) if stop else None)
+                           stop=list(stop) if stop else None,
+                           constraint=reply_constraint(self, response_format, tool_choice, tools))
 
 
 def _text_pieces(steps) -> Iterator[str]:

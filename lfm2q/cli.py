@@ -236,6 +236,12 @@ def generate(
     threads: Optional[int] = THREADS_OPT,
     kv_cache: str = KV_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No stats line on stderr."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="JSON schema file: the output is "
+                                               "JSON valid under it.", show_default=False),
+    regex: Optional[str] = typer.Option(None, "--regex", help="The output matches this regular expression.",
+                                        show_default=False),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="Lark grammar file (.gbnf: llama.cpp GBNF): "
+                                           "the output follows it.", show_default=False),
 ) -> None:
     """Generate text for a prompt: the text to stdout, logs to stderr (greedy by default)."""
     from .api import load
@@ -258,16 +264,19 @@ def generate(
                                  "pipe UTF-8 text or pass -p") from None
         if not prompt:
             raise Lfm2qError("the prompt is empty")
+        shape = _read_shape(json_schema, regex, grammar)
         path = _model_path(model, revision)
         _first_run_note()
         m = load(path, n_ctx=ctx, n_threads=threads, kv_cache=kv_cache)
+        constraint = shape(m) if shape else None
         chat = chat or system is not None or tool_list is not None
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            steps = chat_stream(m, messages, tool_list, sampling=sampling, max_tokens=max_tokens, stop=stop)
+            steps = chat_stream(m, messages, tool_list, sampling=sampling, max_tokens=max_tokens, stop=stop,
+                                constraint=constraint)
         else:
             steps = generate_stream(m.session(), m.tokenizer, m.tokenize(prompt), max_tokens=max_tokens,
-                                    sampling=sampling, stop=stop)
+                                    sampling=sampling, stop=stop, constraint=constraint)
         out = sys.stdout
         result = reply = None
         timing = CompileSplit()
@@ -302,6 +311,30 @@ def generate(
         note = f" · {compiled.note()}" if compiled.note() else ""
         typer.echo(f"{result.n_generated} tokens · {tps:.1f} tok/s · prompt {result.n_prompt} "
                    f"tokens at {pps:.0f} tok/s · finish: {result.finish_reason}{note}", err=True)
+
+
+def _read_shape(json_schema: Optional[Path], regex: Optional[str], grammar: Optional[Path]):
+    """The structured-output flags read and checked before the model loads: a function of the
+    model that compiles them (constrain.py), or None."""
+    from . import constrain
+
+    given = [f for f, v in (("--json-schema", json_schema), ("--regex", regex), ("--grammar", grammar)) if v is not None]
+    if len(given) > 1:
+        raise Lfm2qError(f"{' and '.join(given)}: give at most one")
+    if json_schema is not None:
+        schema = read_json(json_schema, unreadable="cannot read the JSON schema",
+                           invalid="the JSON schema is not valid JSON")
+        return lambda m: constrain.json_schema(schema, m.tokenizer, what=str(json_schema))
+    if regex is not None:
+        return lambda m: constrain.regex(regex, m.tokenizer, what=f"--regex {regex!r}")
+    if grammar is not None:
+        try:
+            text = grammar.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise Lfm2qError(f"{grammar}: cannot read the grammar ({getattr(e, 'strerror', None) or e})") from None
+        syntax = "gbnf" if grammar.suffix.lower() == ".gbnf" else "lark"
+        return lambda m: constrain.grammar(text, m.tokenizer, syntax, what=str(grammar))
+    return None
 
 
 # --- info ----------------------------------------------------------------------------------

@@ -167,14 +167,34 @@ def sampling_params(base: SamplingParams = CHAT_SAMPLING, **options: Any) -> Sam
     return dataclasses.replace(base, **options)
 
 
+def reply_constraint(model: "Model", response_format: Any = None, tool_choice: Any = None,
+                     tools: Optional[list] = None):
+    """The constrain.Constraint of an OpenAI-style response_format or tool_choice (None: free text).
+
+    response_format: {"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema":
+    ...}}, "json", or None / {"type": "text"}. tool_choice: "required" (a call to one of `tools`),
+    {"type": "function", "function": {"name": ...}}, or None / "auto" / "none" (unconstrained).
+    """
+    from . import constrain
+
+    fmt = constrain.from_response_format(response_format, model.tokenizer)
+    calls = constrain.from_tool_choice(tool_choice, tools, model.tokenizer)
+    if fmt is not None and calls is not None:
+        raise GenerationError("give response_format or a forced tool_choice, not both: a reply is "
+                              "either JSON or a tool call")
+    return fmt or calls
+
+
 def chat_stream(model: "Model", messages: Sequence[dict], tools: Optional[list] = None, *,
                 sampling: SamplingParams = CHAT_SAMPLING, max_tokens: Optional[int] = None,
-                stop: Optional[list[str]] = None) -> Iterator[Step]:
-    """One reply to `messages` in a fresh session: Steps, then a `Done` holding the `Reply`."""
+                stop: Optional[list[str]] = None, constraint=None) -> Iterator[Step]:
+    """One reply to `messages` in a fresh session: Steps, then a `Done` holding the `Reply`.
+
+    `constraint`: a constrain.Constraint the reply must follow (see `reply_constraint`)."""
     ids = render_ids(model, list(messages), tools)
     session = model.session()
     steps = generate_stream(session, model.tokenizer, ids, max_tokens=_max_tokens(max_tokens, session.n_ctx),
-                            sampling=sampling, stop=stop)
+                            sampling=sampling, stop=stop, constraint=constraint)
     return _stateless(steps)
 
 
@@ -275,21 +295,36 @@ class Conversation:
 
     # --- turns --------------------------------------------------------------------------
 
-    def send(self, text: Optional[str] = None) -> Reply:
-        """Add a user message (None: answer what is there, e.g. after tool results); return the reply."""
+    def send(self, text: Optional[str] = None, *, response_format: Any = None, tool_choice: Any = None,
+             constraint=None) -> Reply:
+        """Add a user message (None: answer what is there, e.g. after tool results); return the reply.
+
+        Structured replies, for this turn: response_format={"type": "json_schema", "json_schema":
+        {"name": ..., "schema": {...}}} (or {"type": "json_object"}, or "json") makes the reply one
+        JSON value valid under the schema; tool_choice="required" makes it a call to one or more
+        of the conversation's tools ({"type": "function", "function": {"name": N}}: to N), which
+        then always parses into `reply.tool_calls`; `constraint` takes a compiled
+        constrain.Constraint instead. A bad schema raises a one-line error before anything runs.
+        """
         reply = None
-        for step in self.send_stream(text):
+        for step in self.send_stream(text, response_format=response_format, tool_choice=tool_choice,
+                                     constraint=constraint):
             if isinstance(step, Done):
                 reply = step.reply
         assert reply is not None
         return reply
 
-    def send_stream(self, text: Optional[str] = None) -> Iterator[Step]:
+    def send_stream(self, text: Optional[str] = None, *, response_format: Any = None,
+                    tool_choice: Any = None, constraint=None) -> Iterator[Step]:
         """Like `send`, streamed: `Notice`s, token `Step`s, then a `Done` with the `Reply`.
 
         The message is added and checked now; nothing is evaluated until you iterate. Stop
         iterating (or close the iterator) to interrupt: the partial reply stays in the transcript.
         """
+        if constraint is None:
+            constraint = reply_constraint(self.model, response_format, tool_choice, self.tools)
+        elif response_format is not None or tool_choice not in (None, "auto"):
+            raise GenerationError("give a constraint or response_format / tool_choice, not both")
         if text is not None:
             if not isinstance(text, str):
                 raise GenerationError(f"a message must be a string, got {type(text).__name__}")
@@ -302,7 +337,7 @@ class Conversation:
             steps = generate_stream(self.session, self.model.tokenizer, suffix,
                                     max_tokens=_max_tokens(self.max_tokens, self.n_ctx),
                                     sampling=self.sampling, stop=self.stop,
-                                    context_ids=ids[:len(ids) - len(suffix)])
+                                    context_ids=ids[:len(ids) - len(suffix)], constraint=constraint)
         except BaseException:
             if text is not None:
                 self.messages.pop()

@@ -7,6 +7,14 @@ It works against two small contracts, so it does not depend on the model impleme
     tokenizer.stream().step(id)      the newly completed text ("" while a character is split)
     tokenizer.eos_id, .token_to_id(str) -> int | None, .is_control(id) -> bool
 
+Constrained generation (`constraint`, a constrain.Constraint): each step's grammar mask goes
+to the sampler before every other filter; end tokens are allowed only where the grammar may end,
+and when the grammar cannot go on the generation stops right there (finish "stop", stopped_by
+None) without evaluating that last token. The next mask can be computed on a worker thread
+while the model evaluates the current token (constrain.OVERLAP, off by default). max_tokens
+still applies: a grammar the model has not finished by then ends with finish "length" and the
+partial text.
+
 Stop rules, checked after each sampled token:
 - an end token: `tokenizer.eos_id`, `<|im_end|>` and `<|endoftext|>` when the vocabulary has
   them, and the caller's `stop_ids`; the token is recorded but writes no text;
@@ -72,6 +80,7 @@ class GenerationResult:
     prompt_tokens_per_s: float  # n_prompt / prompt_seconds
     finish_reason: str  # "stop" | "length" | "context"
     stopped_by: Optional[str] = None  # the stop string, or the end token's text, when "stop"
+    # (None when a constraint's grammar finished)
 
 
 @dataclass
@@ -97,12 +106,15 @@ def generate_stream(
     stop_ids: Optional[set[int]] = None,
     markup_tokens: Iterable[str] = MARKUP_TOKENS,
     context_ids: Optional[Sequence[int]] = None,
+    constraint=None,
 ) -> Iterator[Step]:
     """Evaluate `prompt_ids` on top of the session's state and sample until a stop rule fires.
 
     `context_ids`: the tokens already in the session before `prompt_ids` (a chat that keeps its
     cache feeds only a turn's new tokens); they count for the repetition penalty as if the
     whole sequence had been given.
+
+    `constraint`: a constrain.Constraint compiled for this tokenizer (see the module docstring).
 
     Arguments are checked here, before the first step is asked for.
     """
@@ -136,9 +148,16 @@ def generate_stream(
         if tid is not None:
             markup[int(tid)] = name
 
+    guide = None
+    if constraint is not None:
+        if getattr(constraint, "tokenizer", None) is not tokenizer:
+            raise GenerationError("the constraint was compiled for another model's tokenizer; "
+                                  "compile it with this model's")
+        guide = constraint.guide(end_ids)
+
     history = ([int(i) for i in context_ids or ()] + prompt_ids)[-REPEAT_LAST_N:]
     return _loop(session, tokenizer, prompt_ids, history, max_tokens,
-                 Sampler(sampling or SamplingParams()), stop_strings, end_ids, markup)
+                 Sampler(sampling or SamplingParams()), stop_strings, end_ids, markup, guide)
 
 
 def generate_text(session: Session, tokenizer: Tokenizer, prompt_ids: list[int], **kwargs) -> GenerationResult:
@@ -159,7 +178,7 @@ def _checked(logits: np.ndarray) -> np.ndarray:
 
 
 def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_strings, end_ids,
-          markup) -> Iterator[Step]:
+          markup, guide=None) -> Iterator[Step]:
     t0 = time.perf_counter()
     logits = _checked(session.eval(prompt_ids))  # [V]
     t1 = time.perf_counter()
@@ -173,7 +192,13 @@ def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_str
     string_stop = False
 
     while len(tokens) < max_tokens:
-        tid = sampler.sample(logits, history)
+        allowed = None
+        if guide is not None:
+            allowed = guide.allowed()
+            if not allowed.any():  # nothing may follow, not even an end token: the grammar is done
+                finish = "stop"
+                break
+        tid = sampler.sample(logits, history, allowed)
         tokens.append(tid)
         history.append(tid)
         if len(history) > 4 * REPEAT_LAST_N:
@@ -195,6 +220,10 @@ def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_str
                 emitted.append(out)
             if hit is not None:
                 finish, stopped_by, string_stop = "stop", hit, True
+            if guide is not None:
+                guide.advance(tid)
+                if guide.finished and finish != "stop":
+                    finish = "stop"
         ty = time.perf_counter()
         yield Step(tid, out)
         paused += time.perf_counter() - ty
@@ -203,6 +232,8 @@ def _loop(session, tokenizer, prompt_ids, history, max_tokens, sampler, stop_str
         if session.n_past >= session.n_ctx:
             finish = "context"  # no position left to evaluate this token
             break
+        if guide is not None:
+            guide.prefetch()  # with constrain.OVERLAP: the next mask, on a worker thread while the model runs
         logits = _checked(session.eval([tid]))
 
     tail = ""

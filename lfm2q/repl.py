@@ -38,6 +38,8 @@ Commands:
   /set [NAME VALUE]     show settings, or change one: temperature, top_k, top_p, min_p,
                         repeat_penalty, seed (none = random), max_tokens (none = no limit)
   /stats                context use and the last reply's speed
+  /format json|off|FILE replies as any JSON object, as JSON valid under the schema in FILE,
+                        or free text again (off)
   /save FILE            write the chat to a JSON file
   /load FILE            continue a chat saved with /save
   /exit                 leave (also Ctrl-D)
@@ -231,6 +233,7 @@ class Repl:
         self.console = console or Console(highlight=False)
         self.read = read
         self.compiled = Compiled()  # the last reply's compile time, kept out of /stats' rates
+        self.format = None  # /format: the Constraint every reply follows, or None
 
     def run(self) -> int:
         c = self.console
@@ -262,7 +265,8 @@ class Repl:
         c = self.console
         for _ in range(MAX_TOOL_ROUNDS):
             try:
-                reply, self.compiled = stream_reply(c, self.conv.send_stream(text))
+                shape = {} if self.format is None else {"constraint": self.format}
+                reply, self.compiled = stream_reply(c, self.conv.send_stream(text, **shape))
             except Lfm2qError as e:
                 c.print(f"[red]error:[/] {escape(str(e))}")
                 return
@@ -324,6 +328,8 @@ class Repl:
                 c.print(f"last reply: {r.n_generated} tokens at {rate(r.n_generated, r.decode_seconds, k.decode_s):.1f} "
                         f"tok/s; prompt {s.last_prompt_new} new + {s.last_prompt_reused} cached tokens "
                         f"({rate(r.n_prompt, r.prompt_seconds, k.prompt_s):.0f} tok/s)")
+        elif name == "/format":
+            self.set_format(arg)
         elif name == "/save":
             if not arg:
                 raise Lfm2qError("/save needs a file name: /save chat.json")
@@ -337,6 +343,23 @@ class Repl:
         else:
             raise Lfm2qError(f"unknown command {name} — /help lists them")
         return None
+
+    def set_format(self, arg: str) -> None:
+        """/format json | off | FILE (a JSON schema)."""
+        from . import constrain
+        from .errors import read_json
+
+        tok = self.conv.model.tokenizer
+        if arg.lower() in ("off", "text", "none"):
+            self.format = None
+        elif arg.lower() == "json":
+            self.format = constrain.from_response_format("json", tok)
+        elif arg:
+            schema = read_json(arg, unreadable="cannot read the JSON schema", invalid="the JSON schema is not valid JSON")
+            self.format = constrain.json_schema(schema, tok, what=arg)
+        else:
+            raise Lfm2qError("/format json, /format off, or /format FILE with a JSON schema")
+        self.console.print(f"[dim]replies: {'free text' if self.format is None else escape(arg) + ' (JSON)'}[/]")
 
     def set(self, arg: str) -> None:
         c, conv = self.console, self.conv

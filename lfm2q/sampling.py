@@ -4,9 +4,12 @@ The chain follows llama.cpp's default sampler order (`common/common.h`,
 `common_params_sampling::samplers`: penalties → dry → top_n_sigma → top_k → typical → top_p →
 min_p → xtc → temperature, then `dist` draws). lfm2q implements the subset
 
-    repetition penalty → presence / frequency penalties → top_k → top_p → min_p → temperature → draw
+    [grammar mask] → repetition penalty → presence / frequency penalties → top_k → top_p → min_p → temperature → draw
 
 with llama.cpp's semantics at each step:
+- the grammar mask (constrain.py), when generation is constrained, comes first: ids it does
+  not allow get logit -inf, so every later filter and the draw see only allowed ids, and
+  greedy decoding stays deterministic;
 - repetition penalty (the CTRL / HF / llama.cpp rule): each distinct id among the last
   `REPEAT_LAST_N` = 64 ids (llama.cpp's default `repeat_last_n`; prompt ids count too) has a
   positive logit divided by the penalty and a negative one multiplied by it — once per id,
@@ -98,32 +101,54 @@ class Sampler:
         self.rng = np.random.default_rng(params.seed)
         self._buf: Optional[np.ndarray] = None  # [V] float32: penalized logits
         self._scratch: Optional[np.ndarray] = None  # [V] float32: exp() weights over the whole vocabulary
+        self._masked: Optional[np.ndarray] = None  # [V] float32: logits with the grammar mask applied
 
-    def sample(self, logits: np.ndarray, recent_ids: Sequence[int] = ()) -> int:
-        """Pick the next id from `logits` ([V] float32); `recent_ids` feed the repetition penalty."""
+    def sample(self, logits: np.ndarray, recent_ids: Sequence[int] = (),
+               allowed: Optional[np.ndarray] = None) -> int:
+        """Pick the next id from `logits` ([V] float32); `recent_ids` feed the repetition penalty;
+        `allowed` ([V] bool, at least one True) is the grammar's mask."""
         p = self.params
-        x = self._penalized(logits, recent_ids)  # [V]
+        x = self._penalized(self._mask(logits, allowed), recent_ids)  # [V]
         if p.greedy:
             return int(np.argmax(x))
         ids, w = self._candidates(x)
         # draw: inverse CDF over the unnormalized weights
         cdf = np.cumsum(w, dtype=np.float64)
         j = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(w) - 1)
+        while w[j] == 0 and j > 0:  # the clamp above must not land on a masked-out id
+            j -= 1
         return j if ids is None else int(ids[j])
 
-    def distribution(self, logits: np.ndarray, recent_ids: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(self, logits: np.ndarray, recent_ids: Sequence[int] = (),
+                     allowed: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """The candidate ids and their final probabilities (after every filter and temperature).
 
         What `sample` draws from; at temperature 0 it is the argmax with probability 1.
         """
-        x = self._penalized(logits, recent_ids)
+        x = self._penalized(self._mask(logits, allowed), recent_ids)
         if self.params.greedy:
             return np.array([int(np.argmax(x))]), np.ones(1)
         ids, w = self._candidates(x)
         w = w.astype(np.float64)
-        return (np.arange(len(w)) if ids is None else ids), w / w.sum()
+        ids = np.arange(len(w)) if ids is None else ids
+        if allowed is not None:  # ids the mask removed have weight exp(-inf) = 0
+            keep = w > 0
+            ids, w = ids[keep], w[keep]
+        return ids, w / w.sum()
 
     # -- the chain -------------------------------------------------------------------------
+
+    def _mask(self, logits: np.ndarray, allowed: Optional[np.ndarray]) -> np.ndarray:
+        """Logits with the ids `allowed` refuses at -inf, in a reused buffer (or `logits` itself)."""
+        if allowed is None:
+            return logits
+        V = logits.shape[0]
+        if self._masked is None or self._masked.shape[0] != V:
+            self._masked = np.empty(V, dtype=np.float32)
+        np.copyto(self._masked, -np.inf)
+        n = min(V, allowed.shape[0])  # rows past the tokenizer's vocabulary are never allowed
+        np.copyto(self._masked[:n], logits[:n], where=allowed[:n])
+        return self._masked
 
     def _penalized(self, logits: np.ndarray, recent_ids: Sequence[int]) -> np.ndarray:
         """Logits with the repetition penalty applied, in the reused buffer (or `logits` itself)."""
