@@ -68,7 +68,8 @@ def create_app(engine: Engine, api_key: Optional[str] = None) -> Starlette:
 
     async def chat(request: Request) -> Response:
         req = parse_chat(parse_body(await request.body()), renders_tool_calls)
-        constraint_for(req.response_format, req.tool_choice, req.tools)
+        req.constraint = constraint_for(req.response_format, req.tool_choice, req.tools, engine.model.tokenizer,
+                                        req.parallel_tool_calls)
         return await _run(request, engine.submit(req), chat=True)
 
     async def completions(request: Request) -> Response:

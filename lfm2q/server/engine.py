@@ -147,7 +147,8 @@ class Engine:
         conv.messages = [dict(m) for m in req.messages]
         conv.system, conv.tools = None, req.tools
         conv.sampling, conv.max_tokens, conv.stop = req.sampling, req.max_tokens, req.stop
-        steps = conv.send_stream(None)  # renders and checks now: errors surface before "start"
+        # renders and checks now: errors surface before "start"
+        steps = conv.send_stream(None, constraint=req.constraint)
         stats = conv.stats
         prompt, cached = stats.last_prompt_new + stats.last_prompt_reused, stats.last_prompt_reused
         job.emit("start", {"prompt_tokens": prompt, "cached_tokens": cached})

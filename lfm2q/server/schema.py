@@ -170,6 +170,8 @@ class ChatRequest(Common):
     tools: Optional[list[dict]] = None
     tool_choice: Any = None
     response_format: Optional[dict] = None
+    parallel_tool_calls: bool = True
+    constraint: Any = None  # the constrain.Constraint of response_format / tool_choice (structured.py)
 
 
 def parse_chat(body: dict, template_renders_tool_calls: bool) -> ChatRequest:
@@ -206,7 +208,11 @@ def parse_chat(body: dict, template_renders_tool_calls: bool) -> ChatRequest:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str)):
         raise wrong_type("response_format", "an object with a string 'type'", fmt)
-    return ChatRequest(**vars(common), messages=out, tools=tools, tool_choice=tool_choice, response_format=fmt)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise wrong_type("parallel_tool_calls", "a boolean", parallel)
+    return ChatRequest(**vars(common), messages=out, tools=tools, tool_choice=tool_choice, response_format=fmt,
+                       parallel_tool_calls=parallel)
 
 
 def _text(content: Any, param: str) -> str:
