@@ -1,0 +1,179 @@
+"""Estimated cycles per 256 weights of the NEON kernels' inner loops on a Pi 5 (Cortex-A76) and a
+Pi 4 (Cortex-A72), from llvm-mca on their aarch64 assembly, cross-compiled on this machine.
+
+    .venv/bin/python benchmarks/mca_arm64.py                 # the table (about a minute)
+    .venv/bin/python benchmarks/mca_arm64.py --llama /tmp/llama.cpp   # + llama.cpp's loops
+
+No ARM board is involved: numba compiles each kernel for the aarch64 triple and the CPU named
+(NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, llvmlite told the host is that CPU), in a child process
+(--emit: prints the assembly as JSON; tests/test_neon.py uses it too). The loop body is the
+largest block that branches back to itself; llvm-mca's steady state for it (100 iterations)
+divided by the weights one iteration handles gives the figure. An estimate of the core's
+pipeline only: no cache misses, no memory bandwidth (which bounds decode on a Pi).
+
+--llama DIR: a llama.cpp checkout (not vendored here; e.g. fetched to /tmp): its
+ggml_vec_dot_<type>_q8_<0|K> from ggml/src/ggml-cpu/arch/arm/quants.c, compiled with
+clang --target=aarch64-linux-gnu -mcpu=<cpu> -O3 -S, through the same loop extraction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CPUS = {"cortex-a76": "+neon,+dotprod,+fullfp16", "cortex-a72": "+neon,-dotprod,-fullfp16"}
+# kernel -> (weights one call's loop iteration covers per position, positions per call)
+KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0_rows": (64, 4),
+           "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
+           "q6_k_row": (256, 1), "q6_k_rows": (256, 4)}
+
+_EMIT = r"""
+import json, sys
+import llvmlite.binding as llvm
+llvm.initialize_all_targets(); llvm.initialize_all_asmprinters()
+cpu, feats = sys.argv[1], sys.argv[2]
+llvm.get_process_triple = lambda: "aarch64-unknown-linux-gnu"
+llvm.get_default_triple = llvm.get_process_triple
+llvm.get_host_cpu_name = lambda: cpu
+llvm.get_host_cpu_features = lambda: llvm.FeatureMap({f[1:]: f[0] == "+" for f in feats.split(",")})
+from numba import njit, types as T
+from lfm2q.kernels.isa import neon
+assert neon.HAVE_DOTPROD == ("+dotprod" in feats)
+u8, i8, f32, i16 = (T.Array(t, 1, "C") for t in (T.uint8, T.int8, T.float32, T.int16))
+i8_2, f32_2, i16_2 = (T.Array(t, 2, "C") for t in (T.int8, T.float32, T.int16))
+out = {}
+
+
+def wrap(k, n):  # a numba function calling kernel k with its n arguments
+    if n == 3:
+        return njit(fastmath=False)(lambda r, q, d: k(r, q, d))
+    if n == 4:
+        return njit(fastmath=False)(lambda r, q, d, s: k(r, q, d, s))
+    return njit(fastmath=False)(lambda r, q, d, s, t: k(r, q, d, s, t))
+
+
+for name in sys.argv[3].split(","):
+    kq = "_k_" in name
+    if name.endswith("_rows"):
+        sig = (u8, i8_2, f32_2, i16_2, T.int64) if kq else (u8, i8_2, f32_2, T.int64)
+    else:
+        sig = (u8, i8, f32, i16) if kq else (u8, i8, f32)
+    f = wrap(getattr(neon, name), len(sig))
+    f.compile(sig)
+    out[name] = f.inspect_asm(sig)
+json.dump(out, sys.stdout)
+"""
+
+
+def emit(cpu: str, features: str, kernels=tuple(KERNELS)) -> dict[str, str]:
+    """{kernel: aarch64 assembly of a function calling it} for that CPU, compiled in a child."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=cache,
+                   PYTHONPATH=str(ROOT))
+        res = subprocess.run([sys.executable, "-c", _EMIT, cpu, features, ",".join(kernels)],
+                             env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"cross-compiling for {cpu} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout)
+
+
+_BRANCH = re.compile(r"^\s*(b\.\w+|cbnz|cbz|tbnz|tbz|b)\s+(?:.*,\s*)?(\.LBB\w+)\s*$")
+
+
+def loop_body(asm: str) -> list[str]:
+    """The instructions of the largest loop: from a label to the branch back to it (no calls)."""
+    lines = asm.splitlines()
+    labels = {}
+    best: list[str] = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.LBB\w+):", line)
+        if m:
+            labels[m.group(1)] = i
+            continue
+        m = _BRANCH.match(line)
+        if m and m.group(2) in labels:
+            body = [s.strip() for s in lines[labels[m.group(2)] + 1:i + 1]]
+            body = [s for s in body if s and not s.startswith((".", "//", "@")) and not s.endswith(":")]
+            if any(s.split()[0] in ("bl", "blr", "ret") for s in body):
+                continue  # an error path that jumps back, not a loop
+            if len(body) > len(best):
+                best = body
+    return best
+
+
+def mca_cycles(body: list[str], cpu: str, iterations: int = 100) -> float:
+    """llvm-mca's cycles per iteration of a loop body on that CPU."""
+    res = subprocess.run(["llvm-mca", "-mtriple=aarch64-linux-gnu", f"-mcpu={cpu}", f"-iterations={iterations}"],
+                         input="\n".join(body) + "\n", capture_output=True, text=True, check=True)
+    total = int(re.search(r"Total Cycles:\s+(\d+)", res.stdout).group(1))
+    return total / iterations
+
+
+_LLAMA_C = r"""
+#include "ggml-cpu/arch/arm/quants.c"
+"""
+
+
+def llama_asm(src: Path, cpu: str) -> str | None:
+    """llama.cpp's arm quants.c compiled for cpu (assembly text), or None if it does not build."""
+    clang = shutil.which("clang")
+    if clang is None:
+        return None
+    feat = "+dotprod" if "dotprod" in CPUS[cpu] else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "q.s"
+        cmd = [clang, "--target=aarch64-linux-gnu", f"-mcpu={cpu}{feat}", "-O3", "-S", "-w",
+               "-I", str(src / "ggml/include"), "-I", str(src / "ggml/src"), "-I", str(src / "ggml/src/ggml-cpu"),
+               str(src / "ggml/src/ggml-cpu/arch/arm/quants.c"), "-o", str(out)]
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            return None
+        return out.read_text()
+
+
+def function_asm(asm: str, name: str) -> str:
+    m = re.search(rf"^{name}:\n(.*?)^\.Lfunc_end\d+:", asm, re.M | re.S)
+    return m.group(1) if m else ""
+
+
+LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64), "q8_0_row": ("ggml_vec_dot_q8_0_q8_0", 64),
+         "q4_k_row": ("ggml_vec_dot_q4_K_q8_K", 256), "q5_k_row": ("ggml_vec_dot_q5_K_q8_K", 256),
+         "q6_k_row": ("ggml_vec_dot_q6_K_q8_K", 256)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--emit", action="store_true", help="print the kernels' assembly as JSON")
+    ap.add_argument("--cpu", default="cortex-a76", choices=CPUS)
+    ap.add_argument("--llama", type=Path, help="a llama.cpp source tree to compare with")
+    args = ap.parse_args()
+    if args.emit:
+        json.dump(emit(args.cpu, CPUS[args.cpu]), sys.stdout)
+        return
+    rows = {}
+    for cpu, feats in CPUS.items():
+        asm = emit(cpu, feats)
+        lasm = llama_asm(args.llama, cpu) if args.llama else None
+        for name, (weights, positions) in KERNELS.items():
+            cyc = mca_cycles(loop_body(asm[name]), cpu)
+            rows.setdefault(name, {})[cpu] = 256 * cyc / (weights * positions)
+            if lasm and name in LLAMA:
+                fn, lw = LLAMA[name]
+                body = loop_body(function_asm(lasm, fn))
+                if body:
+                    rows[name][cpu + " llama"] = 256 * mca_cycles(body, cpu) / lw
+    cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
+    print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
+    print(f"{'kernel':12}" + "".join(f"{c:>20}" for c in cols))
+    for name, r in rows.items():
+        print(f"{name:12}" + "".join(f"{r[c]:>20.1f}" if c in r else f"{'':>20}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""NEON row kernels for aarch64: the integer dot products of intdot.py with 128-bit SIMD.
+
+Why: intdot.py's portable loops leave LLVM to find widening multiplies in scalar code. NEON
+multiplies 16 signed bytes by 16 signed bytes into 4 int32 lanes in one `sdot` where the CPU
+has the dot-product extension (Pi 5: Cortex-A76; most cores since 2018), and in four
+(`smull`, `smull2`, `saddlp`/`sadalp` twice, one `addp` a group) on Pi 4-class cores without
+it (Cortex-A72). These kernels emit either form as LLVM IR through numba intrinsics, chosen
+by the features numba compiles for (lfm2q/cpu.py reads them from the kernel's hwcaps): a Pi 4
+never meets `sdot` (SIGILL).
+
+Both forms compute the same thing, lane for lane: `_IR.dot4(acc, pairs)` adds to int32 lane i
+the products of bytes 4i..4i+3 of every 16-byte pair (the widening form pairs its partial sums
+with one `addp` so that its lanes hold the same bytes as `sdot`'s). So a Pi 4 and a Pi 5 give
+the same bits, and every integer sum is exact (no 16-bit step can saturate: each product of
+two int8 fits int16, and the pair sums are taken in int32).
+
+Each kernel is one row . x, as every backend offers it (portable.py):
+`<type>_row(row, xq, xd[, bsum]) -> f32` for one position (decode) and
+`<type>_rows(row, xq, xd[, bsum], t) -> (f32,) * TOKENS` for positions t.. (prefill), each
+position summed by exactly the steps of the row form: decode and prefill give the same bits.
+
+The integer sums per sub-block are intdot.py's exactly. The float steps, in this fixed order
+(tests/test_neon.py reproduces them in NumPy bit for bit):
+  - K-quants (Q4_K, Q5_K, Q6_K), per super-block k with isum, msum its exact int32 sums:
+        acc  = fma(f32(isum), d_w * xd[k], acc)
+        accm = fma(f32(msum), dmin_w * xd[k], accm)        (not for Q6_K, whose offset 32
+    result acc - accm (Q6_K: acc).                          is subtracted from the quants)
+    For Q4_K these are x86_avx2.q4_k_row's steps: the same bits as on x86.
+  - Q8_0 and Q4_0, per block k of 32: s = dot4 lanes (4 int32: bytes 4i..4i+3 and 16+4i..),
+        acc_(k%2) = fma(f32(s), splat(d_w * xd[k]), acc_(k%2))     (two 4-lane chains)
+    result: with v = acc_0 + acc_1, (v0 + v1) + (v2 + v3).
+
+Call the kernels only from functions compiled without fastmath (see x86_avx2.py: the
+intrinsic's float instructions land in the caller and would be reordered per call site).
+"""
+from llvmlite import ir
+from numba.extending import intrinsic
+
+from ...cpu import target
+from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
+from ..q4_0 import Q4_0_BYTES
+from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from .llvm_ir import F32, I8, I16, I32, I64, IR, V16I8, _data, _n_blocks, _offset, _result, _tokens, _typed
+
+_FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
+HAVE_DOTPROD = "dotprod" in _FEATURES
+
+V8I8, V8I16, V4I32, V4F32 = (ir.VectorType(I8, 8), ir.VectorType(I16, 8), ir.VectorType(I32, 4),
+                             ir.VectorType(F32, 4))
+_LO, _HI = list(range(8)), list(range(8, 16))
+
+
+class _IR(IR):
+    """IR plus the aarch64 NEON integer steps."""
+
+    def sdot(self, acc, a, b):  # acc.4s + sums of 4 int8 products per lane
+        fn = self.fn("llvm.aarch64.neon.sdot.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+        return self.b.call(fn, [acc, a, b])
+
+    def smull(self, a, b):  # <8 x i8> * <8 x i8> -> <8 x i16>, exact
+        return self.b.call(self.fn("llvm.aarch64.neon.smull.v8i16", V8I16, [V8I8, V8I8]), [a, b])
+
+    def saddlp(self, v):  # <8 x i16> -> <4 x i32>: sums of adjacent pairs
+        return self.b.call(self.fn("llvm.aarch64.neon.saddlp.v4i32.v8i16", V4I32, [V8I16]), [v])
+
+    def addp(self, a, b):  # [a0+a1, a2+a3, b0+b1, b2+b3]
+        return self.b.call(self.fn("llvm.aarch64.neon.addp.v4i32", V4I32, [V4I32, V4I32]), [a, b])
+
+    def dot4(self, acc, pairs):
+        """acc (<4 x i32>, or None for zeros) + for each (a, b) of <16 x i8>: lane i gets the
+        products of bytes 4i..4i+3. sdot with dotprod; else smull per half, the pair sums
+        accumulated in int32 (saddlp, then add: LLVM's sadalp), one addp to regroup."""
+        b = self.b
+        if HAVE_DOTPROD:
+            acc = ir.Constant(V4I32, [0] * 4) if acc is None else acc
+            for u, v in pairs:
+                acc = self.sdot(acc, u, v)
+            return acc
+        lo = hi = None
+        for u, v in pairs:
+            pl = self.saddlp(self.smull(self.lanes(u, _LO), self.lanes(v, _LO)))
+            ph = self.saddlp(self.smull(self.lanes(u, _HI), self.lanes(v, _HI)))
+            lo = pl if lo is None else b.add(lo, pl)
+            hi = ph if hi is None else b.add(hi, ph)
+        s = self.addp(lo, hi)
+        return s if acc is None else b.add(acc, s)
+
+    def addv(self, v):  # <N x i32> -> i32, exact
+        name = f"llvm.vector.reduce.add.v{v.type.count}i32"
+        return self.b.call(self.fn(name, I32, [v.type]), [v])
+
+    def hsum4(self, v):  # (v0 + v1) + (v2 + v3)
+        b = self.b
+        h = b.fadd(self.lanes(v, [0, 2]), self.lanes(v, [1, 3]))
+        return b.fadd(b.extract_element(h, ir.Constant(I32, 0)), b.extract_element(h, ir.Constant(I32, 1)))
+
+    def scaled(self, acc, s4, scales32, j):  # acc + s4 * lane j of scales32 (mla by element)
+        m = self.b.mul(s4, self.lanes(scales32[j // 4], [j % 4] * 4))
+        return m if acc is None else self.b.add(acc, m)
+
+    def vconst(self, value, vty=V16I8):
+        return self.const(vty, value)
+
+
+def _c(v):
+    return ir.Constant(I64, v)
+
+
+# --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------
+
+def _kquant_loop(ir_, nb, xds, super_block, with_mins):
+    """Per token (xds: its xd pointers), the fixed float steps of the module docstring over
+    the nb super-blocks; super_block(k) -> ([(isum, msum or None) per token], d_w, dmin_w)."""
+    b = ir_.b
+    zero = ir.Constant(F32, 0.0)
+
+    def body(k, *accs):
+        sums, d_w, dmin_w = super_block(k)
+        out = []
+        for i, (isum, msum) in enumerate(sums):
+            dx = b.load(b.gep(xds[i], [k]))
+            out.append(ir_.fma(b.sitofp(isum, F32), b.fmul(d_w, dx), accs[2 * i]))
+            out.append(ir_.fma(b.sitofp(msum, F32), b.fmul(dmin_w, dx), accs[2 * i + 1])
+                       if with_mins else accs[2 * i + 1])
+        return out
+
+    accs = ir_.loop(nb, body, *[zero] * (2 * len(xds)))
+    return [b.fsub(a, m) if with_mins else a for a, m in zip(accs[0::2], accs[1::2])]
+
+
+def _scales_mins_k4(ir_, w, o):
+    """Q4_K/Q5_K's twelve scale bytes -> (scales, mins) as two <4 x i32> each (sub-blocks
+    0-3, 4-7); ggml's get_scale_min_k4 on four 32-bit words at once."""
+    b = ir_.b
+    u0, u1, u2 = (ir_.load(w, b.add(o, _offset(o, 4 + 4 * k)), I32) for k in range(3))
+    low6, low4, top2 = (ir.Constant(I32, m) for m in (0x3F3F3F3F, 0x0F0F0F0F, 0x03030303))
+    four, six = ir.Constant(I32, 4), ir.Constant(I32, 6)
+    sc_hi = b.or_(b.and_(u2, low4), b.shl(b.and_(b.lshr(u0, six), top2), four))
+    m_hi = b.or_(b.and_(b.lshr(u2, four), low4), b.shl(b.and_(b.lshr(u1, six), top2), four))
+    pair = ir.VectorType(I32, 2)
+
+    def bytes8(lo, hi):  # two words -> <8 x i8> -> <8 x i16>
+        v = b.insert_element(ir.Constant(pair, ir.Undefined), lo, ir.Constant(I32, 0))
+        v = b.insert_element(v, hi, ir.Constant(I32, 1))
+        return b.zext(b.bitcast(v, V8I8), V8I16)
+
+    return bytes8(b.and_(u0, low6), sc_hi), bytes8(b.and_(u1, low6), m_hi)
+
+
+def _widen4(ir_, v16):  # <8 x i16> -> two <4 x i32> (lanes 0-3, 4-7)
+    return [ir_.b.sext(ir_.lanes(v16, list(range(4 * h, 4 * h + 4))), V4I32) for h in range(2)]
+
+
+def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
+    m4, s4, one = ir_.vconst(15), ir_.vconst(4), ir_.vconst(1)
+
+    def super_block(k):
+        o = b.mul(k, _c(block_bytes))
+        xo = b.mul(k, _c(QK_K))
+        sc16, mn16 = _scales_mins_k4(ir_, w, o)
+        sc32 = _widen4(ir_, sc16)
+        qh = [ir_.load(w, b.add(o, _offset(o, 16 + 16 * h)), V16I8) for h in range(2)] if high_bits else None
+        isums = [None] * len(toks)
+        for c in range(4):
+            v = [ir_.load(w, b.add(o, _offset(o, qs_at + 32 * c + 16 * h)), V16I8) for h in range(2)]
+            lo = [b.and_(u, m4) for u in v]
+            hi = [b.lshr(u, s4) for u in v]
+            if high_bits:  # bit 2c of qh[l] tops element l of sub-block 2c, bit 2c+1 of 2c+1
+                lo = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c)), one), s4)) for q, h in zip(lo, qh)]
+                hi = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c + 1)), one), s4)) for q, h in zip(hi, qh)]
+            for i, (xp, _, _) in enumerate(toks):
+                x = [ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 16 * h)), V16I8) for h in range(4)]
+                s_lo = ir_.dot4(None, [(lo[0], x[0]), (lo[1], x[1])])
+                s_hi = ir_.dot4(None, [(hi[0], x[2]), (hi[1], x[3])])
+                isums[i] = ir_.scaled(ir_.scaled(isums[i], s_lo, sc32, 2 * c), s_hi, sc32, 2 * c + 1)
+        mins = b.sext(mn16, ir.VectorType(I32, 8))
+        sums = []
+        for isum, (_, _, sp) in zip(isums, toks):
+            # x's sums per 32 (pairs of its sums per 16) times the sub-blocks' mins
+            bs = [ir_.load(sp, b.add(b.mul(k, _c(16)), _c(8 * h)), V8I16) for h in range(2)]
+            even, odd = (b.shuffle_vector(bs[0], bs[1], ir.Constant(ir.VectorType(I32, 8), list(range(h, 16, 2))))
+                         for h in range(2))
+            pairs = b.add(even, odd)  # |sum| <= 32 * 128: int16 (ggml's vpaddq_s16 too)
+            msum = ir_.addv(b.mul(b.sext(pairs, ir.VectorType(I32, 8)), mins))
+            sums.append((ir_.addv(isum), msum))
+        return sums, ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
+
+    return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, True))
+
+
+def _q6_k(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q6_K_BYTES)
+    m4, k3, m32 = ir_.vconst(15), ir_.vconst(3), ir_.vconst(32)
+
+    def shr(v, n):
+        return b.lshr(v, ir_.vconst(n))
+
+    def top(v):  # two high bits into place above the low four
+        return b.shl(v, ir_.vconst(4))
+
+    def super_block(k):
+        o = b.mul(k, _c(Q6_K_BYTES))
+        xo = b.mul(k, _c(QK_K))
+        sc8 = ir_.load(w, b.add(o, _offset(o, 192)), V16I8)
+        sc32 = _widen4(ir_, b.sext(ir_.lanes(sc8, _LO), V8I16)) + _widen4(ir_, b.sext(ir_.lanes(sc8, _HI), V8I16))
+        isums = [None] * len(toks)
+        for h in range(2):
+            for g in range(2):  # elements 16g..16g+15 of each quarter: one scale each
+                ql0 = ir_.load(w, b.add(o, _offset(o, 64 * h + 16 * g)), V16I8)
+                ql1 = ir_.load(w, b.add(o, _offset(o, 64 * h + 32 + 16 * g)), V16I8)
+                qh = ir_.load(w, b.add(o, _offset(o, 128 + 32 * h + 16 * g)), V16I8)
+                quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
+                            b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
+                            b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
+                            b.or_(shr(ql1, 4), top(shr(qh, 6))))
+                for j, q in enumerate(quarters):  # q in 0..63 stored with +32: -32..31 as int8
+                    q = b.sub(q, m32)
+                    for i, (xp, _, _) in enumerate(toks):
+                        x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j + 16 * g)), V16I8)
+                        isums[i] = ir_.scaled(isums[i], ir_.dot4(None, [(q, x)]), sc32, 8 * h + 2 * j + g)
+        sums = [(ir_.addv(isum), None) for isum in isums]
+        return sums, ir_.f16(w, b.add(o, _offset(o, 208))), None
+
+    return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, False))
+
+
+# --- Q8_0 and Q4_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) --------------------------------
+
+def _blocks32(context, builder, sig, args, block_bytes, weights):
+    """The Q8_0-activation kernels: weights(o) -> the block's two <16 x i8> quant vectors
+    (elements 0-15, 16-31) at byte o; the float steps of the module docstring."""
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 2)
+    nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
+
+    def block(k, accs):
+        o = b.mul(k, _c(block_bytes))
+        q0, q1 = weights(ir_, w, o)
+        d_w = ir_.f16(w, o)
+        out = []
+        for acc, (xp, dp) in zip(accs, toks):
+            xo = b.mul(k, _c(32))
+            x0, x1 = ir_.load(xp, xo, V16I8), ir_.load(xp, b.add(xo, _c(16)), V16I8)
+            s = ir_.dot4(None, [(q0, x0), (q1, x1)])
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out.append(ir_.fma(b.sitofp(s, V4F32), ir_.splat(d, V4F32), acc))
+        return out
+
+    n = len(toks)
+    half = b.udiv(nb, _c(2))
+
+    def pair(j, *accs):  # blocks 2j (chain 0) and 2j + 1 (chain 1)
+        k = b.mul(j, _c(2))
+        return block(k, accs[:n]) + block(b.add(k, _c(1)), accs[n:])
+
+    zero = ir.Constant(V4F32, [0.0] * 4)
+    accs = ir_.loop(half, pair, *[zero] * (2 * n))
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))),  # an odd last block: chain 0
+                    lambda j, *a: block(b.add(b.mul(half, _c(2)), j), a), *accs[:n])
+    return _result(context, b, sig, [ir_.hsum4(b.fadd(a0, a1)) for a0, a1 in zip(tail, accs[n:])])
+
+
+def _q8_0_quants(ir_, w, o):
+    b = ir_.b
+    return ir_.load(w, b.add(o, _c(2)), V16I8), ir_.load(w, b.add(o, _c(18)), V16I8)
+
+
+def _q4_0_quants(ir_, w, o):  # element j < 16: low nibble of qs[j], j + 16: its high nibble; q - 8
+    b = ir_.b
+    qs = ir_.load(w, b.add(o, _c(2)), V16I8)
+    eight = ir_.vconst(8)
+    return b.sub(b.and_(qs, ir_.vconst(15)), eight), b.sub(b.lshr(qs, ir_.vconst(4)), eight)
+
+
+def _q4_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q4_K_BYTES, 16, False)
+
+
+def _q5_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q5_K_BYTES, 48, True)
+
+
+def _q8_0(context, builder, sig, args):
+    return _blocks32(context, builder, sig, args, Q8_0_BYTES, _q8_0_quants)
+
+
+def _q4_0(context, builder, sig, args):
+    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants)
+
+
+# --- the kernels numba code calls -------------------------------------------------------------
+
+@intrinsic
+def q4_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*144]
+    return _typed(_q4_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q4_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q4_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q5_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*176]
+    return _typed(_q5_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q5_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q5_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q6_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*210]
+    return _typed(_q6_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q6_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q6_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34], x in Q8_0
+    return _typed(_q8_0, row, xq, xd)
+
+
+@intrinsic
+def q8_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q8_0, row, xq, xd, t=t)
+
+
+@intrinsic
+def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
+    return _typed(_q4_0, row, xq, xd)
+
+
+@intrinsic
+def q4_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q4_0, row, xq, xd, t=t)
