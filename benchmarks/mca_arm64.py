@@ -87,11 +87,11 @@ def emit(cpu: str, features: str, kernels=tuple(KERNELS)) -> dict[str, str]:
 _BRANCH = re.compile(r"^\s*(b\.\w+|cbnz|cbz|tbnz|tbz|b)\s+(?:.*,\s*)?(\.LBB\w+)\s*$")
 
 
-def loop_body(asm: str) -> list[str]:
-    """The instructions of the largest loop: from a label to the branch back to it (no calls)."""
+def _loops(asm: str) -> list[tuple[int, int, list[str]]]:
+    """(first line, last line, instructions) of every loop: a label and a branch back to it
+    with no call between (error paths that jump back are not loops)."""
     lines = asm.splitlines()
-    labels = {}
-    best: list[str] = []
+    labels, out = {}, []
     for i, line in enumerate(lines):
         m = re.match(r"^(\.LBB\w+):", line)
         if m:
@@ -101,50 +101,118 @@ def loop_body(asm: str) -> list[str]:
         if m and m.group(2) in labels:
             body = [s.strip() for s in lines[labels[m.group(2)] + 1:i + 1]]
             body = [s for s in body if s and not s.startswith((".", "//", "@")) and not s.endswith(":")]
-            if any(s.split()[0] in ("bl", "blr", "ret") for s in body):
-                continue  # an error path that jumps back, not a loop
-            if len(body) > len(best):
-                best = body
-    return best
+            if not any(s.split()[0] in ("bl", "blr", "ret") for s in body):
+                out.append((labels[m.group(2)], i, body))
+    return out
+
+
+def _simd_dots(body: list[str]) -> int:
+    return sum(s.split()[0] in ("sdot", "smull", "smull2", "smlal", "smlal2") for s in body)
+
+
+def loop_body(asm: str) -> list[str]:
+    """The instructions of the main loop: the one with the most integer dot instructions
+    (then the longest), from its label to the branch back to it."""
+    loops = _loops(asm)
+    return max(loops, key=lambda lp: (_simd_dots(lp[2]), len(lp[2])))[2] if loops else []
+
+
+def clang_loop_cycles(asm: str, cpu: str, inner_trips: int = 1) -> float:
+    """llvm-mca's cycles per iteration of the main loop of a function compiled by clang, from
+    its verbose-asm loop comments ("Loop Header", "in Loop: Header=", "Parent Loop"): the
+    outer loop's own blocks once, plus each inner loop (left rolled) inner_trips times."""
+    own: dict[str, list[str]] = {}
+    parent: dict[str, str | None] = {}
+    current = None
+    for line in asm.splitlines():
+        m = re.match(r"^(?:\.L(BB\w+)|// (%bb\.\d+)):(.*)$", line)
+        if m:
+            label, rest = m.group(1) or m.group(2), m.group(3)
+            h = re.search(r"Header=(BB\w+)", rest)
+            current = h.group(1) if h else (label if "Loop" in rest else None)
+            if current == label:
+                parent.setdefault(label, None)
+                p = re.search(r"Parent Loop (BB\w+)", rest)
+                if p:
+                    parent[label] = p.group(1)
+            continue
+        text = line.strip()
+        if current and text.startswith("//"):
+            if "Inner Loop Header" in text or "This Loop Header" in text:
+                parent.setdefault(current, parent.get(current))
+            continue
+        if current and text and not text.startswith("."):
+            own.setdefault(current, []).append(text)
+
+    def total(h):
+        kids = [c for c, p in parent.items() if p == h]
+        return mca_cycles(own.get(h, []), cpu) + sum(inner_trips * total(c) for c in kids)
+
+    def dots(h):
+        return _simd_dots(own.get(h, [])) + sum(dots(c) for c, p in parent.items() if p == h)
+
+    tops = [h for h, p in parent.items() if p is None]
+    return total(max(tops, key=lambda h: (dots(h), len(own.get(h, [])))))
+
+
+def loop_cycles(asm: str, cpu: str) -> float:
+    """llvm-mca's cycles per iteration of the main loop of a numba kernel (a single loop)."""
+    return mca_cycles(loop_body(asm), cpu)
+
+
+# LLVM has no Cortex-A76 scheduling model (it times -mcpu=cortex-a76 with the Cortex-A57's,
+# which has one load pipe and 3-wide dispatch); the Neoverse N1 is the same core design
+# (Arm's "Ares": 4-wide decode, 2 load pipes, 2 128-bit SIMD pipes) and has one since LLVM 17.
+MCA_MODEL = {"cortex-a76": "neoverse-n1", "cortex-a72": "cortex-a72"}
+
+
+def llvm_mca() -> str:
+    """The newest llvm-mca installed (Debian: llvm-19 has the Neoverse N1 model)."""
+    found = sorted((int(m.group(1)), p) for p in Path("/usr/bin").glob("llvm-mca-*")
+                   if (m := re.fullmatch(r"llvm-mca-(\d+)", p.name)))
+    return str(found[-1][1]) if found else "llvm-mca"
 
 
 def mca_cycles(body: list[str], cpu: str, iterations: int = 100) -> float:
-    """llvm-mca's cycles per iteration of a loop body on that CPU."""
-    res = subprocess.run(["llvm-mca", "-mtriple=aarch64-linux-gnu", f"-mcpu={cpu}", f"-iterations={iterations}"],
+    """llvm-mca's cycles per iteration of a loop body on that CPU (its MCA_MODEL)."""
+    res = subprocess.run([llvm_mca(), "-mtriple=aarch64-linux-gnu", f"-mcpu={MCA_MODEL[cpu]}",
+                          f"-iterations={iterations}"],
                          input="\n".join(body) + "\n", capture_output=True, text=True, check=True)
     total = int(re.search(r"Total Cycles:\s+(\d+)", res.stdout).group(1))
     return total / iterations
 
 
-_LLAMA_C = r"""
-#include "ggml-cpu/arch/arm/quants.c"
-"""
-
-
 def llama_asm(src: Path, cpu: str) -> str | None:
-    """llama.cpp's arm quants.c compiled for cpu (assembly text), or None if it does not build."""
-    clang = shutil.which("clang")
+    """llama.cpp's (or ggml's) arm quants.c compiled for cpu (assembly text), or None if no
+    clang / aarch64 libc headers (Debian: clang-14, libc6-dev-arm64-cross)."""
+    clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is None:
         return None
-    feat = "+dotprod" if "dotprod" in CPUS[cpu] else ""
+    g = src / "ggml" if (src / "ggml").is_dir() else src
+    sysroot = Path("/usr/aarch64-linux-gnu")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.s"
-        cmd = [clang, "--target=aarch64-linux-gnu", f"-mcpu={cpu}{feat}", "-O3", "-S", "-w",
-               "-I", str(src / "ggml/include"), "-I", str(src / "ggml/src"), "-I", str(src / "ggml/src/ggml-cpu"),
-               str(src / "ggml/src/ggml-cpu/arch/arm/quants.c"), "-o", str(out)]
-        if subprocess.run(cmd, capture_output=True).returncode != 0:
+        cmd = [clang, "--target=aarch64-linux-gnu", f"-mcpu={cpu}", "-O3", "-S", "-w",
+               *(["--sysroot", str(sysroot), "-isystem", str(sysroot / "include")] if sysroot.is_dir() else []),
+               "-I", str(g / "include"), "-I", str(g / "src"), "-I", str(g / "src/ggml-cpu"),
+               str(g / "src/ggml-cpu/arch/arm/quants.c"), "-o", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"llama.cpp's quants.c did not build for {cpu}: {res.stderr[-500:]}", file=sys.stderr)
             return None
         return out.read_text()
 
 
 def function_asm(asm: str, name: str) -> str:
-    m = re.search(rf"^{name}:\n(.*?)^\.Lfunc_end\d+:", asm, re.M | re.S)
+    m = re.search(rf"^{name}:[^\n]*\n(.*?)^\.Lfunc_end\d+:", asm, re.M | re.S)
     return m.group(1) if m else ""
 
 
-LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64), "q8_0_row": ("ggml_vec_dot_q8_0_q8_0", 64),
-         "q4_k_row": ("ggml_vec_dot_q4_K_q8_K", 256), "q5_k_row": ("ggml_vec_dot_q5_K_q8_K", 256),
-         "q6_k_row": ("ggml_vec_dot_q6_K_q8_K", 256)}
+# our kernel -> (llama.cpp's function, weights per iteration of its main loop, trips of the
+# loop inside it: `for j < QK_K/64` in Q4_K / Q5_K, `QK_K/128` in Q6_K, when left rolled)
+LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64, 1), "q8_0_row": ("ggml_vec_dot_q8_0_q8_0", 64, 1),
+         "q4_k_row": ("ggml_vec_dot_q4_K_q8_K", 256, 4), "q5_k_row": ("ggml_vec_dot_q5_K_q8_K", 256, 4),
+         "q6_k_row": ("ggml_vec_dot_q6_K_q8_K", 256, 2)}
 
 
 def main() -> None:
@@ -161,13 +229,11 @@ def main() -> None:
         asm = emit(cpu, feats)
         lasm = llama_asm(args.llama, cpu) if args.llama else None
         for name, (weights, positions) in KERNELS.items():
-            cyc = mca_cycles(loop_body(asm[name]), cpu)
+            cyc = loop_cycles(asm[name], cpu)
             rows.setdefault(name, {})[cpu] = 256 * cyc / (weights * positions)
             if lasm and name in LLAMA:
-                fn, lw = LLAMA[name]
-                body = loop_body(function_asm(lasm, fn))
-                if body:
-                    rows[name][cpu + " llama"] = 256 * mca_cycles(body, cpu) / lw
+                fn, lw, trips = LLAMA[name]
+                rows[name][cpu + " llama"] = 256 * clang_loop_cycles(function_asm(lasm, fn), cpu, trips) / lw
     cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
     print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
     print(f"{'kernel':12}" + "".join(f"{c:>20}" for c in cols))
