@@ -45,8 +45,8 @@ from .llvm_ir import F32, I8, I16, I32, I64, IR, V16I8, _data, _n_blocks, _offse
 _FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
 HAVE_DOTPROD = "dotprod" in _FEATURES
 
-V8I8, V8I16, V4I32, V4F32 = (ir.VectorType(I8, 8), ir.VectorType(I16, 8), ir.VectorType(I32, 4),
-                             ir.VectorType(F32, 4))
+V8I8, V8I16, V4I16, V4I32, V4F32 = (ir.VectorType(I8, 8), ir.VectorType(I16, 8), ir.VectorType(I16, 4),
+                                    ir.VectorType(I32, 4), ir.VectorType(F32, 4))
 _LO, _HI = list(range(8)), list(range(8, 16))
 
 
@@ -66,24 +66,38 @@ class _IR(IR):
     def addp(self, a, b):  # [a0+a1, a2+a3, b0+b1, b2+b3]
         return self.b.call(self.fn("llvm.aarch64.neon.addp.v4i32", V4I32, [V4I32, V4I32]), [a, b])
 
-    def dot4(self, acc, pairs):
+    def dot4(self, acc, pairs, narrow=False):
         """acc (<4 x i32>, or None for zeros) + for each (a, b) of <16 x i8>: lane i gets the
         products of bytes 4i..4i+3. sdot with dotprod; else smull per half, the pair sums
-        accumulated in int32 (saddlp, then add: LLVM's sadalp), one addp to regroup."""
+        accumulated in int32 (saddlp, then add: LLVM's sadalp), one addp to regroup.
+        narrow=True (the caller's bound: every lane's products, summed over the pairs, fit
+        int16): the halves' products accumulate in int16 first (smlal), then one saddlp."""
         b = self.b
         if HAVE_DOTPROD:
             acc = ir.Constant(V4I32, [0] * 4) if acc is None else acc
             for u, v in pairs:
                 acc = self.sdot(acc, u, v)
             return acc
-        lo = hi = None
-        for u, v in pairs:
-            pl = self.saddlp(self.smull(self.lanes(u, _LO), self.lanes(v, _LO)))
-            ph = self.saddlp(self.smull(self.lanes(u, _HI), self.lanes(v, _HI)))
-            lo = pl if lo is None else b.add(lo, pl)
-            hi = ph if hi is None else b.add(hi, ph)
-        s = self.addp(lo, hi)
+        halves = []
+        for idx in (_LO, _HI):
+            prods = [self.smull(self.lanes(u, idx), self.lanes(v, idx)) for u, v in pairs]
+            if narrow:
+                p = prods[0]
+                for q in prods[1:]:
+                    p = b.add(p, q)  # smlal
+                halves.append(self.saddlp(p))
+            else:
+                p = self.saddlp(prods[0])
+                for q in prods[1:]:
+                    p = b.add(p, self.saddlp(q))  # sadalp
+                halves.append(p)
+        s = self.addp(*halves)
         return s if acc is None else b.add(acc, s)
+
+    def opaque(self, v):
+        """v through an empty inline asm: LLVM cannot look into it, so the lanes taken of it
+        stay lanes of a vector register (mla by element) instead of being rebuilt per use."""
+        return self.b.asm(ir.FunctionType(v.type, [v.type]), "", "=w,0", [v], False)
 
     def addv(self, v):  # <N x i32> -> i32, exact
         name = f"llvm.vector.reduce.add.v{v.type.count}i32"
@@ -94,9 +108,40 @@ class _IR(IR):
         h = b.fadd(self.lanes(v, [0, 2]), self.lanes(v, [1, 3]))
         return b.fadd(b.extract_element(h, ir.Constant(I32, 0)), b.extract_element(h, ir.Constant(I32, 1)))
 
-    def scaled(self, acc, s4, scales32, j):  # acc + s4 * lane j of scales32 (mla by element)
-        m = self.b.mul(s4, self.lanes(scales32[j // 4], [j % 4] * 4))
-        return m if acc is None else self.b.add(acc, m)
+    def smull4(self, a, b):  # <4 x i16> * <4 x i16> -> <4 x i32>, exact
+        return self.b.call(self.fn("llvm.aarch64.neon.smull.v4i32", V4I32, [V4I16, V4I16]), [a, b])
+
+    # K-quant sub-blocks: sum_j scale_j * (q . x over sub-block j), exact in int32 lanes whose
+    # split does not matter (the super-block's sum is taken with addv at the end).
+
+    def kscales(self, v16):
+        """<8 x i16> sub-block scales -> the form kdot takes: with dotprod two <4 x i32>
+        (mla by element), else the <8 x i16> itself (smlal by element); opaque either way."""
+        if HAVE_DOTPROD:
+            return [self.opaque(self.b.sext(self.lanes(v16, list(range(4 * h, 4 * h + 4))), V4I32))
+                    for h in range(2)]
+        return [self.opaque(v16)]
+
+    def kdot(self, acc, pairs, scales, j):
+        """acc + scale j * the products of pairs (None: start). dotprod: sdot, then mla by
+        element. Else the halves' products summed in int16 (caller's bound: every int16 lane's
+        products fit), then widened times the scale (smull/smlal by element) into two int32
+        accumulators."""
+        b = self.b
+        if HAVE_DOTPROD:
+            m = b.mul(self.dot4(None, pairs), self.lanes(scales[j // 4], [j % 4] * 4))
+            return m if acc is None else b.add(acc, m)
+        p = None
+        for u, v in pairs:
+            for idx in (_LO, _HI):
+                prod = self.smull(self.lanes(u, idx), self.lanes(v, idx))
+                p = prod if p is None else b.add(p, prod)  # smlal
+        sc = self.lanes(scales[j // 8], [j % 8] * 4)
+        lo, hi = self.smull4(self.lanes(p, [0, 1, 2, 3]), sc), self.smull4(self.lanes(p, [4, 5, 6, 7]), sc)
+        return (lo, hi) if acc is None else (b.add(acc[0], lo), b.add(acc[1], hi))
+
+    def ksum(self, acc):  # kdot's accumulators -> i32
+        return self.addv(acc if HAVE_DOTPROD else self.b.add(acc[0], acc[1]))
 
     def vconst(self, value, vty=V16I8):
         return self.const(vty, value)
@@ -147,10 +192,6 @@ def _scales_mins_k4(ir_, w, o):
     return bytes8(b.and_(u0, low6), sc_hi), bytes8(b.and_(u1, low6), m_hi)
 
 
-def _widen4(ir_, v16):  # <8 x i16> -> two <4 x i32> (lanes 0-3, 4-7)
-    return [ir_.b.sext(ir_.lanes(v16, list(range(4 * h, 4 * h + 4))), V4I32) for h in range(2)]
-
-
 def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
     ir_ = _IR(builder)
     b = builder
@@ -163,7 +204,7 @@ def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
         o = b.mul(k, _c(block_bytes))
         xo = b.mul(k, _c(QK_K))
         sc16, mn16 = _scales_mins_k4(ir_, w, o)
-        sc32 = _widen4(ir_, sc16)
+        scales = ir_.kscales(sc16)
         qh = [ir_.load(w, b.add(o, _offset(o, 16 + 16 * h)), V16I8) for h in range(2)] if high_bits else None
         isums = [None] * len(toks)
         for c in range(4):
@@ -175,9 +216,9 @@ def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
                 hi = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c + 1)), one), s4)) for q, h in zip(hi, qh)]
             for i, (xp, _, _) in enumerate(toks):
                 x = [ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 16 * h)), V16I8) for h in range(4)]
-                s_lo = ir_.dot4(None, [(lo[0], x[0]), (lo[1], x[1])])
-                s_hi = ir_.dot4(None, [(hi[0], x[2]), (hi[1], x[3])])
-                isums[i] = ir_.scaled(ir_.scaled(isums[i], s_lo, sc32, 2 * c), s_hi, sc32, 2 * c + 1)
+                # a sub-block's 32 products of |q x| <= 31 * 128: four per int16 lane fit
+                isums[i] = ir_.kdot(isums[i], [(lo[0], x[0]), (lo[1], x[1])], scales, 2 * c)
+                isums[i] = ir_.kdot(isums[i], [(hi[0], x[2]), (hi[1], x[3])], scales, 2 * c + 1)
         mins = b.sext(mn16, ir.VectorType(I32, 8))
         sums = []
         for isum, (_, _, sp) in zip(isums, toks):
@@ -187,7 +228,7 @@ def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
                          for h in range(2))
             pairs = b.add(even, odd)  # |sum| <= 32 * 128: int16 (ggml's vpaddq_s16 too)
             msum = ir_.addv(b.mul(b.sext(pairs, ir.VectorType(I32, 8)), mins))
-            sums.append((ir_.addv(isum), msum))
+            sums.append((ir_.ksum(isum), msum))
         return sums, ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
 
     return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, True))
@@ -199,7 +240,8 @@ def _q6_k(context, builder, sig, args):
     w = _data(context, b, sig.args[0], args[0])
     toks = _tokens(context, b, sig, args, 3)
     nb = _n_blocks(context, b, sig.args[0], args[0], Q6_K_BYTES)
-    m4, k3, m32 = ir_.vconst(15), ir_.vconst(3), ir_.vconst(32)
+    m4, k3 = ir_.vconst(15), ir_.vconst(3)
+    v16i32 = ir.VectorType(I32, 16)
 
     def shr(v, n):
         return b.lshr(v, ir_.vconst(n))
@@ -211,7 +253,7 @@ def _q6_k(context, builder, sig, args):
         o = b.mul(k, _c(Q6_K_BYTES))
         xo = b.mul(k, _c(QK_K))
         sc8 = ir_.load(w, b.add(o, _offset(o, 192)), V16I8)
-        sc32 = _widen4(ir_, b.sext(ir_.lanes(sc8, _LO), V8I16)) + _widen4(ir_, b.sext(ir_.lanes(sc8, _HI), V8I16))
+        scales = ir_.kscales(b.sext(ir_.lanes(sc8, _LO), V8I16)) + ir_.kscales(b.sext(ir_.lanes(sc8, _HI), V8I16))
         isums = [None] * len(toks)
         for h in range(2):
             for g in range(2):  # elements 16g..16g+15 of each quarter: one scale each
@@ -222,12 +264,18 @@ def _q6_k(context, builder, sig, args):
                             b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
                             b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
                             b.or_(shr(ql1, 4), top(shr(qh, 6))))
-                for j, q in enumerate(quarters):  # q in 0..63 stored with +32: -32..31 as int8
-                    q = b.sub(q, m32)
+                for j, q in enumerate(quarters):  # q in 0..63, stored with +32: taken off below
                     for i, (xp, _, _) in enumerate(toks):
                         x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j + 16 * g)), V16I8)
-                        isums[i] = ir_.scaled(isums[i], ir_.dot4(None, [(q, x)]), sc32, 8 * h + 2 * j + g)
-        sums = [(ir_.addv(isum), None) for isum in isums]
+                        # 16 products of |q x| <= 63 * 128: two per int16 lane fit
+                        isums[i] = ir_.kdot(isums[i], [(q, x)], scales, 8 * h + 2 * j + g)
+        sc = b.sext(sc8, v16i32)
+        sums = []
+        for isum, (_, _, sp) in zip(isums, toks):
+            # (q - 32) . x = q . x - 32 * sum over the 16-groups of scale * (x's sum over it)
+            bs = b.sext(ir_.load(sp, b.mul(k, _c(16)), ir.VectorType(I16, 16)), v16i32)
+            offset = ir_.addv(b.mul(bs, sc))
+            sums.append((b.sub(ir_.ksum(isum), b.shl(offset, ir.Constant(I32, 5))), None))
         return sums, ir_.f16(w, b.add(o, _offset(o, 208))), None
 
     return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, False))
@@ -235,9 +283,10 @@ def _q6_k(context, builder, sig, args):
 
 # --- Q8_0 and Q4_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) --------------------------------
 
-def _blocks32(context, builder, sig, args, block_bytes, weights):
+def _blocks32(context, builder, sig, args, block_bytes, weights, narrow):
     """The Q8_0-activation kernels: weights(o) -> the block's two <16 x i8> quant vectors
-    (elements 0-15, 16-31) at byte o; the float steps of the module docstring."""
+    (elements 0-15, 16-31) at byte o; the float steps of the module docstring. narrow: two
+    products a lane fit int16 (Q4_0: |q x| <= 8 * 128; not Q8_0, whose 2 * 128 * 128 does not)."""
     ir_ = _IR(builder)
     b = builder
     w = _data(context, b, sig.args[0], args[0])
@@ -252,7 +301,7 @@ def _blocks32(context, builder, sig, args, block_bytes, weights):
         for acc, (xp, dp) in zip(accs, toks):
             xo = b.mul(k, _c(32))
             x0, x1 = ir_.load(xp, xo, V16I8), ir_.load(xp, b.add(xo, _c(16)), V16I8)
-            s = ir_.dot4(None, [(q0, x0), (q1, x1)])
+            s = ir_.dot4(None, [(q0, x0), (q1, x1)], narrow=narrow)
             d = b.fmul(d_w, b.load(b.gep(dp, [k])))
             out.append(ir_.fma(b.sitofp(s, V4F32), ir_.splat(d, V4F32), acc))
         return out
@@ -292,11 +341,11 @@ def _q5_k(context, builder, sig, args):
 
 
 def _q8_0(context, builder, sig, args):
-    return _blocks32(context, builder, sig, args, Q8_0_BYTES, _q8_0_quants)
+    return _blocks32(context, builder, sig, args, Q8_0_BYTES, _q8_0_quants, False)
 
 
 def _q4_0(context, builder, sig, args):
-    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants)
+    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants, True)
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
