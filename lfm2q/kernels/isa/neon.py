@@ -94,6 +94,9 @@ class _IR(IR):
         s = self.addp(*halves)
         return s if acc is None else b.add(acc, s)
 
+    def opaque_ptr(self, p):  # p through an empty inline asm with side effects: a new pointer
+        return self.b.asm(ir.FunctionType(p.type, [p.type]), "", "=r,0", [p], True)
+
     def opaque(self, v):
         """v through an empty inline asm: LLVM cannot look into it, so the lanes taken of it
         stay lanes of a vector register (mla by element) instead of being rebuilt per use."""
@@ -192,6 +195,18 @@ def _scales_mins_k4(ir_, w, o):
     return bytes8(b.and_(u0, low6), sc_hi), bytes8(b.and_(u1, low6), m_hi)
 
 
+def _token_groups(ir_, w, n, size):
+    """[(token indices, weight pointer)]: prefill's positions in groups of `size`, each group
+    unpacking the weights anew from a pointer LLVM cannot prove equal to the last (an opaque
+    copy), so that fewer vectors stay live (Q4_K without dotprod: 4 positions at once spill,
+    llvm-mca on the Cortex-A72 has 68.9 cycles per 256 weights and position against 58.9 in
+    pairs; the other kernels are fastest with all 4, benchmarks/mca_arm64.py)."""
+    out = []
+    for g0 in range(0, n, size):
+        out.append((list(range(g0, min(n, g0 + size))), w if g0 == 0 else ir_.opaque_ptr(w)))
+    return out
+
+
 def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
     ir_ = _IR(builder)
     b = builder
@@ -205,20 +220,23 @@ def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
         xo = b.mul(k, _c(QK_K))
         sc16, mn16 = _scales_mins_k4(ir_, w, o)
         scales = ir_.kscales(sc16)
-        qh = [ir_.load(w, b.add(o, _offset(o, 16 + 16 * h)), V16I8) for h in range(2)] if high_bits else None
         isums = [None] * len(toks)
-        for c in range(4):
-            v = [ir_.load(w, b.add(o, _offset(o, qs_at + 32 * c + 16 * h)), V16I8) for h in range(2)]
-            lo = [b.and_(u, m4) for u in v]
-            hi = [b.lshr(u, s4) for u in v]
-            if high_bits:  # bit 2c of qh[l] tops element l of sub-block 2c, bit 2c+1 of 2c+1
-                lo = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c)), one), s4)) for q, h in zip(lo, qh)]
-                hi = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c + 1)), one), s4)) for q, h in zip(hi, qh)]
-            for i, (xp, _, _) in enumerate(toks):
-                x = [ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 16 * h)), V16I8) for h in range(4)]
-                # a sub-block's 32 products of |q x| <= 31 * 128: four per int16 lane fit
-                isums[i] = ir_.kdot(isums[i], [(lo[0], x[0]), (lo[1], x[1])], scales, 2 * c)
-                isums[i] = ir_.kdot(isums[i], [(hi[0], x[2]), (hi[1], x[3])], scales, 2 * c + 1)
+        size = 2 if not (HAVE_DOTPROD or high_bits) else len(toks)
+        for group, wg in _token_groups(ir_, w, len(toks), size):
+            qh = [ir_.load(wg, b.add(o, _offset(o, 16 + 16 * h)), V16I8) for h in range(2)] if high_bits else None
+            for c in range(4):
+                v = [ir_.load(wg, b.add(o, _offset(o, qs_at + 32 * c + 16 * h)), V16I8) for h in range(2)]
+                lo = [b.and_(u, m4) for u in v]
+                hi = [b.lshr(u, s4) for u in v]
+                if high_bits:  # bit 2c of qh[l] tops element l of sub-block 2c, bit 2c+1 of 2c+1
+                    lo = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c)), one), s4)) for q, h in zip(lo, qh)]
+                    hi = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c + 1)), one), s4)) for q, h in zip(hi, qh)]
+                for i in group:
+                    xp = toks[i][0]
+                    x = [ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 16 * h)), V16I8) for h in range(4)]
+                    # a sub-block's 32 products of |q x| <= 31 * 128: four per int16 lane fit
+                    isums[i] = ir_.kdot(isums[i], [(lo[0], x[0]), (lo[1], x[1])], scales, 2 * c)
+                    isums[i] = ir_.kdot(isums[i], [(hi[0], x[2]), (hi[1], x[3])], scales, 2 * c + 1)
         mins = b.sext(mn16, ir.VectorType(I32, 8))
         sums = []
         for isum, (_, _, sp) in zip(isums, toks):
@@ -255,20 +273,22 @@ def _q6_k(context, builder, sig, args):
         sc8 = ir_.load(w, b.add(o, _offset(o, 192)), V16I8)
         scales = ir_.kscales(b.sext(ir_.lanes(sc8, _LO), V8I16)) + ir_.kscales(b.sext(ir_.lanes(sc8, _HI), V8I16))
         isums = [None] * len(toks)
-        for h in range(2):
-            for g in range(2):  # elements 16g..16g+15 of each quarter: one scale each
-                ql0 = ir_.load(w, b.add(o, _offset(o, 64 * h + 16 * g)), V16I8)
-                ql1 = ir_.load(w, b.add(o, _offset(o, 64 * h + 32 + 16 * g)), V16I8)
-                qh = ir_.load(w, b.add(o, _offset(o, 128 + 32 * h + 16 * g)), V16I8)
-                quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
-                            b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
-                            b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
-                            b.or_(shr(ql1, 4), top(shr(qh, 6))))
-                for j, q in enumerate(quarters):  # q in 0..63, stored with +32: taken off below
-                    for i, (xp, _, _) in enumerate(toks):
-                        x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j + 16 * g)), V16I8)
-                        # 16 products of |q x| <= 63 * 128: two per int16 lane fit
-                        isums[i] = ir_.kdot(isums[i], [(q, x)], scales, 8 * h + 2 * j + g)
+        for group, wg in _token_groups(ir_, w, len(toks), len(toks)):
+            for h in range(2):
+                for g in range(2):  # elements 16g..16g+15 of each quarter: one scale each
+                    ql0 = ir_.load(wg, b.add(o, _offset(o, 64 * h + 16 * g)), V16I8)
+                    ql1 = ir_.load(wg, b.add(o, _offset(o, 64 * h + 32 + 16 * g)), V16I8)
+                    qh = ir_.load(wg, b.add(o, _offset(o, 128 + 32 * h + 16 * g)), V16I8)
+                    quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
+                                b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
+                                b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
+                                b.or_(shr(ql1, 4), top(shr(qh, 6))))
+                    for j, q in enumerate(quarters):  # q in 0..63, stored with +32: taken off below
+                        for i in group:
+                            xp = toks[i][0]
+                            x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j + 16 * g)), V16I8)
+                            # 16 products of |q x| <= 63 * 128: two per int16 lane fit
+                            isums[i] = ir_.kdot(isums[i], [(q, x)], scales, 8 * h + 2 * j + g)
         sc = b.sext(sc8, v16i32)
         sums = []
         for isum, (_, _, sp) in zip(isums, toks):
