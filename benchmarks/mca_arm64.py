@@ -32,7 +32,8 @@ CPUS = {"cortex-a76": "+neon,+dotprod,+fullfp16", "cortex-a72": "+neon,-dotprod,
 # kernel -> (weights one call's loop iteration covers per position, positions per call)
 KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0_rows": (64, 4),
            "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
-           "q6_k_row": (256, 1), "q6_k_rows": (256, 4)}
+           "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4)}
+DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows")  # lane-indexed sdot: no fallback form
 
 _EMIT = r"""
 import json, sys
@@ -59,21 +60,31 @@ def wrap(k, n):  # a numba function calling kernel k with its n arguments
     return njit(fastmath=False)(lambda r, q, d, s, t: k(r, q, d, s, t))
 
 
+u8_2 = T.Array(T.uint8, 2, "C")
 for name in sys.argv[3].split(","):
     kq = "_k_" in name
-    if name.endswith("_rows"):
+    if name == "q4_k_packed":
+        f = njit(fastmath=False)(lambda p, g, q, d, s, o: neon.q4_k_packed(p, g, q, d, s, o))
+        sig = (u8_2, T.int64, i8, f32, i16, f32)
+    elif name == "q4_k_packed_rows":
+        f = njit(fastmath=False)(lambda p, g, q, d, s, t, o: neon.q4_k_packed_rows(p, g, q, d, s, t, o))
+        sig = (u8_2, T.int64, i8_2, f32_2, i16_2, T.int64, f32_2)
+    elif name.endswith("_rows"):
         sig = (u8, i8_2, f32_2, i16_2, T.int64) if kq else (u8, i8_2, f32_2, T.int64)
     else:
         sig = (u8, i8, f32, i16) if kq else (u8, i8, f32)
-    f = wrap(getattr(neon, name), len(sig))
+    if "packed" not in name:
+        f = wrap(getattr(neon, name), len(sig))
     f.compile(sig)
     out[name] = f.inspect_asm(sig)
 json.dump(out, sys.stdout)
 """
 
 
-def emit(cpu: str, features: str, kernels=tuple(KERNELS)) -> dict[str, str]:
+def emit(cpu: str, features: str, kernels=None) -> dict[str, str]:
     """{kernel: aarch64 assembly of a function calling it} for that CPU, compiled in a child."""
+    if kernels is None:
+        kernels = [k for k in KERNELS if "+dotprod" in features or k not in DOTPROD_ONLY]
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=cache,
                    PYTHONPATH=str(ROOT))
@@ -229,6 +240,8 @@ def main() -> None:
         asm = emit(cpu, feats)
         lasm = llama_asm(args.llama, cpu) if args.llama else None
         for name, (weights, positions) in KERNELS.items():
+            if name not in asm:
+                continue
             cyc = loop_cycles(asm[name], cpu)
             rows.setdefault(name, {})[cpu] = 256 * cyc / (weights * positions)
             if lasm and name in LLAMA:

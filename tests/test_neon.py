@@ -42,7 +42,9 @@ def assembly():
     finally:
         sys.path.pop(0)
     kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
-    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels) for cpu, feats in mca_arm64.CPUS.items()}
+    asm = {cpu: mca_arm64.emit(cpu, feats, kernels) for cpu, feats in mca_arm64.CPUS.items()}
+    asm["cortex-a76"].update(mca_arm64.emit("cortex-a76", mca_arm64.CPUS["cortex-a76"], ["q4_k_packed"]))
+    return mca_arm64, asm
 
 
 def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
@@ -50,6 +52,7 @@ def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
     for name, text in asm["cortex-a76"].items():
         body = "\n".join(mca.loop_body(text))
         assert "sdot" in body, name
+    assert ".4b[" in "\n".join(mca.loop_body(asm["cortex-a76"]["q4_k_packed"]))  # lane-indexed sdot
     for name, text in asm["cortex-a72"].items():
         body = "\n".join(mca.loop_body(text))
         assert "sdot" not in text, name
@@ -354,3 +357,25 @@ def test_the_kernels_follow_the_cpus_dotprod():
     from lfm2q.cpu import target
     assert neon.HAVE_DOTPROD == ("dotprod" in target()[1])
     assert ("dotprod" in arm.NAME) == neon.HAVE_DOTPROD
+
+
+@on_arm
+@pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_DOTPROD, reason="without dotprod Q4_K stays unpacked")
+def test_packed_q4_k_matrices_give_the_row_kernels_bits():
+    # Decode and prefill over Q4_K rows packed 8 at a time (lane-indexed sdot) against the row
+    # kernel: 3 groups (a pair and an odd one), TOKENS-position calls and a tail.
+    from lfm2q.kernels.repack import packed_q4_k8
+    assert dispatch.SIMD_PACKS_Q4_K and arm.q4_k_packed is neon.q4_k_packed
+    rows, cols, n = 24, 512, dispatch.TOKENS * 2 + 3
+    code = Q4_K | dispatch.PACKED8
+    for wname, w in edge_weights(Q4_K, rows, cols).items():
+        p = packed_q4_k8(w)
+        xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
+        xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
+        want = np.stack([run(_neon, w, Q4_K, *quantized(x, Q4_K)) for x in xs])
+        got = np.full(rows, np.nan, np.float32)
+        dispatch.matvec(p, code, xs[0], got)
+        np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
+        out = np.full((n, rows), np.nan, np.float32)
+        dispatch.matmul(p, code, xs, out)
+        np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")

@@ -2,19 +2,25 @@
 without) under the names every backend offers (see portable.py), and the row-pair / row-quad
 forms of prefill as loops over them. Selected by isa/__init__.py on aarch64.
 
-Q4_K matrices stay in the file's layout (PACKS_Q4_K False): the packed kernels are portable's
-loops here, compiled (dispatch names them) but never called.
+With dotprod, Q4_K matrices are packed 8 rows a group at load (kernels/repack.py) for the
+lane-indexed sdot kernels (neon.q4_k_packed: the row kernel's bits). Without it they stay in
+the file's layout: the packed kernels are then portable's loops, compiled (dispatch names
+them) but never called.
 """
 from numba import njit
 
 from .llvm_ir import TOKENS
 from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_row,  # noqa: F401
                    q5_k_rows, q6_k_row, q6_k_rows, q8_0_row, q8_0_rows)
-from .portable import q4_k_packed, q4_k_packed16_rows, q4_k_packed_rows  # noqa: F401
+
+if HAVE_DOTPROD:
+    from .neon import q4_k_packed, q4_k_packed_rows
+else:
+    from .portable import q4_k_packed, q4_k_packed_rows  # noqa: F401
 
 NAME = "aarch64 NEON + dotprod" if HAVE_DOTPROD else "aarch64 NEON"
 INTEGER_PREFILL = True
-PACKS_Q4_K = False
+PACKS_Q4_K = HAVE_DOTPROD
 Q8_0_DECODE_PAIRS = False
 QUAD_TOKENS = 2 * TOKENS
 
@@ -50,3 +56,9 @@ def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
             res = q8_0_rows(w[rr], xq, xd, t + h)
             for i in range(TOKENS):
                 out[t + h + i, rr] = res[i]
+
+
+@njit(**_J)
+def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
+    q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
+    q4_k_packed_rows(p, gi + 1, xq, xd, bs32, t, out)

@@ -34,13 +34,17 @@ Call the kernels only from functions compiled without fastmath (see x86_avx2.py:
 intrinsic's float instructions land in the caller and would be reordered per call site).
 """
 from llvmlite import ir
+from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...cpu import target
 from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from .llvm_ir import F32, I8, I16, I32, I64, IR, V16I8, _data, _n_blocks, _offset, _result, _tokens, _typed
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from .llvm_ir import (F32, I8, I16, I32, I64, IR, V16I8, _arrays, _data, _n_blocks, _offset, _result, _row_ptr,
+                      _token_rows, _tokens, _typed)
 
 _FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
 HAVE_DOTPROD = "dotprod" in _FEATURES
@@ -418,3 +422,101 @@ def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
 @intrinsic
 def q4_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q4_0, row, xq, xd, t=t)
+
+
+# --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8), with dotprod -------------
+# Per super-block of a group of 8 rows, each 32 bytes of the packed quants hold 4 bytes (8
+# weights) of every row: rows 0-3 in the first 16, rows 4-7 in the next. One lane-indexed
+# `sdot v.4s, w.16b, x.4b[g]` multiplies 4 rows by 4 activation bytes into 4 row lanes, so
+# there are no horizontal sums at all, and the sub-block scales go on per row with one `mla`.
+# The integer sums and the float steps per row are q4_k_row's, lane for lane (the same bits).
+
+def _q4_k_packed(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(P_BYTES))
+    r0 = b.mul(args[1], _c(8))
+    if sig.args[2].ndim == 1:  # one token
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:5], args[2:5])]
+                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
+    else:
+        toks = _token_rows(context, b, sig, args, slice(2, 5), args[5], r0)
+    m4, s4 = ir_.vconst(15), ir_.vconst(4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
+    zero = ir.Constant(V4I32, [0] * 4)
+
+    def rows4(p, off, h):  # <4 x i32> of bytes off + 4h .. off + 4h + 3 at p (zero-extended)
+        return b.zext(ir_.load(p, b.add(off, _c(4 * h)), ir.VectorType(I8, 4)), V4I32)
+
+    def body(k, *accs):
+        pk = b.mul(k, _c(P_BYTES))
+        xk = b.mul(k, _c(QK_K))
+        isums = [[zero, zero] for _ in toks]
+        for group, pg in _token_groups(ir_, prow, len(toks), 2):
+            for ch in range(4):
+                sc = [[rows4(pg, b.add(pk, _c(P_SC + 8 * j)), h) for h in range(2)] for j in (2 * ch, 2 * ch + 1)]
+                xs = {i: [b.bitcast(ir_.load(toks[i][0], b.add(xk, _c(64 * ch + 16 * q)), V16I8), V4I32)
+                          for q in range(4)] for i in group}  # lo g 0-3, lo g 4-7, hi g 0-3, hi g 4-7
+                part = {i: [[zero, zero], [zero, zero]] for i in group}  # [lo / hi][rows 0-3 / 4-7]
+                for g in range(8):
+                    v = [ir_.load(pg, b.add(pk, _c(P_QS + 32 * (8 * ch + g) + 16 * h)), V16I8) for h in range(2)]
+                    q = [[b.and_(u, m4) for u in v], [b.lshr(u, s4) for u in v]]
+                    for i in group:
+                        for hi in range(2):
+                            xl = b.bitcast(ir_.lanes(xs[i][2 * hi + g // 4], [g % 4] * 4), V16I8)
+                            for h in range(2):
+                                part[i][hi][h] = ir_.sdot(part[i][hi][h], q[hi][h], xl)
+                for i in group:
+                    for h in range(2):
+                        isums[i][h] = b.add(isums[i][h], b.add(b.mul(part[i][0][h], sc[0][h]),
+                                                               b.mul(part[i][1][h], sc[1][h])))
+        d_rows = [b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(P_D + 8 * h)), ir.VectorType(I16, 4)), V4F16),
+                          V4F32) for h in range(2)]
+        dm_rows = [b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(P_DMIN + 8 * h)), ir.VectorType(I16, 4)),
+                                     V4F16), V4F32) for h in range(2)]
+        mins = [[b.zext(ir_.load(prow, b.add(pk, _c(P_MN + 16 * p + 8 * h)), V8I8), V8I16) for h in range(2)]
+                for p in range(4)]  # [pair p][rows 0-3 / 4-7]: (min of 2p, of 2p + 1) per row
+        out = []
+        for i, (_, dp, sp, _) in enumerate(toks):
+            dx = ir_.splat(b.load(b.gep(dp, [k])), V4F32)
+            msum = [zero, zero]
+            for p in range(4):  # x's sums over sub-blocks 2p, 2p + 1 as an int16 pair in every dword
+                word = ir_.load(b.bitcast(sp, I8.as_pointer()), b.add(b.mul(k, _c(16)), _c(4 * p)), I32)
+                pair = b.bitcast(ir_.splat(word, ir.VectorType(I32, 2)), V4I16)
+                for h in range(2):
+                    m = mins[p][h]
+                    t = ir_.addp(ir_.smull4(ir_.lanes(m, [0, 1, 2, 3]), pair),
+                                 ir_.smull4(ir_.lanes(m, [4, 5, 6, 7]), pair))
+                    msum[h] = b.add(msum[h], t)
+            for h in range(2):
+                out.append(ir_.fma(b.sitofp(isums[i][h], V4F32), b.fmul(d_rows[h], dx), accs[4 * i + 2 * h]))
+                out.append(ir_.fma(b.sitofp(msum[h], V4F32), b.fmul(dm_rows[h], dx), accs[4 * i + 2 * h + 1]))
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V4F32, [0.0] * 4)] * (4 * len(toks)))
+    for i, (_, _, _, op) in enumerate(toks):
+        for h in range(2):
+            res = b.fsub(accs[4 * i + 2 * h], accs[4 * i + 2 * h + 1])
+            b.store(res, b.bitcast(b.gep(op, [_c(4 * h)]), V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_k_packed(typingctx, packed, gi, xq, xd, bs32, out):
+    """out[8gi : 8gi + 8] = rows 8gi.. . x, from packed uint8[rows/8, nb*P_BYTES] (repack.py);
+    x in Q8_K (xq int8[cols], xd f32[cols/256]) with bs32 int16[cols/32]; out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xq, xd, bs32, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, out), _q4_k_packed
+
+
+@intrinsic
+def q4_k_packed_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
+    """out[t + i, 8gi : 8gi + 8] for i < TOKENS: q4_k_packed for rows t.. of 2-D xq, xd, bs32,
+    out f32[n, rows]."""
+    if not (_arrays(2, packed, xq, xd, bs32, out) and isinstance(gi, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, t, out), _q4_k_packed
