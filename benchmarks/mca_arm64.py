@@ -118,7 +118,7 @@ def _loops(asm: str) -> list[tuple[int, int, list[str]]]:
 
 
 def _simd_dots(body: list[str]) -> int:
-    return sum(s.split()[0] in ("sdot", "smull", "smull2", "smlal", "smlal2") for s in body)
+    return sum(s.split()[0] in ("sdot", "smull", "smull2", "smlal", "smlal2") for s in body if s)
 
 
 def loop_body(asm: str) -> list[str]:
@@ -128,42 +128,47 @@ def loop_body(asm: str) -> list[str]:
     return max(loops, key=lambda lp: (_simd_dots(lp[2]), len(lp[2])))[2] if loops else []
 
 
-def clang_loop_cycles(asm: str, cpu: str, inner_trips: int = 1) -> float:
-    """llvm-mca's cycles per iteration of the main loop of a function compiled by clang, from
-    its verbose-asm loop comments ("Loop Header", "in Loop: Header=", "Parent Loop"): the
-    outer loop's own blocks once, plus each inner loop (left rolled) inner_trips times."""
+def clang_loop_cycles(asm: str, cpu: str, inner_trips: int = 1, depth: int = 1) -> float:
+    """llvm-mca's cycles per iteration of the main loop of a function compiled by clang (the
+    loop at `depth` with the most integer dot instructions), from its verbose-asm loop
+    comments ("Loop Header", "in Loop: Header=", "Parent Loop"): the loop's own blocks once,
+    plus each loop inside it (left rolled by clang) inner_trips times."""
     own: dict[str, list[str]] = {}
     parent: dict[str, str | None] = {}
-    current = None
+    current = header = None
     for line in asm.splitlines():
         m = re.match(r"^(?:\.L(BB\w+)|// (%bb\.\d+)):(.*)$", line)
+        text = line.strip()
         if m:
             label, rest = m.group(1) or m.group(2), m.group(3)
             h = re.search(r"Header=(BB\w+)", rest)
             current = h.group(1) if h else (label if "Loop" in rest else None)
-            if current == label:
-                parent.setdefault(label, None)
-                p = re.search(r"Parent Loop (BB\w+)", rest)
-                if p:
-                    parent[label] = p.group(1)
+            header = label if current == label else None
+            text = rest.strip()
+        if header and text.startswith("//"):  # a loop header's comments: its parents, outermost first
+            parent.setdefault(header, None)
+            p = re.search(r"Parent Loop (BB\w+)", text)
+            if p:
+                parent[header] = p.group(1)
             continue
-        text = line.strip()
-        if current and text.startswith("//"):
-            if "Inner Loop Header" in text or "This Loop Header" in text:
-                parent.setdefault(current, parent.get(current))
-            continue
-        if current and text and not text.startswith("."):
+        header = None
+        if current and text and not text.startswith((".", "//")):
             own.setdefault(current, []).append(text)
 
+    def kids(h):
+        return [c for c, p in parent.items() if p == h]
+
+    def level(h):
+        return 1 if parent[h] is None else 1 + level(parent[h])
+
     def total(h):
-        kids = [c for c, p in parent.items() if p == h]
-        return mca_cycles(own.get(h, []), cpu) + sum(inner_trips * total(c) for c in kids)
+        return mca_cycles(own.get(h, []), cpu) + sum(inner_trips * total(c) for c in kids(h))
 
     def dots(h):
-        return _simd_dots(own.get(h, [])) + sum(dots(c) for c, p in parent.items() if p == h)
+        return _simd_dots(own.get(h, [])) + sum(dots(c) for c in kids(h))
 
-    tops = [h for h, p in parent.items() if p is None]
-    return total(max(tops, key=lambda h: (dots(h), len(own.get(h, [])))))
+    loops = [h for h in parent if level(h) == depth]
+    return total(max(loops, key=lambda h: (dots(h), len(own.get(h, [])))))
 
 
 def loop_cycles(asm: str, cpu: str) -> float:
@@ -193,23 +198,30 @@ def mca_cycles(body: list[str], cpu: str, iterations: int = 100) -> float:
     return total / iterations
 
 
-def llama_asm(src: Path, cpu: str) -> str | None:
-    """llama.cpp's (or ggml's) arm quants.c compiled for cpu (assembly text), or None if no
-    clang / aarch64 libc headers (Debian: clang-14, libc6-dev-arm64-cross)."""
+def llama_asm(src: Path, cpu: str, file: str = "quants.c") -> str | None:
+    """llama.cpp's (or ggml's) ggml-cpu/arch/arm/<file> compiled for cpu (assembly text), or
+    None if no clang / aarch64 libc headers (Debian: clang-14, libc6-dev-arm64-cross and for
+    repack.cpp libstdc++-12-dev-arm64-cross)."""
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is None:
         return None
+    cxx = file.endswith(".cpp")
+    if cxx:
+        clang = shutil.which("clang++") or shutil.which("clang++-14") or clang
     g = src / "ggml" if (src / "ggml").is_dir() else src
     sysroot = Path("/usr/aarch64-linux-gnu")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.s"
+        cxx_inc = sorted(sysroot.glob("include/c++/*"))
         cmd = [clang, "--target=aarch64-linux-gnu", f"-mcpu={cpu}", "-O3", "-S", "-w",
+               *(["-std=c++17", "-isystem", str(cxx_inc[-1]), "-isystem", str(cxx_inc[-1] / "aarch64-linux-gnu")]
+                 if cxx and cxx_inc else []),  # C++'s headers before C's (#include_next)
                *(["--sysroot", str(sysroot), "-isystem", str(sysroot / "include")] if sysroot.is_dir() else []),
                "-I", str(g / "include"), "-I", str(g / "src"), "-I", str(g / "src/ggml-cpu"),
-               str(g / "src/ggml-cpu/arch/arm/quants.c"), "-o", str(out)]
+               str(g / "src/ggml-cpu/arch/arm" / file), "-o", str(out)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            print(f"llama.cpp's quants.c did not build for {cpu}: {res.stderr[-500:]}", file=sys.stderr)
+            print(f"llama.cpp's {file} did not build for {cpu}: {res.stderr[-500:]}", file=sys.stderr)
             return None
         return out.read_text()
 
@@ -224,6 +236,10 @@ def function_asm(asm: str, name: str) -> str:
 LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64, 1), "q8_0_row": ("ggml_vec_dot_q8_0_q8_0", 64, 1),
          "q4_k_row": ("ggml_vec_dot_q4_K_q8_K", 256, 4), "q5_k_row": ("ggml_vec_dot_q5_K_q8_K", 256, 4),
          "q6_k_row": ("ggml_vec_dot_q6_K_q8_K", 256, 2)}
+# repack.cpp's GEMV over its repacked layouts (dotprod only): the loop over super-blocks (or
+# blocks) of one group of rows, at depth 2 -> (row, function, weights per iteration, trips)
+LLAMA_REPACK = {"q4_k_packed": ("ggml_gemv_q4_K_8x4_q8_K", 2048, 4),
+                "(llama q4_0_4x4)": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1)}
 
 
 def main() -> None:
@@ -239,6 +255,7 @@ def main() -> None:
     for cpu, feats in CPUS.items():
         asm = emit(cpu, feats)
         lasm = llama_asm(args.llama, cpu) if args.llama else None
+        rasm = llama_asm(args.llama, cpu, "repack.cpp") if args.llama and "+dotprod" in feats else None
         for name, (weights, positions) in KERNELS.items():
             if name not in asm:
                 continue
@@ -247,6 +264,8 @@ def main() -> None:
             if lasm and name in LLAMA:
                 fn, lw, trips = LLAMA[name]
                 rows[name][cpu + " llama"] = 256 * clang_loop_cycles(function_asm(lasm, fn), cpu, trips) / lw
+        for name, (fn, lw, trips) in LLAMA_REPACK.items() if rasm else ():
+            rows.setdefault(name, {})[cpu + " llama"] = 256 * clang_loop_cycles(function_asm(rasm, fn), cpu, trips, 2) / lw
     cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
     print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
     print(f"{'kernel':12}" + "".join(f"{c:>20}" for c in cols))

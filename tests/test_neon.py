@@ -42,9 +42,8 @@ def assembly():
     finally:
         sys.path.pop(0)
     kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
-    asm = {cpu: mca_arm64.emit(cpu, feats, kernels) for cpu, feats in mca_arm64.CPUS.items()}
-    asm["cortex-a76"].update(mca_arm64.emit("cortex-a76", mca_arm64.CPUS["cortex-a76"], ["q4_k_packed"]))
-    return mca_arm64, asm
+    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels + ("q4_k_packed",) * ("+dotprod" in feats))
+                       for cpu, feats in mca_arm64.CPUS.items()}
 
 
 def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
