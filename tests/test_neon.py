@@ -258,7 +258,7 @@ def test_one_block_at_unit_scales_is_the_exact_integer_dot():
     # d = 1, xd = 1, one (super-)block: the output is the int32 sum itself, with no rounding
     # (|sum| < 2^24), against the dequantized weights' integer dot.
     rng = np.random.default_rng(3)
-    one = np.float16(1.0).view(np.uint8)
+    one = np.array([1.0], np.float16).view(np.uint8)
     for qtype in TYPES:
         p = per(qtype)
         w = weights(qtype, 9, p, seed=4)
