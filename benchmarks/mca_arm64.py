@@ -265,7 +265,8 @@ def main() -> None:
                 fn, lw, trips = LLAMA[name]
                 rows[name][cpu + " llama"] = 256 * clang_loop_cycles(function_asm(lasm, fn), cpu, trips) / lw
         for name, (fn, lw, trips) in LLAMA_REPACK.items() if rasm else ():
-            rows.setdefault(name, {})[cpu + " llama"] = 256 * clang_loop_cycles(function_asm(rasm, fn), cpu, trips, 2) / lw
+            cyc = clang_loop_cycles(function_asm(rasm, fn), cpu, trips, 2)
+            rows.setdefault(name, {})[cpu + " llama"] = 256 * cyc / lw
     cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
     print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
     print(f"{'kernel':12}" + "".join(f"{c:>20}" for c in cols))

@@ -22,7 +22,8 @@ def weights(qtype, rows, cols, rng):
     w = rng.integers(0, 256, (rows, cols // per * nbytes), dtype=np.uint8)
     b = w.reshape(rows, -1, nbytes)
     for o in {Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}[qtype]:
-        b[:, :, o:o + 2] = rng.uniform(0.001, 0.02, b.shape[:2]).astype(np.float16).view(np.uint8).reshape(*b.shape[:2], 2)
+        scale = rng.uniform(0.001, 0.02, b.shape[:2]).astype(np.float16)
+        b[:, :, o:o + 2] = scale.view(np.uint8).reshape(*b.shape[:2], 2)
     return w
 
 
@@ -57,7 +58,8 @@ def main():
                 blas = best(lambda: dispatch.matmul(w, qtype, x, out))
             finally:
                 dispatch.SIMD_PREFILL = saved
-            print(f"{type_name(qtype):5} integer {integer:8.1f} ms   BLAS {blas:8.1f} ms   BLAS/integer {blas / integer:5.2f}")
+            print(f"{type_name(qtype):5} integer {integer:8.1f} ms   BLAS {blas:8.1f} ms   "
+                  f"BLAS/integer {blas / integer:5.2f}")
 
 
 if __name__ == "__main__":

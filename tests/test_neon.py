@@ -11,8 +11,6 @@ steps in neon.py's order, bit for bit, on random rows and rows at the edges (eve
 4-position prefill form and dispatch's decode and prefill against the row kernels' bits; and
 against the portable kernels (intdot.py) within float rounding.
 """
-import json
-import subprocess
 import sys
 from pathlib import Path
 

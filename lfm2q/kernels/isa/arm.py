@@ -14,7 +14,7 @@ from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_
                    q5_k_rows, q6_k_row, q6_k_rows, q8_0_row, q8_0_rows)
 
 if HAVE_DOTPROD:
-    from .neon import q4_k_packed, q4_k_packed_rows
+    from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401
 else:
     from .portable import q4_k_packed, q4_k_packed_rows  # noqa: F401
 
