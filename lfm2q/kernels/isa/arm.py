@@ -1,11 +1,65 @@
-"""The aarch64 backend: NEON kernels where written, the portable loops for the rest (see
-portable.py for the interface). Selected by isa/__init__.py on aarch64."""
-from .portable import (QUAD_TOKENS, q4_0_row, q4_0_rows, q4_k_packed, q4_k_packed16_rows, q4_k_packed_rows,  # noqa: F401
-                       q4_k_row, q4_k_rows, q5_k_row, q5_k_rows, q6_k_row, q6_k_rows, q6_k_rows2,
-                       q8_0_row, q8_0_row2, q8_0_rows, q8_0_rows2, q8_0_rows4)
+"""The aarch64 backend: the NEON row kernels (neon.py: sdot with dotprod, widening multiplies
+without) under the names every backend offers (see portable.py), and the row-pair / row-quad
+forms of prefill as loops over them. Selected by isa/__init__.py on aarch64.
 
-NAME = "aarch64 (portable loops)"
-INTEGER_PREFILL = False
-PACKS_Q4_K = False
+With dotprod, Q4_K matrices are packed 8 rows a group at load (kernels/repack.py) for the
+lane-indexed sdot kernels (neon.q4_k_packed: the row kernel's bits). Without it they stay in
+the file's layout: the packed kernels are then portable's loops, compiled (dispatch names
+them) but never called.
+"""
+from numba import njit
+
+from .llvm_ir import TOKENS
+from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_row,  # noqa: F401
+                   q5_k_rows, q6_k_row, q6_k_rows, q8_0_row, q8_0_rows)
+
+if HAVE_DOTPROD:
+    from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401
+else:
+    from .portable import q4_k_packed, q4_k_packed_rows  # noqa: F401
+
+NAME = "aarch64 NEON + dotprod" if HAVE_DOTPROD else "aarch64 NEON"
+INTEGER_PREFILL = True
+PACKS_Q4_K = HAVE_DOTPROD
 Q8_0_DECODE_PAIRS = False
-Q4_0_INTEGER = False
+Q4_0_INTEGER = True  # Q4_0 rows through neon.q4_0_row (sdot / widening multiplies)
+QUAD_TOKENS = 2 * TOKENS
+
+_J = dict(error_model="numpy", fastmath=False, cache=True)  # no fastmath: see neon.py
+
+
+@njit(**_J)
+def q6_k_rows2(w, r, xq, xd, bsum, t, out):  # out[t + i, r : r + 2], i < TOKENS
+    for rr in range(r, r + 2):
+        res = q6_k_rows(w[rr], xq, xd, bsum, t)
+        for i in range(TOKENS):
+            out[t + i, rr] = res[i]
+
+
+@njit(**_J)
+def q8_0_rows2(w, r, xq, xd, t, out):  # out[t + i, r : r + 2], i < TOKENS
+    for rr in range(r, r + 2):
+        res = q8_0_rows(w[rr], xq, xd, t)
+        for i in range(TOKENS):
+            out[t + i, rr] = res[i]
+
+
+@njit(**_J)
+def q8_0_row2(w, r, xq, xd, out):  # decode: out[r : r + 2]
+    out[r] = q8_0_row(w[r], xq, xd)
+    out[r + 1] = q8_0_row(w[r + 1], xq, xd)
+
+
+@njit(**_J)
+def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for rr in range(r, r + 4):
+        for h in range(0, QUAD_TOKENS, TOKENS):
+            res = q8_0_rows(w[rr], xq, xd, t + h)
+            for i in range(TOKENS):
+                out[t + h + i, rr] = res[i]
+
+
+@njit(**_J)
+def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
+    q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
+    q4_k_packed_rows(p, gi + 1, xq, xd, bs32, t, out)

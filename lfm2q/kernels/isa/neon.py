@@ -1,0 +1,522 @@
+"""NEON row kernels for aarch64: the integer dot products of intdot.py with 128-bit SIMD.
+
+Why: intdot.py's portable loops leave LLVM to find widening multiplies in scalar code. NEON
+multiplies 16 signed bytes by 16 signed bytes into 4 int32 lanes in one `sdot` where the CPU
+has the dot-product extension (Pi 5: Cortex-A76; most cores since 2018), and in four
+(`smull`, `smull2`, `saddlp`/`sadalp` twice, one `addp` a group) on Pi 4-class cores without
+it (Cortex-A72). These kernels emit either form as LLVM IR through numba intrinsics, chosen
+by the features numba compiles for (lfm2q/cpu.py reads them from the kernel's hwcaps): a Pi 4
+never meets `sdot` (SIGILL).
+
+Both forms compute the same thing, lane for lane: `_IR.dot4(acc, pairs)` adds to int32 lane i
+the products of bytes 4i..4i+3 of every 16-byte pair (the widening form pairs its partial sums
+with one `addp` so that its lanes hold the same bytes as `sdot`'s). So a Pi 4 and a Pi 5 give
+the same bits, and every integer sum is exact (no 16-bit step can saturate: each product of
+two int8 fits int16, and the pair sums are taken in int32).
+
+Each kernel is one row . x, as every backend offers it (portable.py):
+`<type>_row(row, xq, xd[, bsum]) -> f32` for one position (decode) and
+`<type>_rows(row, xq, xd[, bsum], t) -> (f32,) * TOKENS` for positions t.. (prefill), each
+position summed by exactly the steps of the row form: decode and prefill give the same bits.
+
+The integer sums per sub-block are intdot.py's exactly. The float steps, in this fixed order
+(tests/test_neon.py reproduces them in NumPy bit for bit):
+  - K-quants (Q4_K, Q5_K, Q6_K), per super-block k with isum, msum its exact int32 sums:
+        acc  = fma(f32(isum), d_w * xd[k], acc)
+        accm = fma(f32(msum), dmin_w * xd[k], accm)        (not for Q6_K, whose offset 32
+    result acc - accm (Q6_K: acc).                          is subtracted from the quants)
+    For Q4_K these are x86_avx2.q4_k_row's steps: the same bits as on x86.
+  - Q8_0 and Q4_0, per block k of 32: s = dot4 lanes (4 int32: bytes 4i..4i+3 and 16+4i..),
+        acc_(k%2) = fma(f32(s), splat(d_w * xd[k]), acc_(k%2))     (two 4-lane chains)
+    result: with v = acc_0 + acc_1, (v0 + v1) + (v2 + v3).
+
+Call the kernels only from functions compiled without fastmath (see x86_avx2.py: the
+intrinsic's float instructions land in the caller and would be reordered per call site).
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ...cpu import target
+from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
+from ..q4_0 import Q4_0_BYTES
+from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from .llvm_ir import (F32, I8, I16, I32, I64, IR, V16I8, _arrays, _data, _n_blocks, _offset, _result, _row_ptr,
+                      _token_rows, _tokens, _typed)
+
+_FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
+HAVE_DOTPROD = "dotprod" in _FEATURES
+
+V8I8, V8I16, V4I16, V4I32, V4F32 = (ir.VectorType(I8, 8), ir.VectorType(I16, 8), ir.VectorType(I16, 4),
+                                    ir.VectorType(I32, 4), ir.VectorType(F32, 4))
+_LO, _HI = list(range(8)), list(range(8, 16))
+
+
+class _IR(IR):
+    """IR plus the aarch64 NEON integer steps."""
+
+    def sdot(self, acc, a, b):  # acc.4s + sums of 4 int8 products per lane
+        fn = self.fn("llvm.aarch64.neon.sdot.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+        return self.b.call(fn, [acc, a, b])
+
+    def smull(self, a, b):  # <8 x i8> * <8 x i8> -> <8 x i16>, exact
+        return self.b.call(self.fn("llvm.aarch64.neon.smull.v8i16", V8I16, [V8I8, V8I8]), [a, b])
+
+    def saddlp(self, v):  # <8 x i16> -> <4 x i32>: sums of adjacent pairs
+        return self.b.call(self.fn("llvm.aarch64.neon.saddlp.v4i32.v8i16", V4I32, [V8I16]), [v])
+
+    def addp(self, a, b):  # [a0+a1, a2+a3, b0+b1, b2+b3]
+        return self.b.call(self.fn("llvm.aarch64.neon.addp.v4i32", V4I32, [V4I32, V4I32]), [a, b])
+
+    def dot4(self, acc, pairs, narrow=False):
+        """acc (<4 x i32>, or None for zeros) + for each (a, b) of <16 x i8>: lane i gets the
+        products of bytes 4i..4i+3. sdot with dotprod; else smull per half, the pair sums
+        accumulated in int32 (saddlp, then add: LLVM's sadalp), one addp to regroup.
+        narrow=True (the caller's bound: every lane's products, summed over the pairs, fit
+        int16): the halves' products accumulate in int16 first (smlal), then one saddlp."""
+        b = self.b
+        if HAVE_DOTPROD:
+            acc = ir.Constant(V4I32, [0] * 4) if acc is None else acc
+            for u, v in pairs:
+                acc = self.sdot(acc, u, v)
+            return acc
+        halves = []
+        for idx in (_LO, _HI):
+            prods = [self.smull(self.lanes(u, idx), self.lanes(v, idx)) for u, v in pairs]
+            if narrow:
+                p = prods[0]
+                for q in prods[1:]:
+                    p = b.add(p, q)  # smlal
+                halves.append(self.saddlp(p))
+            else:
+                p = self.saddlp(prods[0])
+                for q in prods[1:]:
+                    p = b.add(p, self.saddlp(q))  # sadalp
+                halves.append(p)
+        s = self.addp(*halves)
+        return s if acc is None else b.add(acc, s)
+
+    def opaque_ptr(self, p):  # p through an empty inline asm with side effects: a new pointer
+        return self.b.asm(ir.FunctionType(p.type, [p.type]), "", "=r,0", [p], True)
+
+    def opaque(self, v):
+        """v through an empty inline asm: LLVM cannot look into it, so the lanes taken of it
+        stay lanes of a vector register (mla by element) instead of being rebuilt per use."""
+        return self.b.asm(ir.FunctionType(v.type, [v.type]), "", "=w,0", [v], False)
+
+    def addv(self, v):  # <N x i32> -> i32, exact
+        name = f"llvm.vector.reduce.add.v{v.type.count}i32"
+        return self.b.call(self.fn(name, I32, [v.type]), [v])
+
+    def hsum4(self, v):  # (v0 + v1) + (v2 + v3)
+        b = self.b
+        h = b.fadd(self.lanes(v, [0, 2]), self.lanes(v, [1, 3]))
+        return b.fadd(b.extract_element(h, ir.Constant(I32, 0)), b.extract_element(h, ir.Constant(I32, 1)))
+
+    def smull4(self, a, b):  # <4 x i16> * <4 x i16> -> <4 x i32>, exact
+        return self.b.call(self.fn("llvm.aarch64.neon.smull.v4i32", V4I32, [V4I16, V4I16]), [a, b])
+
+    # K-quant sub-blocks: sum_j scale_j * (q . x over sub-block j), exact in int32 lanes whose
+    # split does not matter (the super-block's sum is taken with addv at the end).
+
+    def kscales(self, v16):
+        """<8 x i16> sub-block scales -> the form kdot takes: with dotprod two <4 x i32>
+        (mla by element), else the <8 x i16> itself (smlal by element); opaque either way."""
+        if HAVE_DOTPROD:
+            return [self.opaque(self.b.sext(self.lanes(v16, list(range(4 * h, 4 * h + 4))), V4I32))
+                    for h in range(2)]
+        return [self.opaque(v16)]
+
+    def kdot(self, acc, pairs, scales, j):
+        """acc + scale j * the products of pairs (None: start). dotprod: sdot, then mla by
+        element. Else the halves' products summed in int16 (caller's bound: every int16 lane's
+        products fit), then widened times the scale (smull/smlal by element) into two int32
+        accumulators."""
+        b = self.b
+        if HAVE_DOTPROD:
+            m = b.mul(self.dot4(None, pairs), self.lanes(scales[j // 4], [j % 4] * 4))
+            return m if acc is None else b.add(acc, m)
+        p = None
+        for u, v in pairs:
+            for idx in (_LO, _HI):
+                prod = self.smull(self.lanes(u, idx), self.lanes(v, idx))
+                p = prod if p is None else b.add(p, prod)  # smlal
+        sc = self.lanes(scales[j // 8], [j % 8] * 4)
+        lo, hi = self.smull4(self.lanes(p, [0, 1, 2, 3]), sc), self.smull4(self.lanes(p, [4, 5, 6, 7]), sc)
+        return (lo, hi) if acc is None else (b.add(acc[0], lo), b.add(acc[1], hi))
+
+    def ksum(self, acc):  # kdot's accumulators -> i32
+        return self.addv(acc if HAVE_DOTPROD else self.b.add(acc[0], acc[1]))
+
+    def vconst(self, value, vty=V16I8):
+        return self.const(vty, value)
+
+
+def _c(v):
+    return ir.Constant(I64, v)
+
+
+# --- K-quants: x in Q8_K (xq int8[cols], xd f32[cols/256], bsum int16[cols/16]) -------------
+
+def _kquant_loop(ir_, nb, xds, super_block, with_mins):
+    """Per token (xds: its xd pointers), the fixed float steps of the module docstring over
+    the nb super-blocks; super_block(k) -> ([(isum, msum or None) per token], d_w, dmin_w)."""
+    b = ir_.b
+    zero = ir.Constant(F32, 0.0)
+
+    def body(k, *accs):
+        sums, d_w, dmin_w = super_block(k)
+        out = []
+        for i, (isum, msum) in enumerate(sums):
+            dx = b.load(b.gep(xds[i], [k]))
+            out.append(ir_.fma(b.sitofp(isum, F32), b.fmul(d_w, dx), accs[2 * i]))
+            out.append(ir_.fma(b.sitofp(msum, F32), b.fmul(dmin_w, dx), accs[2 * i + 1])
+                       if with_mins else accs[2 * i + 1])
+        return out
+
+    accs = ir_.loop(nb, body, *[zero] * (2 * len(xds)))
+    return [b.fsub(a, m) if with_mins else a for a, m in zip(accs[0::2], accs[1::2])]
+
+
+def _scales_mins_k4(ir_, w, o):
+    """Q4_K/Q5_K's twelve scale bytes -> (scales, mins) as two <4 x i32> each (sub-blocks
+    0-3, 4-7); ggml's get_scale_min_k4 on four 32-bit words at once."""
+    b = ir_.b
+    u0, u1, u2 = (ir_.load(w, b.add(o, _offset(o, 4 + 4 * k)), I32) for k in range(3))
+    low6, low4, top2 = (ir.Constant(I32, m) for m in (0x3F3F3F3F, 0x0F0F0F0F, 0x03030303))
+    four, six = ir.Constant(I32, 4), ir.Constant(I32, 6)
+    sc_hi = b.or_(b.and_(u2, low4), b.shl(b.and_(b.lshr(u0, six), top2), four))
+    m_hi = b.or_(b.and_(b.lshr(u2, four), low4), b.shl(b.and_(b.lshr(u1, six), top2), four))
+    pair = ir.VectorType(I32, 2)
+
+    def bytes8(lo, hi):  # two words -> <8 x i8> -> <8 x i16>
+        v = b.insert_element(ir.Constant(pair, ir.Undefined), lo, ir.Constant(I32, 0))
+        v = b.insert_element(v, hi, ir.Constant(I32, 1))
+        return b.zext(b.bitcast(v, V8I8), V8I16)
+
+    return bytes8(b.and_(u0, low6), sc_hi), bytes8(b.and_(u1, low6), m_hi)
+
+
+def _token_groups(ir_, w, n, size):
+    """[(token indices, weight pointer)]: prefill's positions in groups of `size`, each group
+    unpacking the weights anew from a pointer LLVM cannot prove equal to the last (an opaque
+    copy), so that fewer vectors stay live (Q4_K without dotprod: 4 positions at once spill,
+    llvm-mca on the Cortex-A72 has 68.9 cycles per 256 weights and position against 58.9 in
+    pairs; the other kernels are fastest with all 4, benchmarks/mca_arm64.py)."""
+    out = []
+    for g0 in range(0, n, size):
+        out.append((list(range(g0, min(n, g0 + size))), w if g0 == 0 else ir_.opaque_ptr(w)))
+    return out
+
+
+def _q4_q5_k(context, builder, sig, args, block_bytes, qs_at, high_bits):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
+    m4, s4, one = ir_.vconst(15), ir_.vconst(4), ir_.vconst(1)
+
+    def super_block(k):
+        o = b.mul(k, _c(block_bytes))
+        xo = b.mul(k, _c(QK_K))
+        sc16, mn16 = _scales_mins_k4(ir_, w, o)
+        scales = ir_.kscales(sc16)
+        isums = [None] * len(toks)
+        size = 2 if not (HAVE_DOTPROD or high_bits) else len(toks)
+        for group, wg in _token_groups(ir_, w, len(toks), size):
+            qh = [ir_.load(wg, b.add(o, _offset(o, 16 + 16 * h)), V16I8) for h in range(2)] if high_bits else None
+            for c in range(4):
+                v = [ir_.load(wg, b.add(o, _offset(o, qs_at + 32 * c + 16 * h)), V16I8) for h in range(2)]
+                lo = [b.and_(u, m4) for u in v]
+                hi = [b.lshr(u, s4) for u in v]
+                if high_bits:  # bit 2c of qh[l] tops element l of sub-block 2c, bit 2c+1 of 2c+1
+                    lo = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c)), one), s4)) for q, h in zip(lo, qh)]
+                    hi = [b.or_(q, b.shl(b.and_(b.lshr(h, ir_.vconst(2 * c + 1)), one), s4)) for q, h in zip(hi, qh)]
+                for i in group:
+                    xp = toks[i][0]
+                    x = [ir_.load(xp, b.add(xo, _offset(xo, 64 * c + 16 * h)), V16I8) for h in range(4)]
+                    # a sub-block's 32 products of |q x| <= 31 * 128: four per int16 lane fit
+                    isums[i] = ir_.kdot(isums[i], [(lo[0], x[0]), (lo[1], x[1])], scales, 2 * c)
+                    isums[i] = ir_.kdot(isums[i], [(hi[0], x[2]), (hi[1], x[3])], scales, 2 * c + 1)
+        mins = b.sext(mn16, ir.VectorType(I32, 8))
+        sums = []
+        for isum, (_, _, sp) in zip(isums, toks):
+            # x's sums per 32 (pairs of its sums per 16) times the sub-blocks' mins
+            bs = [ir_.load(sp, b.add(b.mul(k, _c(16)), _c(8 * h)), V8I16) for h in range(2)]
+            even, odd = (b.shuffle_vector(bs[0], bs[1], ir.Constant(ir.VectorType(I32, 8), list(range(h, 16, 2))))
+                         for h in range(2))
+            pairs = b.add(even, odd)  # |sum| <= 32 * 128: int16 (ggml's vpaddq_s16 too)
+            msum = ir_.addv(b.mul(b.sext(pairs, ir.VectorType(I32, 8)), mins))
+            sums.append((ir_.ksum(isum), msum))
+        return sums, ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
+
+    return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, True))
+
+
+def _q6_k(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 3)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q6_K_BYTES)
+    m4, k3 = ir_.vconst(15), ir_.vconst(3)
+    v16i32 = ir.VectorType(I32, 16)
+
+    def shr(v, n):
+        return b.lshr(v, ir_.vconst(n))
+
+    def top(v):  # two high bits into place above the low four
+        return b.shl(v, ir_.vconst(4))
+
+    def super_block(k):
+        o = b.mul(k, _c(Q6_K_BYTES))
+        xo = b.mul(k, _c(QK_K))
+        sc8 = ir_.load(w, b.add(o, _offset(o, 192)), V16I8)
+        scales = ir_.kscales(b.sext(ir_.lanes(sc8, _LO), V8I16)) + ir_.kscales(b.sext(ir_.lanes(sc8, _HI), V8I16))
+        isums = [None] * len(toks)
+        for group, wg in _token_groups(ir_, w, len(toks), len(toks)):
+            for h in range(2):
+                for g in range(2):  # elements 16g..16g+15 of each quarter: one scale each
+                    ql0 = ir_.load(wg, b.add(o, _offset(o, 64 * h + 16 * g)), V16I8)
+                    ql1 = ir_.load(wg, b.add(o, _offset(o, 64 * h + 32 + 16 * g)), V16I8)
+                    qh = ir_.load(wg, b.add(o, _offset(o, 128 + 32 * h + 16 * g)), V16I8)
+                    quarters = (b.or_(b.and_(ql0, m4), top(b.and_(qh, k3))),
+                                b.or_(b.and_(ql1, m4), top(b.and_(shr(qh, 2), k3))),
+                                b.or_(shr(ql0, 4), top(b.and_(shr(qh, 4), k3))),
+                                b.or_(shr(ql1, 4), top(shr(qh, 6))))
+                    for j, q in enumerate(quarters):  # q in 0..63, stored with +32: taken off below
+                        for i in group:
+                            xp = toks[i][0]
+                            x = ir_.load(xp, b.add(xo, _offset(xo, 128 * h + 32 * j + 16 * g)), V16I8)
+                            # 16 products of |q x| <= 63 * 128: two per int16 lane fit
+                            isums[i] = ir_.kdot(isums[i], [(q, x)], scales, 8 * h + 2 * j + g)
+        sc = b.sext(sc8, v16i32)
+        sums = []
+        for isum, (_, _, sp) in zip(isums, toks):
+            # (q - 32) . x = q . x - 32 * sum over the 16-groups of scale * (x's sum over it)
+            bs = b.sext(ir_.load(sp, b.mul(k, _c(16)), ir.VectorType(I16, 16)), v16i32)
+            offset = ir_.addv(b.mul(bs, sc))
+            sums.append((b.sub(ir_.ksum(isum), b.shl(offset, ir.Constant(I32, 5))), None))
+        return sums, ir_.f16(w, b.add(o, _offset(o, 208))), None
+
+    return _result(context, b, sig, _kquant_loop(ir_, nb, [dp for _, dp, _ in toks], super_block, False))
+
+
+# --- Q8_0 and Q4_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) --------------------------------
+
+def _blocks32(context, builder, sig, args, block_bytes, weights, narrow):
+    """The Q8_0-activation kernels: weights(o) -> the block's two <16 x i8> quant vectors
+    (elements 0-15, 16-31) at byte o; the float steps of the module docstring. narrow: two
+    products a lane fit int16 (Q4_0: |q x| <= 8 * 128; not Q8_0, whose 2 * 128 * 128 does not)."""
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 2)
+    nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
+
+    def block(k, accs):
+        o = b.mul(k, _c(block_bytes))
+        q0, q1 = weights(ir_, w, o)
+        d_w = ir_.f16(w, o)
+        out = []
+        for acc, (xp, dp) in zip(accs, toks):
+            xo = b.mul(k, _c(32))
+            x0, x1 = ir_.load(xp, xo, V16I8), ir_.load(xp, b.add(xo, _c(16)), V16I8)
+            s = ir_.dot4(None, [(q0, x0), (q1, x1)], narrow=narrow)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out.append(ir_.fma(b.sitofp(s, V4F32), ir_.splat(d, V4F32), acc))
+        return out
+
+    n = len(toks)
+    half = b.udiv(nb, _c(2))
+
+    def pair(j, *accs):  # blocks 2j (chain 0) and 2j + 1 (chain 1)
+        k = b.mul(j, _c(2))
+        return block(k, accs[:n]) + block(b.add(k, _c(1)), accs[n:])
+
+    zero = ir.Constant(V4F32, [0.0] * 4)
+    accs = ir_.loop(half, pair, *[zero] * (2 * n))
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))),  # an odd last block: chain 0
+                    lambda j, *a: block(b.add(b.mul(half, _c(2)), j), a), *accs[:n])
+    return _result(context, b, sig, [ir_.hsum4(b.fadd(a0, a1)) for a0, a1 in zip(tail, accs[n:])])
+
+
+def _q8_0_quants(ir_, w, o):
+    b = ir_.b
+    return ir_.load(w, b.add(o, _c(2)), V16I8), ir_.load(w, b.add(o, _c(18)), V16I8)
+
+
+def _q4_0_quants(ir_, w, o):  # element j < 16: low nibble of qs[j], j + 16: its high nibble; q - 8
+    b = ir_.b
+    qs = ir_.load(w, b.add(o, _c(2)), V16I8)
+    eight = ir_.vconst(8)
+    return b.sub(b.and_(qs, ir_.vconst(15)), eight), b.sub(b.lshr(qs, ir_.vconst(4)), eight)
+
+
+def _q4_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q4_K_BYTES, 16, False)
+
+
+def _q5_k(context, builder, sig, args):
+    return _q4_q5_k(context, builder, sig, args, Q5_K_BYTES, 48, True)
+
+
+def _q8_0(context, builder, sig, args):
+    return _blocks32(context, builder, sig, args, Q8_0_BYTES, _q8_0_quants, False)
+
+
+def _q4_0(context, builder, sig, args):
+    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants, True)
+
+
+# --- the kernels numba code calls -------------------------------------------------------------
+
+@intrinsic
+def q4_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*144]
+    return _typed(_q4_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q4_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q4_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q5_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*176]
+    return _typed(_q5_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q5_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q5_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q6_k_row(typingctx, row, xq, xd, bsum):  # row uint8[cols/256*210]
+    return _typed(_q6_k, row, xq, xd, bsum)
+
+
+@intrinsic
+def q6_k_rows(typingctx, row, xq, xd, bsum, t):
+    return _typed(_q6_k, row, xq, xd, bsum, t=t)
+
+
+@intrinsic
+def q8_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*34], x in Q8_0
+    return _typed(_q8_0, row, xq, xd)
+
+
+@intrinsic
+def q8_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q8_0, row, xq, xd, t=t)
+
+
+@intrinsic
+def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
+    return _typed(_q4_0, row, xq, xd)
+
+
+@intrinsic
+def q4_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q4_0, row, xq, xd, t=t)
+
+
+# --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8), with dotprod -------------
+# Per super-block of a group of 8 rows, each 32 bytes of the packed quants hold 4 bytes (8
+# weights) of every row: rows 0-3 in the first 16, rows 4-7 in the next. One lane-indexed
+# `sdot v.4s, w.16b, x.4b[g]` multiplies 4 rows by 4 activation bytes into 4 row lanes, so
+# there are no horizontal sums at all, and the sub-block scales go on per row with one `mla`.
+# The integer sums and the float steps per row are q4_k_row's, lane for lane (the same bits).
+
+def _q4_k_packed(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(P_BYTES))
+    r0 = b.mul(args[1], _c(8))
+    if sig.args[2].ndim == 1:  # one token
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:5], args[2:5])]
+                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
+    else:
+        toks = _token_rows(context, b, sig, args, slice(2, 5), args[5], r0)
+    m4, s4 = ir_.vconst(15), ir_.vconst(4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
+    zero = ir.Constant(V4I32, [0] * 4)
+
+    def rows4(p, off, h):  # <4 x i32> of bytes off + 4h .. off + 4h + 3 at p (zero-extended)
+        return b.zext(ir_.load(p, b.add(off, _c(4 * h)), ir.VectorType(I8, 4)), V4I32)
+
+    def body(k, *accs):
+        pk = b.mul(k, _c(P_BYTES))
+        xk = b.mul(k, _c(QK_K))
+        isums = [[zero, zero] for _ in toks]
+        for group, pg in _token_groups(ir_, prow, len(toks), 2):
+            for ch in range(4):
+                sc = [[rows4(pg, b.add(pk, _c(P_SC + 8 * j)), h) for h in range(2)] for j in (2 * ch, 2 * ch + 1)]
+                xs = {i: [b.bitcast(ir_.load(toks[i][0], b.add(xk, _c(64 * ch + 16 * q)), V16I8), V4I32)
+                          for q in range(4)] for i in group}  # lo g 0-3, lo g 4-7, hi g 0-3, hi g 4-7
+                part = {i: [[zero, zero], [zero, zero]] for i in group}  # [lo / hi][rows 0-3 / 4-7]
+                for g in range(8):
+                    v = [ir_.load(pg, b.add(pk, _c(P_QS + 32 * (8 * ch + g) + 16 * h)), V16I8) for h in range(2)]
+                    q = [[b.and_(u, m4) for u in v], [b.lshr(u, s4) for u in v]]
+                    for i in group:
+                        for hi in range(2):
+                            xl = b.bitcast(ir_.lanes(xs[i][2 * hi + g // 4], [g % 4] * 4), V16I8)
+                            for h in range(2):
+                                part[i][hi][h] = ir_.sdot(part[i][hi][h], q[hi][h], xl)
+                for i in group:
+                    for h in range(2):
+                        isums[i][h] = b.add(isums[i][h], b.add(b.mul(part[i][0][h], sc[0][h]),
+                                                               b.mul(part[i][1][h], sc[1][h])))
+        d_rows = [b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(P_D + 8 * h)), ir.VectorType(I16, 4)), V4F16),
+                          V4F32) for h in range(2)]
+        dm_rows = [b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(P_DMIN + 8 * h)), ir.VectorType(I16, 4)),
+                                     V4F16), V4F32) for h in range(2)]
+        mins = [[b.zext(ir_.load(prow, b.add(pk, _c(P_MN + 16 * p + 8 * h)), V8I8), V8I16) for h in range(2)]
+                for p in range(4)]  # [pair p][rows 0-3 / 4-7]: (min of 2p, of 2p + 1) per row
+        out = []
+        for i, (_, dp, sp, _) in enumerate(toks):
+            dx = ir_.splat(b.load(b.gep(dp, [k])), V4F32)
+            msum = [zero, zero]
+            for p in range(4):  # x's sums over sub-blocks 2p, 2p + 1 as an int16 pair in every dword
+                word = ir_.load(b.bitcast(sp, I8.as_pointer()), b.add(b.mul(k, _c(16)), _c(4 * p)), I32)
+                pair = b.bitcast(ir_.splat(word, ir.VectorType(I32, 2)), V4I16)
+                for h in range(2):
+                    m = mins[p][h]
+                    t = ir_.addp(ir_.smull4(ir_.lanes(m, [0, 1, 2, 3]), pair),
+                                 ir_.smull4(ir_.lanes(m, [4, 5, 6, 7]), pair))
+                    msum[h] = b.add(msum[h], t)
+            for h in range(2):
+                out.append(ir_.fma(b.sitofp(isums[i][h], V4F32), b.fmul(d_rows[h], dx), accs[4 * i + 2 * h]))
+                out.append(ir_.fma(b.sitofp(msum[h], V4F32), b.fmul(dm_rows[h], dx), accs[4 * i + 2 * h + 1]))
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V4F32, [0.0] * 4)] * (4 * len(toks)))
+    for i, (_, _, _, op) in enumerate(toks):
+        for h in range(2):
+            res = b.fsub(accs[4 * i + 2 * h], accs[4 * i + 2 * h + 1])
+            b.store(res, b.bitcast(b.gep(op, [_c(4 * h)]), V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_k_packed(typingctx, packed, gi, xq, xd, bs32, out):
+    """out[8gi : 8gi + 8] = rows 8gi.. . x, from packed uint8[rows/8, nb*P_BYTES] (repack.py);
+    x in Q8_K (xq int8[cols], xd f32[cols/256]) with bs32 int16[cols/32]; out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xq, xd, bs32, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, out), _q4_k_packed
+
+
+@intrinsic
+def q4_k_packed_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
+    """out[t + i, 8gi : 8gi + 8] for i < TOKENS: q4_k_packed for rows t.. of 2-D xq, xd, bs32,
+    out f32[n, rows]."""
+    if not (_arrays(2, packed, xq, xd, bs32, out) and isinstance(gi, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, bs32, t, out), _q4_k_packed

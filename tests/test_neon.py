@@ -1,0 +1,378 @@
+"""The NEON kernels (kernels/isa/neon.py).
+
+On any machine: compiled for a Cortex-A76 (dotprod) and a Cortex-A72 (none), each kernel's
+aarch64 assembly uses sdot, or only widening multiplies where the CPU lacks dotprod (a Pi 4
+must never meet sdot: SIGILL).
+
+On aarch64 (a Pi, or the emulated one of ../shared/tools/arm64, run once per CPU model): each
+kernel against a NumPy oracle that sums the same integers exactly and takes neon.py's float
+steps in neon.py's order, bit for bit, on random rows and rows at the edges (every byte 0x00 or
+0xff, Q6_K scales at -128, Q8_0 quants at +-127 and -128; activations at +-127 and -128); the
+4-position prefill form and dispatch's decode and prefill against the row kernels' bits; and
+against the portable kernels (intdot.py) within float rounding.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+
+from lfm2q.kernels import dispatch, intdot
+from lfm2q.kernels.dispatch import activations_np, dequantize
+from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
+from lfm2q.kernels.isa import ARCH
+from lfm2q.kernels.kquants import _scales_mins
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = {Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
+FP16_FIELDS = {Q4_0: (0,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), Q8_0: (0,)}
+on_arm = pytest.mark.skipif(ARCH != "aarch64", reason="aarch64 code: runs on a Pi or under qemu (make test-arm64)")
+
+
+# --- the assembly, for both CPU models (any host) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def assembly():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mca_arm64
+    finally:
+        sys.path.pop(0)
+    kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
+    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels + ("q4_k_packed",) * ("+dotprod" in feats))
+                       for cpu, feats in mca_arm64.CPUS.items()}
+
+
+def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
+    mca, asm = assembly
+    for name, text in asm["cortex-a76"].items():
+        body = "\n".join(mca.loop_body(text))
+        assert "sdot" in body, name
+    assert ".4b[" in "\n".join(mca.loop_body(asm["cortex-a76"]["q4_k_packed"]))  # lane-indexed sdot
+    for name, text in asm["cortex-a72"].items():
+        body = "\n".join(mca.loop_body(text))
+        assert "sdot" not in text, name
+        assert "smull" in body, name  # widening multiplies
+
+
+# --- the numbers (aarch64) ------------------------------------------------------------------
+
+def weights(qtype, rows, cols, seed, fill=None):
+    """uint8[rows, row_bytes]: random bytes (or every byte = fill) with sane fp16 scales."""
+    rng = np.random.default_rng(seed)
+    per, nbytes = block_size(qtype)
+    raw = (rng.integers(0, 256, (rows, cols // per * nbytes), dtype=np.uint8) if fill is None
+           else np.full((rows, cols // per * nbytes), fill, np.uint8))
+    blocks = raw.reshape(rows, -1, nbytes)
+    for o in FP16_FIELDS[qtype]:
+        scale = rng.uniform(0.001, 0.02, blocks.shape[:2]).astype(np.float16)
+        blocks[:, :, o:o + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return raw
+
+
+def edge_weights(qtype, rows, cols):
+    out = {"random": weights(qtype, rows, cols, seed=cols), "all-0xff": weights(qtype, rows, cols, 1, 0xFF),
+           "all-0x00": weights(qtype, rows, cols, 2, 0x00)}
+    if qtype == Q6_K:  # int8 scales at -128 with the largest and the smallest quants
+        for name, w in list(out.items()):
+            big = w.copy()
+            big.reshape(rows, -1, 210)[:, :, 192:208] = 0x80
+            out[name + ",scales=-128"] = big
+    if qtype == Q8_0:  # quants at +-127, and -128 (ggml never writes it; the kernels take it)
+        w = weights(qtype, rows, cols, 3)
+        q = w.reshape(rows, -1, 34)[:, :, 2:].view(np.int8)
+        q[:] = np.where(np.arange(32) % 2, 127, -127)
+        out["+-127"] = w
+        w = w.copy()
+        w.reshape(rows, -1, 34)[:, :, 2:] = 0x80
+        out["-128"] = w
+    return out
+
+
+def activations(cols, per, seed):
+    """{name: (xq int8[cols], xd f32[cols/per], bsum int16[cols/16])}: 8-bit activations as
+    the quantizers hand them over, including all -128 (which Q8_K never makes: the kernels
+    still take it exactly)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, xq in {"random": rng.integers(-128, 128, cols), "+127": np.full(cols, 127),
+                     "-128": np.full(cols, -128), "+-127": np.where(np.arange(cols) % 3, 127, -127)}.items():
+        xq = xq.astype(np.int8)
+        xd = rng.uniform(0.001, 0.05, cols // per).astype(np.float32)
+        bsum = xq.reshape(-1, 16).astype(np.int16).sum(axis=1, dtype=np.int16)
+        out[name] = (xq, xd, bsum)
+    return out
+
+
+def fp16(b):  # uint8[..., 2] -> f32[...]
+    return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
+
+
+def fma32(a, b, c):  # one-rounding a * b + c in f32 (exact product in f64; double rounding is ~2^-29 rare)
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def int_quants(w, qtype):
+    """(q int64[rows, nb, 256 or 32], per-16 or per-32 scales int64, mins int64 or None,
+    d f32[rows, nb], dmin f32 or None) of a matrix: the integers the kernels multiply."""
+    rows = w.shape[0]
+    _, nbytes = block_size(qtype)
+    b = w.reshape(rows, -1, nbytes)
+    if qtype == Q8_0:
+        return b[..., 2:].view(np.int8).astype(np.int64), None, None, fp16(b[..., 0:2]), None
+    if qtype == Q4_0:
+        qs = b[..., 2:].astype(np.int64)
+        return np.concatenate([qs & 15, qs >> 4], axis=-1) - 8, None, None, fp16(b[..., 0:2]), None
+    if qtype == Q6_K:
+        ql, qh = b[..., 0:128].astype(np.int64), b[..., 128:192].astype(np.int64)
+        q = np.empty(b.shape[:2] + (256,), np.int64)
+        for h in range(2):
+            l0, l1, hh = ql[..., 64 * h:64 * h + 32], ql[..., 64 * h + 32:64 * h + 64], qh[..., 32 * h:32 * h + 32]
+            for j, v in enumerate(((l0 & 15) | ((hh & 3) << 4), (l1 & 15) | (((hh >> 2) & 3) << 4),
+                                   (l0 >> 4) | (((hh >> 4) & 3) << 4), (l1 >> 4) | ((hh >> 6) << 4))):
+                q[..., 128 * h + 32 * j:128 * h + 32 * j + 32] = v - 32
+        return q, b[..., 192:208].view(np.int8).astype(np.int64), None, fp16(b[..., 208:210]), None
+    sc, mn = (a[..., 0].astype(np.int64) for a in _scales_mins(b[..., 4:16]))
+    qs_at = 16 if qtype == Q4_K else 48
+    qs = b[..., qs_at:qs_at + 128].astype(np.int64).reshape(rows, -1, 4, 32)
+    q = np.stack([qs & 15, qs >> 4], axis=3)  # [rows, nb, chunk c, low / high, 32]
+    if qtype == Q5_K:
+        qh = b[..., 16:48].astype(np.int64)
+        for c in range(4):
+            for hi in range(2):
+                q[:, :, c, hi] |= ((qh >> (2 * c + hi)) & 1) << 4
+    return q.reshape(rows, -1, 256), sc, mn, fp16(b[..., 0:2]), fp16(b[..., 2:4])
+
+
+def oracle_bits(w, qtype, xq, xd, bsum):
+    """f32[rows]: what neon.py computes, step for step (its module docstring)."""
+    q, sc, mn, d, dmin = int_quants(w, qtype)
+    rows, nb = d.shape
+    if qtype in (Q8_0, Q4_0):
+        p = q * xq.astype(np.int64).reshape(nb, 32)
+        lanes = p.reshape(rows, nb, 2, 4, 4).sum(axis=(2, 4))  # lane i: bytes 4i.., 16+4i..
+        dk = (d * xd).astype(np.float32)
+        acc = [np.zeros((rows, 4), np.float32) for _ in range(2)]
+        for k in range(nb):
+            acc[k % 2] = fma32(lanes[:, k].astype(np.float32), dk[:, k, None], acc[k % 2])
+        v = acc[0] + acc[1]
+        return (v[:, 0] + v[:, 1]) + (v[:, 2] + v[:, 3])
+    x = xq.astype(np.int64).reshape(nb, 256)
+    if qtype == Q6_K:
+        isum = (np.repeat(sc, 16, axis=-1) * q * x).sum(axis=-1)
+        msum = np.zeros_like(isum)
+    else:
+        isum = (np.repeat(sc, 32, axis=-1) * q * x).sum(axis=-1)
+        msum = (mn * bsum.astype(np.int64).reshape(nb, 8, 2).sum(axis=-1)).sum(axis=-1)
+    acc = np.zeros(rows, np.float32)
+    accm = np.zeros(rows, np.float32)
+    for k in range(nb):
+        acc = fma32(isum[:, k].astype(np.float32), (d[:, k] * xd[k]).astype(np.float32), acc)
+        if dmin is not None:
+            accm = fma32(msum[:, k].astype(np.float32), (dmin[:, k] * xd[k]).astype(np.float32), accm)
+    return acc - accm if dmin is not None else acc
+
+
+if ARCH == "aarch64":
+    from lfm2q.kernels.isa import arm, neon
+
+    @njit(error_model="numpy", fastmath=False)  # as dispatch calls them: see neon.py
+    def _neon(w, qtype, xq, xd, bsum, out):
+        for r in range(w.shape[0]):
+            if qtype == Q4_K:
+                out[r] = neon.q4_k_row(w[r], xq, xd, bsum)
+            elif qtype == Q5_K:
+                out[r] = neon.q5_k_row(w[r], xq, xd, bsum)
+            elif qtype == Q6_K:
+                out[r] = neon.q6_k_row(w[r], xq, xd, bsum)
+            elif qtype == Q8_0:
+                out[r] = neon.q8_0_row(w[r], xq, xd)
+            else:
+                out[r] = neon.q4_0_row(w[r], xq, xd)
+
+    @njit(error_model="numpy", fastmath=False)
+    def _neon_rows(w, qtype, xq, xd, bsum, out):  # out[t, r]: TOKENS positions a call
+        for t in range(0, xq.shape[0] - 3, 4):
+            for r in range(w.shape[0]):
+                if qtype == Q4_K:
+                    res = neon.q4_k_rows(w[r], xq, xd, bsum, t)
+                elif qtype == Q5_K:
+                    res = neon.q5_k_rows(w[r], xq, xd, bsum, t)
+                elif qtype == Q6_K:
+                    res = neon.q6_k_rows(w[r], xq, xd, bsum, t)
+                elif qtype == Q8_0:
+                    res = neon.q8_0_rows(w[r], xq, xd, t)
+                else:
+                    res = neon.q4_0_rows(w[r], xq, xd, t)
+                for i in range(4):
+                    out[t + i, r] = res[i]
+
+    @njit(error_model="numpy", fastmath=True)
+    def _portable(w, qtype, xq, xd, bsum, out):
+        for r in range(w.shape[0]):
+            if qtype == Q4_K:
+                out[r] = intdot.idot_q4_k(w, r, xq, xd, bsum)
+            elif qtype == Q5_K:
+                out[r] = intdot.idot_q5_k(w, r, xq, xd, bsum)
+            elif qtype == Q6_K:
+                out[r] = intdot.idot_q6_k(w, r, xq, xd, bsum)
+            else:
+                out[r] = intdot.idot_q8_0(w, r, xq, xd)
+
+
+def run(impl, w, qtype, xq, xd, bsum):
+    out = np.full(w.shape[0], np.nan, np.float32)
+    impl(w, qtype, xq, xd, bsum, out)
+    return out
+
+
+def per(qtype):
+    return 32 if qtype in (Q8_0, Q4_0) else 256
+
+
+@on_arm
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_row_kernels_give_the_oracles_bits(qtype):
+    for cols in (256, 1280):  # 1 and 5 super-blocks, 8 and 40 blocks of 32
+        for wname, w in edge_weights(qtype, 19, cols).items():
+            for xname, (xq, xd, bsum) in activations(cols, per(qtype), cols).items():
+                np.testing.assert_array_equal(run(_neon, w, qtype, xq, xd, bsum), oracle_bits(w, qtype, xq, xd, bsum),
+                                              err_msg=f"{TYPES[qtype]} {cols} {wname} x {xname}")
+
+
+@on_arm
+@pytest.mark.parametrize("qtype", (Q4_0, Q8_0), ids=("Q4_0", "Q8_0"))
+def test_an_odd_last_block_goes_to_the_first_chain(qtype):
+    cols = 32 * 7
+    for wname, w in edge_weights(qtype, 5, cols).items():
+        for xname, (xq, xd, bsum) in activations(cols, 32, 7).items():
+            np.testing.assert_array_equal(run(_neon, w, qtype, xq, xd, bsum), oracle_bits(w, qtype, xq, xd, bsum),
+                                          err_msg=f"{wname} x {xname}")
+
+
+@on_arm
+def test_one_block_at_unit_scales_is_the_exact_integer_dot():
+    # d = 1, xd = 1, one (super-)block: the output is the int32 sum itself, with no rounding
+    # (|sum| < 2^24), against the dequantized weights' integer dot.
+    rng = np.random.default_rng(3)
+    one = np.array([1.0], np.float16).view(np.uint8)
+    for qtype in TYPES:
+        p = per(qtype)
+        w = weights(qtype, 9, p, seed=4)
+        for o in FP16_FIELDS[qtype]:
+            w[:, o:o + 2] = one
+        xq = rng.integers(-128, 128, p).astype(np.int8)
+        bsum = xq.reshape(-1, 16).astype(np.int16).sum(axis=1, dtype=np.int16)
+        want = dequantize(w, qtype).astype(np.float64) @ xq.astype(np.float64)
+        assert np.all(np.abs(want) < 2 ** 24) and np.all(want == np.round(want))
+        got = run(_neon, w, qtype, xq, np.ones(1, np.float32), bsum)
+        np.testing.assert_array_equal(got, want.astype(np.float32), err_msg=TYPES[qtype])
+
+
+@on_arm
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_prefill_form_gives_the_row_forms_bits(qtype):
+    cols, n = 512, 12
+    rng = np.random.default_rng(11)
+    xq = rng.integers(-128, 128, (n, cols)).astype(np.int8)
+    xd = rng.uniform(0.001, 0.05, (n, cols // per(qtype))).astype(np.float32)
+    bsum = xq.reshape(n, -1, 16).astype(np.int16).sum(axis=2, dtype=np.int16)
+    for wname, w in edge_weights(qtype, 7, cols).items():
+        out = np.full((n, 7), np.nan, np.float32)
+        _neon_rows(w, qtype, xq, xd, bsum, out)
+        want = np.stack([run(_neon, w, qtype, xq[t], xd[t], bsum[t]) for t in range(n)])
+        np.testing.assert_array_equal(out, want, err_msg=wname)
+
+
+def oracle(w, qtype, x):  # -> (products summed in float64, the sum of their magnitudes)
+    wf = dequantize(w, qtype).astype(np.float64)
+    xr = activations_np(x, qtype).astype(np.float64)
+    return wf @ xr, np.abs(wf) @ np.abs(xr)
+
+
+def quantized(x, qtype):
+    from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_k
+    n = x.shape[0]
+    xq, bsum = np.empty(n, np.int8), np.empty(n // 16, np.int16)
+    xd = np.empty(n // per(qtype), np.float32)
+    if qtype in (Q8_0, Q4_0):
+        quantize_q8_0(x, xq, xd)
+    else:
+        quantize_q8_k(x, xq, xd, bsum)
+    return xq, xd, bsum
+
+
+@on_arm
+@pytest.mark.parametrize("qtype", (Q4_K, Q5_K, Q6_K, Q8_0), ids=("Q4_K", "Q5_K", "Q6_K", "Q8_0"))
+def test_dispatch_decodes_and_prefills_with_the_neon_kernels(qtype):
+    # matvec and matmul (integer prefill: TOKENS positions a call, row pairs, Q8_0 quads, a
+    # tail of single positions) give the NEON row kernel's bits; the float64 oracle and the
+    # portable kernels agree with them within float rounding.
+    assert dispatch.simd is arm and dispatch.SIMD_PREFILL and arm.q4_k_row is neon.q4_k_row
+    cols, rows = 768, 29
+    for wname, w in edge_weights(qtype, rows, cols).items():
+        xs = np.random.default_rng(5).standard_normal((dispatch.TOKEN_BLOCK + 11, cols)).astype(np.float32)
+        xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)  # activations at +-127
+        want = np.stack([run(_neon, w, qtype, *quantized(x, qtype)) for x in xs])
+        got = np.full(rows, np.nan, np.float32)
+        dispatch.matvec(w, qtype, xs[0], got)
+        np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
+        out = np.full(want.shape, np.nan, np.float32)
+        dispatch.matmul(w, qtype, xs, out)
+        np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
+        for x, a in zip(xs[:3], want):
+            ref, scale = oracle(w, qtype, x)
+            assert (np.abs(a - ref) / np.maximum(scale, 1e-30)).max() <= 1e-6, wname
+            b = run(_portable, w, qtype, *quantized(x, qtype))
+            assert (np.abs(a - b) / np.maximum(scale, 1e-30)).max() <= 1e-6, wname
+
+
+@on_arm
+def test_q4_0_against_the_float64_oracle():
+    cols = 1024
+    for wname, w in edge_weights(Q4_0, 13, cols).items():
+        for x in (np.random.default_rng(2).standard_normal(cols).astype(np.float32), np.ones(cols, np.float32)):
+            xq, xd, bsum = quantized(x, Q4_0)
+            wf = dequantize(w, Q4_0).astype(np.float64)
+            xr = xq.astype(np.float64) * np.repeat(xd, 32)
+            got = run(_neon, w, Q4_0, xq, xd, bsum)
+            assert (np.abs(got - wf @ xr) / np.maximum(np.abs(wf) @ np.abs(xr), 1e-30)).max() <= 1e-6, wname
+
+
+@on_arm
+def test_nan_activations_reach_the_output():
+    for qtype in TYPES:
+        w = weights(qtype, 3, 512, seed=1)
+        x = np.ones(512, np.float32)
+        x[300] = np.nan
+        assert np.isnan(run(_neon, w, qtype, *quantized(x, qtype))).all(), TYPES[qtype]
+
+
+@on_arm
+def test_the_kernels_follow_the_cpus_dotprod():
+    from lfm2q.cpu import target
+    assert neon.HAVE_DOTPROD == ("dotprod" in target()[1])
+    assert ("dotprod" in arm.NAME) == neon.HAVE_DOTPROD
+
+
+@on_arm
+@pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_DOTPROD, reason="without dotprod Q4_K stays unpacked")
+def test_packed_q4_k_matrices_give_the_row_kernels_bits():
+    # Decode and prefill over Q4_K rows packed 8 at a time (lane-indexed sdot) against the row
+    # kernel: 3 groups (a pair and an odd one), TOKENS-position calls and a tail.
+    from lfm2q.kernels.repack import packed_q4_k8
+    assert dispatch.SIMD_PACKS_Q4_K and arm.q4_k_packed is neon.q4_k_packed
+    rows, cols, n = 24, 512, dispatch.TOKENS * 2 + 3
+    code = Q4_K | dispatch.PACKED8
+    for wname, w in edge_weights(Q4_K, rows, cols).items():
+        p = packed_q4_k8(w)
+        xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
+        xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
+        want = np.stack([run(_neon, w, Q4_K, *quantized(x, Q4_K)) for x in xs])
+        got = np.full(rows, np.nan, np.float32)
+        dispatch.matvec(p, code, xs[0], got)
+        np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
+        out = np.full((n, rows), np.nan, np.float32)
+        dispatch.matmul(p, code, xs, out)
+        np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
