@@ -367,3 +367,100 @@ def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o):
     silu_mul(g, u)
     matvec(wd, td, g, o)
     x += o
+
+
+# --- mixture of experts (LFM2-MoE) -----------------------------------------------------------
+# The router as llama.cpp's build_moe_ffn runs it for lfm2moe (sigmoid gating): p = sigmoid(
+# logits); the top K of p + exp_probs_b choose the experts (the bias steers the choice only);
+# their weights are the unbiased p, divided by their sum (ggml sums in f64, and clamps the sum
+# to 2^-14 so it never divides by ~0), then scaled when the scale is neither 0 nor 1. With
+# exact=True, transformers' Lfm2MoeTopKRouter instead: sum + 1e-6 in f32.
+
+_MIN_WEIGHT_SUM = F32(6.103515625e-5)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def route(logits, bias, k, norm, scale, exact, sel, wsel):
+    """logits f32[E], bias f32[E] -> sel int64[K] (experts, best first), wsel f32[K]."""
+    E = logits.shape[0]
+    p = np.empty(E, np.float32)
+    score = np.empty(E, np.float32)
+    for i in range(E):
+        p[i] = F32(1.0) / (F32(1.0) + F32(math.exp(-logits[i])))  # ggml_vec_sigmoid_f32
+        score[i] = p[i] + bias[i]
+    taken = np.zeros(E, np.bool_)
+    for j in range(k):
+        best = -1
+        for i in range(E):  # K passes over E scores: K, E are small (4 of 32)
+            if not taken[i] and (best < 0 or score[i] > score[best]):
+                best = i
+        taken[best] = True
+        sel[j] = best
+        wsel[j] = p[best]
+    if norm:
+        if exact:
+            s32 = F32(0.0)
+            for j in range(k):
+                s32 += wsel[j]
+            s32 = s32 + F32(1e-6)
+        else:
+            s = 0.0
+            for j in range(k):
+                s += np.float64(wsel[j])
+            s32 = max(F32(s), _MIN_WEIGHT_SUM)
+        for j in range(k):
+            wsel[j] = wsel[j] / s32
+    if scale != 0.0 and scale != 1.0:
+        for j in range(k):
+            wsel[j] = wsel[j] * F32(scale)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def route_rows(logits, bias, k, norm, scale, exact, sel, wsel):  # logits f32[n, E] -> [n, K]
+    for t in range(logits.shape[0]):
+        route(logits[t], bias, k, norm, scale, exact, sel[t], wsel[t])
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def weighted_add(acc, o, w, first):
+    """acc f32[D] (= or +=) o * w: ggml multiplies each expert's output by its weight, then adds
+    the experts in their top-K order, each step rounded (no fused multiply-add)."""
+    if first:
+        for i in range(acc.shape[0]):
+            acc[i] = o[i] * w
+    else:
+        for i in range(acc.shape[0]):
+            acc[i] = acc[i] + o[i] * w
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
+               h, logits, sel, wsel, g, u, o, acc):
+    """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,
+    x' = rmsnorm(x). wr [E, D] the router; wg/wu [E, FFE, D] and wd [E, D, FFE] the experts'
+    bytes: only the K chosen experts' rows are read. logits f32[E], sel int64[K], wsel f32[K],
+    g/u f32[FFE], o/acc f32[D]."""
+    rmsnorm(x, norm_w, eps, h)
+    matvec(wr, tr, h, logits)
+    route(logits, bias, k, norm, scale, exact, sel, wsel)
+    for j in range(k):
+        e = sel[j]
+        matvec(wg[e], tg, h, g)
+        matvec(wu[e], tu, h, u)
+        silu_mul(g, u)
+        matvec(wd[e], td, g, o)
+        weighted_add(acc, o, wsel[j], j == 0)
+    x += acc
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def moe_combine_rows(y, wsel, x):
+    """x f32[n, D] += sum_j wsel[t, j] * y[t, j] for y f32[n, K, D] (prefill's expert outputs per
+    position and slot), in slot order as decode adds them."""
+    n, K, D = y.shape
+    acc = np.empty(D, np.float32)
+    for t in range(n):
+        for j in range(K):
+            weighted_add(acc, y[t, j], wsel[t, j], j == 0)
+        for i in range(D):
+            x[t, i] += acc[i]
