@@ -27,7 +27,9 @@ def arch_of(cfg: HFConfig) -> str:
 
 
 def _gguf(t: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = ".weight") -> str:
-    assert t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2MOE], t  # LFM2's tensors and the expert ones
+    # LFM2's tensors, and LFM2-MoE's expert ones (gguf-py's lfm2moe list lacks output.weight,
+    # which llama.cpp's lfm2moe loader takes when present)
+    assert t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2] or t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2MOE], t
     name = gguf.TENSOR_NAMES[t]
     return (name.format(bid=bid) if bid is not None else name) + suffix
 

@@ -421,6 +421,15 @@ def route_rows(logits, bias, k, norm, scale, exact, sel, wsel):  # logits f32[n,
         route(logits[t], bias, k, norm, scale, exact, sel[t], wsel[t])
 
 
+@njit(error_model="numpy", fastmath=True, cache=True)
+def router_rows(h, wr, tr, logits):
+    """logits f32[n, E] = the router wr [E, D] on each row of h f32[n, D], through decode's
+    matrix-vector kernel: a position's routing is bit for bit decode's (a BLAS product sums in
+    another order, and an ulp in a routing weight reaches the residual stream unrounded)."""
+    for t in range(h.shape[0]):
+        matvec(wr, tr, h[t], logits[t])
+
+
 @njit(error_model="numpy", fastmath=False, cache=True)
 def weighted_add(acc, o, w, first):
     """acc f32[D] (= or +=) o * w: ggml multiplies each expert's output by its weight, then adds

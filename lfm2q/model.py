@@ -349,7 +349,9 @@ class Forward:
         n, K = h.shape[0], c.n_expert_used
         sel = np.empty((n, K), np.int64)
         wsel = np.empty((n, K), np.float32)
-        blocks.route_rows(_mm(L.ffn_gate_inp, h), L.exp_probs_b, K, c.expert_weights_norm,
+        logits = np.empty((n, c.n_expert), np.float32)
+        blocks.router_rows(h, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel, logits)
+        blocks.route_rows(logits, L.exp_probs_b, K, c.expert_weights_norm,
                           c.expert_weights_scale, self.w.exact, sel, wsel)
         flat = sel.reshape(-1)                            # slot t*K + j: position t's j-th expert
         order = np.argsort(flat, kind="stable")
