@@ -144,14 +144,14 @@ def test_default_mode_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
 def test_router_chooses_by_biased_scores_and_weighs_by_unbiased(tmp_path):
     from lfm2q import blocks
     logits = np.array([2.0, 0.0, 1.0, -1.0], np.float32)
-    bias = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # lifts expert 1 over 2, not over 0
+    bias = np.array([0.0, 1.0, 0.0, 0.0], np.float32)  # lifts expert 1 (0.5 + 1) over 0 (0.88)
     sel, w = np.empty(2, np.int64), np.empty(2, np.float32)
     blocks.route(logits, bias, 2, True, 0.0, False, sel, w)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-    assert sel.tolist() == [0, 1]
-    np.testing.assert_allclose(w, p[[0, 1]] / p[[0, 1]].sum(), rtol=1e-6)
+    assert sel.tolist() == [1, 0]  # best first; expert 2 (0.73) loses to 0 without a bias
+    np.testing.assert_allclose(w, p[[1, 0]] / p[[1, 0]].sum(), rtol=1e-6)  # weights unbiased
     blocks.route(logits, bias, 2, False, 2.0, True, sel, w)  # no norm, scaled by 2
-    np.testing.assert_allclose(w, 2 * p[[0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(w, 2 * p[[1, 0]], rtol=1e-6)
 
 
 # --- the converter ------------------------------------------------------------------------------
@@ -163,8 +163,8 @@ def test_layout_keys_and_types_as_llamacpp_writes_them(tmp_path):
     r = GGUFReader(convert_hf(hf_dir, tmp_path / "m.gguf", "f16"))
     f = r.fields
     assert f["general.architecture"] == "lfm2moe"
-    want = {"block_count": 5, "embedding_length": 64, "feed_forward_length": 96, "head_count": 4,
-            "head_count_kv": [0, 2, 0, 0, 2], "expert_count": 6, "expert_used_count": 2,
+    want = {"block_count": 5, "embedding_length": 64, "feed_forward_length": 96, "attention.head_count": 4,
+            "attention.head_count_kv": [0, 2, 0, 0, 2], "expert_count": 6, "expert_used_count": 2,
             "expert_feed_forward_length": 32, "leading_dense_block_count": 2, "expert_gating_func": 2,
             "vocab_size": 512, "shortconv.l_cache": 3, "context_length": 4096}
     for key, value in want.items():
@@ -384,7 +384,7 @@ def test_cli_commands_on_a_moe_file(moe_gguf, tmp_path, capsys):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 8)
     out, _ = cli("perplexity", path, "-f", text, "-c", "32")
     assert "Final estimate: PPL" in out
-    cli("convert", hf_dir, tmp_path / "c.gguf", "--type", "q4_k_m")
+    cli("convert", hf_dir, "-o", tmp_path / "c.gguf", "--type", "q4_k_m")
     cli("quantize", convert_hf(hf_dir, tmp_path / "f.gguf", "f32"), tmp_path / "q.gguf", "--type", "q8_0")
     assert GGUFReader(tmp_path / "q.gguf").fields["general.architecture"] == "lfm2moe"
 
