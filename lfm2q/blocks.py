@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .kernels.dispatch import matvec
+from .kernels.dispatch import PARALLEL_MIN_BYTES, matvec
 from .kernels.actquant import QK8_0
 from .kernels.kscores import KB, k_block, k_scores, quantize_query
 from .kernels.kvrows import load_block, store_row
@@ -442,23 +442,54 @@ def weighted_add(acc, o, w, first):
             acc[i] = acc[i] + o[i] * w
 
 
+@njit(inline="always")
+def _chunk_rows(row_bytes):  # rows per task: under matvec's serial threshold, so it never nests
+    return max(1, (PARALLEL_MIN_BYTES - 1) // row_bytes)
+
+
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob):
+    """oa[j] = wa[sel[j]] @ x, ob[j] = wb[sel[j]] @ x for the K chosen experts j (wb may be wa:
+    then ob is not written when tb < 0), x = xa (or xa[j] when per_expert_x), in ONE parallel
+    region: each task is a run of rows of one expert's matrix, run by matvec's serial kernel
+    (the same per-row sums as a whole-matrix matvec). Decode's experts otherwise cost 3K
+    parallel regions a layer, each a barrier that waits out a busy core's scheduler slice."""
+    K = sel.shape[0]
+    rows = wa.shape[1]
+    step = _chunk_rows(wa.shape[2])
+    n_chunks = (rows + step - 1) // step
+    n_mats = 2 if tb >= 0 else 1
+    for task in prange(n_mats * K * n_chunks):
+        m = task // (K * n_chunks)
+        rest = task % (K * n_chunks)
+        j = rest // n_chunks
+        r0 = (rest % n_chunks) * step
+        r1 = min(rows, r0 + step)
+        e = sel[j]
+        x = xa[j] if per_expert_x else xa[0]
+        if m == 0:
+            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1])
+        else:
+            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1])
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
                h, logits, sel, wsel, g, u, o, acc):
     """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,
     x' = rmsnorm(x). wr [E, D] the router; wg/wu [E, FFE, D] and wd [E, D, FFE] the experts'
     bytes: only the K chosen experts' rows are read. logits f32[E], sel int64[K], wsel f32[K],
-    g/u f32[FFE], o/acc f32[D]."""
+    g/u f32[K, FFE], o f32[K, D], acc f32[D]."""
     rmsnorm(x, norm_w, eps, h)
     matvec(wr, tr, h, logits)
     route(logits, bias, k, norm, scale, exact, sel, wsel)
+    hx = h.reshape(1, -1)
+    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u)
     for j in range(k):
-        e = sel[j]
-        matvec(wg[e], tg, h, g)
-        matvec(wu[e], tu, h, u)
-        silu_mul(g, u)
-        matvec(wd[e], td, g, o)
-        weighted_add(acc, o, wsel[j], j == 0)
+        silu_mul(g[j], u[j])
+    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o)
+    for j in range(k):
+        weighted_add(acc, o[j], wsel[j], j == 0)
     x += acc
 
 

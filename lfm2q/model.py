@@ -243,8 +243,10 @@ class Forward:
         self.router = np.empty(max(c.n_expert, 1), np.float32)
         self.sel = np.empty(max(c.n_expert_used, 1), np.int64)
         self.wsel = np.empty(max(c.n_expert_used, 1), np.float32)
-        self.ge = np.empty(max(c.n_ff_exp, 1), np.float32)
-        self.ue = np.empty(max(c.n_ff_exp, 1), np.float32)
+        K = max(c.n_expert_used, 1)
+        self.ge = np.empty((K, max(c.n_ff_exp, 1)), np.float32)
+        self.ue = np.empty((K, max(c.n_ff_exp, 1)), np.float32)
+        self.oe = np.empty((K, D), np.float32)
         self.acc = np.empty(D, np.float32)
 
     # --- decode: one token ------------------------------------------------------------
@@ -279,7 +281,7 @@ class Forward:
                                   L.up_exps.kernel, L.down_exps.raw, L.down_exps.kernel,
                                   c.n_expert_used, c.expert_weights_norm, c.expert_weights_scale,
                                   w.exact, self.h, self.router, self.sel, self.wsel, self.ge,
-                                  self.ue, self.o, self.acc)
+                                  self.ue, self.oe, self.acc)
                 w.expert_pages.used(il, self.sel[::-1])
             else:
                 blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
