@@ -17,28 +17,59 @@ import gguf
 from .hf import HFConfig
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LFM2]  # "lfm2"
+MOE_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LFM2MOE]  # "lfm2moe"
 
 _T = gguf.MODEL_TENSOR
 
 
-def _gguf(t: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
-    assert t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2], t
+def arch_of(cfg: HFConfig) -> str:
+    return MOE_ARCH if cfg.is_moe else ARCH
+
+
+def _gguf(t: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = ".weight") -> str:
+    # LFM2's tensors, and LFM2-MoE's expert ones (gguf-py's lfm2moe list lacks output.weight,
+    # which llama.cpp's lfm2moe loader takes when present)
+    assert t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2] or t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LFM2MOE], t
     name = gguf.TENSOR_NAMES[t]
-    return (name.format(bid=bid) if bid is not None else name) + ".weight"
+    return (name.format(bid=bid) if bid is not None else name) + suffix
+
+
+@dataclass(frozen=True)
+class Part:
+    """One expert's matrix inside a stacked GGUF tensor: checkpoint tensor `hf_name`, or its
+    `index`-th entry (fused 3-D checkpoints), rows `rows[0]:rows[1]` of it (fused gate_up)."""
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    index: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One tensor to convert. Shapes are NumPy order ([rows, cols]); GGUF's ne is the reverse."""
+    """One tensor to convert. Shapes are NumPy order ([rows, cols]); GGUF's ne is the reverse.
+    A 3-D expert tensor lists its experts as `parts` (stacked in order, written one by one);
+    `zeros` marks a tensor the checkpoint does not have and the GGUF needs (an expert bias)."""
     hf_name: str
     gguf_name: str
     hf_shape: tuple[int, ...]     # as config.json says it must be in the checkpoint
     gguf_shape: tuple[int, ...]   # as written (== hf_shape except the squeezed conv kernel)
+    parts: tuple[Part, ...] = ()
+    zeros: bool = False
+
+    def sources(self) -> dict[str, tuple[int, ...]]:
+        """Checkpoint name -> shape of every stored tensor this one is made of."""
+        if self.zeros:
+            return {}
+        if self.parts:
+            return {p.hf_name: p.hf_shape for p in self.parts}
+        return {self.hf_name: self.hf_shape}
 
 
-def plan_tensors(cfg: HFConfig) -> list[TensorPlan]:
+def plan_tensors(cfg: HFConfig, fused_experts: bool = False) -> list[TensorPlan]:
     """Every tensor of the GGUF file, in file order: token_embd, blk.0 … blk.N-1, final norm,
-    then output.weight only for an untied LM head."""
+    then output.weight only for an untied LM head. fused_experts: the checkpoint stores each
+    MoE layer's experts as transformers' 3-D gate_up_proj / down_proj, not one tensor per
+    expert (the hub's layout, which save_pretrained writes too)."""
     D, FF, L = cfg.hidden_size, cfg.ff_dim, cfg.conv_L_cache
     HD, H, KVH = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     V = cfg.vocab_size
@@ -66,8 +97,11 @@ def plan_tensors(cfg: HFConfig) -> list[TensorPlan]:
                 TensorPlan(p + "conv.conv.weight", _gguf(_T.SHORTCONV_CONV, i), (D, 1, L), (D, L)),
                 same(p + "conv.out_proj.weight", _T.SHORTCONV_OUTPROJ, (D, D), i),
             ]
+        plans.append(same(p + "ffn_norm.weight", _T.FFN_NORM, (D,), i))
+        if cfg.moe_layer(i):
+            plans += _expert_plans(cfg, i, fused_experts)
+            continue
         plans += [
-            same(p + "ffn_norm.weight", _T.FFN_NORM, (D,), i),
             same(p + "feed_forward.w1.weight", _T.FFN_GATE, (FF, D), i),
             same(p + "feed_forward.w3.weight", _T.FFN_UP, (FF, D), i),
             same(p + "feed_forward.w2.weight", _T.FFN_DOWN, (D, FF), i),
@@ -76,6 +110,34 @@ def plan_tensors(cfg: HFConfig) -> list[TensorPlan]:
     plans.append(same("model.embedding_norm.weight", _T.TOKEN_EMBD_NORM, (D,)))
     if not cfg.tie_embeddings:
         plans.append(same("lm_head.weight", _T.OUTPUT, (V, D)))
+    return plans
+
+
+def _expert_plans(cfg: HFConfig, i: int, fused: bool) -> list[TensorPlan]:
+    """A MoE layer's router, selection bias and stacked experts, as llama.cpp's LFM2MoeModel
+    converter names and stacks them (experts.{e}.w1 -> ffn_gate_exps[e], w3 -> ffn_up_exps,
+    w2 -> ffn_down_exps)."""
+    D, E, FFE = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+    p = f"model.layers.{i}.feed_forward."
+    bias = TensorPlan(p + "expert_bias", _gguf(_T.FFN_EXP_PROBS_B, i, ".bias"), (E,), (E,),
+                      zeros=not cfg.use_expert_bias)  # no bias: zeros choose as none does
+    plans = [TensorPlan(p + "gate.weight", _gguf(_T.FFN_GATE_INP, i), (E, D), (E, D)), bias]
+    if fused:
+        gate_up, down = p + "experts.gate_up_proj", p + "experts.down_proj"
+        sources = {
+            _T.FFN_GATE_EXP: (gate_up, (E, 2 * FFE, D), (0, FFE)),
+            _T.FFN_UP_EXP: (gate_up, (E, 2 * FFE, D), (FFE, 2 * FFE)),
+            _T.FFN_DOWN_EXP: (down, (E, D, FFE), None),
+        }
+        for t, (name, shape, rows) in sources.items():
+            out = (E,) + ((FFE, D) if t != _T.FFN_DOWN_EXP else (D, FFE))
+            plans.append(TensorPlan(name, _gguf(t, i), shape, out,
+                                    parts=tuple(Part(name, shape, e, rows) for e in range(E))))
+        return plans
+    for t, w, shape in ((_T.FFN_GATE_EXP, "w1", (FFE, D)), (_T.FFN_UP_EXP, "w3", (FFE, D)),
+                        (_T.FFN_DOWN_EXP, "w2", (D, FFE))):
+        parts = tuple(Part(f"{p}experts.{e}.{w}.weight", shape) for e in range(E))
+        plans.append(TensorPlan(parts[0].hf_name, _gguf(t, i), shape, (E,) + shape, parts=parts))
     return plans
 
 
@@ -101,8 +163,8 @@ def is_skipped_when_tied(name: str, cfg: HFConfig) -> bool:
 
 
 def add_model_metadata(writer: gguf.GGUFWriter, cfg: HFConfig, *, name: str, file_type: int) -> None:
-    """general.* and lfm2.* keys, as llama.cpp's LFM2 converter writes them (docs/lfm2-facts.md §6).
-    general.architecture is written by GGUFWriter itself."""
+    """general.* and lfm2.* (lfm2moe.*) keys, as llama.cpp's LFM2 (LFM2MoeModel) converter writes
+    them (docs/lfm2-facts.md §6). general.architecture is written by GGUFWriter itself."""
     writer.add_name(name)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -117,3 +179,16 @@ def add_model_metadata(writer: gguf.GGUFWriter, cfg: HFConfig, *, name: str, fil
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_shortconv_l_cache(cfg.conv_L_cache)
+    if cfg.is_moe:
+        writer.add_expert_count(cfg.num_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+        writer.add_leading_dense_block_count(cfg.num_dense_layers)
+        writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        # llama.cpp's converter writes neither (its lfm2moe graph always normalises, never
+        # scales); written only where a config departs from that, so lfm2q runs it as
+        # transformers does (llama.cpp would ignore them)
+        if not cfg.norm_topk_prob:
+            writer.add_expert_weights_norm(False)
+        if cfg.routed_scaling_factor != 1.0:
+            writer.add_expert_weights_scale(cfg.routed_scaling_factor)

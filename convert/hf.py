@@ -52,6 +52,23 @@ class HFConfig:
     rope_theta: float
     conv_L_cache: int               # L
     tie_embeddings: bool            # True: no lm_head, the LM head is the embedding
+    # LFM2-MoE (model_type lfm2_moe): layers from num_dense_layers on route each token to
+    # num_experts_per_tok of num_experts SwiGLU experts of width moe_intermediate_size
+    model_type: str = "lfm2"
+    num_experts: int = 0            # E (0: dense)
+    num_experts_per_tok: int = 0    # K
+    moe_intermediate_size: int = 0  # FFE
+    num_dense_layers: int = 0
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    use_expert_bias: bool = True
+
+    @property
+    def is_moe(self) -> bool:
+        return self.model_type == "lfm2_moe"
+
+    def moe_layer(self, i: int) -> bool:
+        return self.is_moe and i >= self.num_dense_layers
 
     @property
     def head_dim(self) -> int:      # HD
@@ -89,10 +106,10 @@ def read_config(hf_dir: Path) -> HFConfig:
         raise ConvertError(f"{path}: expected a JSON object — re-download the checkpoint")
 
     model_type = raw.get("model_type")
-    if model_type != "lfm2":
+    if model_type not in ("lfm2", "lfm2_moe"):
         raise ConvertError(
             f"{path}: model_type {model_type!r} is not LFM2 — only text LFM2/LFM2.5 checkpoints "
-            f"(model_type 'lfm2') can be converted")
+            f"(model_type 'lfm2' or 'lfm2_moe') can be converted")
 
     def req_int(key: str, value: Any = None) -> int:
         value = raw.get(key) if value is None else value
@@ -116,12 +133,18 @@ def read_config(hf_dir: Path) -> HFConfig:
     if n_heads % n_kv != 0:
         raise ConvertError(f"{path}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}")
 
-    # Like transformers: block_ff_dim (old style) wins over intermediate_size.
-    ff_key = "block_ff_dim" if raw.get("block_ff_dim") is not None else "intermediate_size"
-    ff_raw = req_int(ff_key)
-    multiple_of = req_int("block_multiple_of", opt("block_multiple_of"))
-    multiplier = raw.get("block_ffn_dim_multiplier", _DEFAULTS["block_ffn_dim_multiplier"])
-    ff = effective_ff_dim(ff_raw, bool(opt("block_auto_adjust_ff_dim")), multiplier, multiple_of)
+    if model_type == "lfm2_moe":
+        # Lfm2MoeMLP uses intermediate_size as it is (no auto-adjust), as llama.cpp's converter
+        ff = req_int("intermediate_size", raw.get("intermediate_size", _MOE_DEFAULTS["intermediate_size"]))
+        moe = _moe_fields(raw, path, req_int, n_layers)
+    else:
+        # Like transformers: block_ff_dim (old style) wins over intermediate_size.
+        ff_key = "block_ff_dim" if raw.get("block_ff_dim") is not None else "intermediate_size"
+        ff_raw = req_int(ff_key)
+        multiple_of = req_int("block_multiple_of", opt("block_multiple_of"))
+        multiplier = raw.get("block_ffn_dim_multiplier", _DEFAULTS["block_ffn_dim_multiplier"])
+        ff = effective_ff_dim(ff_raw, bool(opt("block_auto_adjust_ff_dim")), multiplier, multiple_of)
+        moe = {}
 
     attention_layers = _layer_kinds(raw, n_layers, path)
 
@@ -153,7 +176,42 @@ def read_config(hf_dir: Path) -> HFConfig:
         rope_theta=float(rope_theta),
         conv_L_cache=req_int("conv_L_cache", opt("conv_L_cache")),
         tie_embeddings=bool(tie),
+        model_type=model_type,
+        **moe,
     )
+
+
+# transformers' Lfm2MoeConfig defaults, for the MoE keys a config.json may leave out
+_MOE_DEFAULTS = {"intermediate_size": 7168, "moe_intermediate_size": 1792, "num_experts": 32,
+                 "num_experts_per_tok": 4, "num_dense_layers": 2, "norm_topk_prob": True,
+                 "routed_scaling_factor": 1.0, "use_expert_bias": True}
+
+
+def _moe_fields(raw: dict, path: Path, req_int, n_layers: int) -> dict:
+    def get(key):
+        value = raw.get(key)
+        return _MOE_DEFAULTS[key] if value is None else value
+
+    n_experts = req_int("num_experts", get("num_experts"))
+    k = req_int("num_experts_per_tok", get("num_experts_per_tok"))
+    if k > n_experts:
+        raise ConvertError(f"{path}: num_experts_per_tok {k} is more than num_experts {n_experts}")
+    dense = get("num_dense_layers")
+    if isinstance(dense, bool) or not isinstance(dense, int) or not 0 <= dense <= n_layers:
+        raise ConvertError(f"{path}: num_dense_layers must be a whole number from 0 to {n_layers}, got {dense!r}")
+    scale = get("routed_scaling_factor")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ConvertError(f"{path}: routed_scaling_factor must be a number, got {scale!r}")
+    for key in ("norm_topk_prob", "use_expert_bias"):
+        if not isinstance(get(key), bool):
+            raise ConvertError(f"{path}: {key} must be true or false, got {get(key)!r}")
+    if raw.get("conv_bias"):
+        raise ConvertError(f"{path}: conv_bias is true; LFM2-MoE's short convolutions have no bias "
+                           "in llama.cpp's format")
+    return dict(num_experts=n_experts, num_experts_per_tok=k,
+                moe_intermediate_size=req_int("moe_intermediate_size", get("moe_intermediate_size")),
+                num_dense_layers=dense, norm_topk_prob=get("norm_topk_prob"),
+                routed_scaling_factor=float(scale), use_expert_bias=get("use_expert_bias"))
 
 
 def _layer_kinds(raw: dict, n_layers: int, path: Path) -> tuple[bool, ...]:

@@ -3,7 +3,8 @@
 A transcription of llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp), no importance
 matrix, no overrides, restricted to what LFM2's tensors reach:
 
-  - kept as they are (F32 here): 1-D tensors, `*_norm.weight`, `shortconv.conv.weight`;
+  - kept as they are (F32 here): 1-D tensors (the MoE `exp_probs_b.bias` too), `*_norm.weight`,
+    `shortconv.conv.weight`, the MoE router `ffn_gate_inp.weight`;
   - unquantized mixes (f32, f16, bf16): every other tensor in that type;
   - token_embd with tied embeddings (no output.weight), and output.weight: Q6_K, unless the
     mix's type is Q8_0 (stays) or its row is not a multiple of the mix type's block (Q8_0);
@@ -12,8 +13,14 @@ matrix, no overrides, restricted to what LFM2's tensors reach:
   - ffn_down, counted over all layers (i = layer, n = n_layer):
         q4_k_m, q5_k_m: Q6_K where use_more_bits(i, n);   q4_k_s: Q5_K for i < n/8;
   - everything else: the mix's base type;
+  - models with exactly 8 experts (llama.cpp's Mixtral rule, n_expert == 8): attn_v and attn_k
+    Q8_0 under every quantized mix; attn_output Q5_K under q4_k_m and q4_k_s;
   - then the shape fallback: a row that does not split into the chosen type's blocks takes
     Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 when even 32 does not divide it.
+
+LFM2-MoE's 3-D expert tensors (ffn_{gate,up,down}_exps) go through the same rules as their dense
+namesakes: ffn_down_exps counts as ffn_down (llama.cpp reads its layer from the name when the
+model has experts, out of n_layer), gate and up get the base type.
 
 llama-quantize visits tensors sorted by layer number (then name), so its attn_v counter is the
 position of the layer among the attention layers and its ffn_down counter is the layer index;
@@ -58,7 +65,7 @@ def keeps_type(name: str, shape: tuple[int, ...]) -> bool:
     # ggml_n_dims: ne is the NumPy shape reversed, and trailing ne of 1 do not count
     n_dims = max((i + 1 for i, d in enumerate(reversed(shape)) if d > 1), default=1)
     return (n_dims < 2 or not name.endswith("weight") or "_norm.weight" in name
-            or "shortconv.conv.weight" in name)
+            or "shortconv.conv.weight" in name or "ffn_gate_inp.weight" in name)
 
 
 def _block(qtype: GGMLQuantizationType) -> int:
@@ -73,10 +80,12 @@ def _fallback(qtype: GGMLQuantizationType, ncols: int) -> GGMLQuantizationType:
 
 
 def choose_type(name: str, shape: tuple[int, ...], mix: str, n_layer: int,
-                attn_layers: Sequence[int], tied_embeddings: bool = True) -> GGMLQuantizationType:
-    """The GGML type llama-quantize gives GGUF tensor `name` of NumPy `shape` ([rows, row length])
-    under `mix`. n_layer: blocks in the model; attn_layers: indices of the attention layers;
-    tied_embeddings: the file has no output.weight (token_embd is then treated as the output)."""
+                attn_layers: Sequence[int], tied_embeddings: bool = True,
+                n_expert: int = 0) -> GGMLQuantizationType:
+    """The GGML type llama-quantize gives GGUF tensor `name` of NumPy `shape` ([rows, row length],
+    [experts, rows, row length]) under `mix`. n_layer: blocks in the model; attn_layers: indices
+    of the attention layers; tied_embeddings: the file has no output.weight (token_embd is then
+    treated as the output); n_expert: the model's expert count (0 or 1: dense)."""
     try:
         base, _ = MIXES[mix]
     except KeyError:
@@ -98,6 +107,14 @@ def choose_type(name: str, shape: tuple[int, ...], mix: str, n_layer: int,
             qtype = QT.Q6_K
         elif mix == "q4_k_s" and i < 4:
             qtype = QT.Q5_K
+        if n_expert == 8:
+            qtype = QT.Q8_0
+    elif "attn_k.weight" in name:
+        if n_expert == 8:
+            qtype = QT.Q8_0
+    elif "attn_output.weight" in name:
+        if n_expert == 8 and mix in ("q4_k_m", "q4_k_s"):
+            qtype = QT.Q5_K
     elif "ffn_down" in name:
         i = _layer(name)
         if mix in ("q4_k_m", "q5_k_m") and use_more_bits(i, n_layer):
@@ -114,11 +131,13 @@ def _layer(name: str) -> int:
     return int(m.group(1))
 
 
-def plan_types(tensors: Iterable[tuple[str, tuple[int, ...]]], mix: str, n_layer: int) -> dict[str, GGMLQuantizationType]:
+def plan_types(tensors: Iterable[tuple[str, tuple[int, ...]]], mix: str, n_layer: int,
+               n_expert: int = 0) -> dict[str, GGMLQuantizationType]:
     """Types for a whole model given (GGUF name, NumPy shape) pairs; the attention layers and
-    tied embeddings are read off the names."""
+    tied embeddings are read off the names. n_expert: the model's expert count (0: dense)."""
     tensors = list(tensors)
     names = {name for name, _ in tensors}
     attn_layers = sorted({_layer(n) for n in names if "attn_v.weight" in n})
     tied = "output.weight" not in names
-    return {name: choose_type(name, tuple(shape), mix, n_layer, attn_layers, tied) for name, shape in tensors}
+    return {name: choose_type(name, tuple(shape), mix, n_layer, attn_layers, tied, n_expert)
+            for name, shape in tensors}

@@ -49,9 +49,11 @@ def parse_out_type(out_type: str) -> str:
     return key
 
 
-def plan_types(tensors: list[tuple[str, tuple[int, ...]]], out_type: str, n_layer: int) -> list[GGMLQuantizationType]:
-    """The GGML type of each (GGUF name, NumPy shape) of a whole model under `out_type`."""
-    types = mixes.plan_types(tensors, parse_out_type(out_type), n_layer)
+def plan_types(tensors: list[tuple[str, tuple[int, ...]]], out_type: str, n_layer: int,
+               n_expert: int = 0) -> list[GGMLQuantizationType]:
+    """The GGML type of each (GGUF name, NumPy shape) of a whole model under `out_type`
+    (n_expert: the file's expert_count, 0 for a dense model)."""
+    types = mixes.plan_types(tensors, parse_out_type(out_type), n_layer, n_expert)
     return [types[name] for name, _ in tensors]
 
 

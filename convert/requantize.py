@@ -1,8 +1,9 @@
-"""Re-quantize an F32/F16/BF16 LFM2 GGUF to another type mix (`lfm2q quantize`).
+"""Re-quantize an F32/F16/BF16 LFM2 (or LFM2-MoE) GGUF to another type mix (`lfm2q quantize`).
 
 Metadata is copied key by key with its stored value type; tensors are read from the memory
-map, dequantized, and quantized one at a time (peak memory about one tensor), into a temp file
-renamed at the end — the same pipeline rules as `convert_hf`.
+map, dequantized, and quantized one at a time (peak memory about one tensor; a 3-D expert
+tensor one expert at a time), into a temp file renamed at the end — the same pipeline rules as
+`convert_hf`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lfm2q.gguf_model import GGUFFile
 from lfm2q.kernels import dequantize
 
 from . import quantize
-from .writer import write_atomically
+from .writer import Chunked, write_atomically
 
 _SOURCE_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
                  gguf.GGMLQuantizationType.BF16)
@@ -39,7 +40,7 @@ def quantize_gguf(src, dst, out_type: str, progress: bool = False) -> Path:
     if not dst.parent.is_dir():
         raise ConvertError(f"{dst.parent}: output folder does not exist — create it first")
 
-    writer = gguf.GGUFWriter(path=None, arch="lfm2")
+    writer = gguf.GGUFWriter(path=None, arch=f.arch)
     for k, value in reader.fields.items():
         if k in _SKIP_KEYS:
             continue
@@ -47,15 +48,24 @@ def quantize_gguf(src, dst, out_type: str, progress: bool = False) -> Path:
         writer.add_key_value(k, value, vt, sub_type=item)
     writer.add_file_type(quantize.file_type(key))
     plan = [(t.name, t.shape) for t in reader.tensors.values()]
-    qtypes = quantize.plan_types(plan, key, f.config.n_layer)
+    qtypes = quantize.plan_types(plan, key, f.config.n_layer, n_expert=f.config.n_expert)
     for (name, shape), qtype in zip(plan, qtypes):
         writer.add_tensor_info(name, shape, np.dtype(np.float32), quantize.tensor_nbytes(shape, qtype),
                                raw_dtype=qtype)
 
+    def one(name, raw, src_type, shape, qtype):
+        return quantize.quantize(dequantize(raw, src_type).reshape(shape), qtype, name)
+
     def stored():
         for (name, shape), qtype in zip(plan, qtypes):
-            x = dequantize(reader.data(name), reader.tensors[name].qtype).reshape(shape)
-            yield quantize.quantize(x, qtype, name)
+            raw, src_type = reader.data(name), reader.tensors[name].qtype
+            if len(shape) == 3:  # experts: [E * rows, row bytes] -> one expert's rows at a time
+                E, rows = shape[0], shape[1]
+                yield Chunked(quantize.tensor_nbytes(shape, qtype),
+                              (one(name, raw[e * rows:(e + 1) * rows], src_type, shape[1:], qtype)
+                               for e in range(E)))
+            else:
+                yield one(name, raw, src_type, shape, qtype)
 
     write_atomically(writer, dst, [name for name, _ in plan], stored(), progress)
     return dst

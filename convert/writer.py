@@ -8,6 +8,8 @@ tensor:
      (name, shape, GGML type, byte size) without touching tensor data;
   3. write header, key/values and tensor infos to a temp file beside the output, then convert and
      append each tensor's data in turn (load memory-mapped -> check finite -> quantize -> write);
+     a 3-D expert tensor (LFM2-MoE) is converted and written expert by expert, so memory stays
+     about one expert's matrix, not the stacked tensor;
   4. os.replace the temp file onto the output. On any failure the temp file is deleted, so there
      is never a partial output.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -49,11 +52,11 @@ def convert_hf(hf_dir, out_path, out_type: str = "f16", progress: bool = False) 
     ckpt = Checkpoint(hf_dir)
     plans = _check_tensors(ckpt, cfg, hf_dir)
 
-    writer = gguf.GGUFWriter(path=None, arch=gguf_layout.ARCH)
+    writer = gguf.GGUFWriter(path=None, arch=gguf_layout.arch_of(cfg))
     gguf_layout.add_model_metadata(writer, cfg, name=hf_dir.resolve().name, file_type=quantize.file_type(key))
     add_vocab(writer, hf_dir, cfg.vocab_size)
     qtypes = quantize.plan_types([(p.gguf_name, p.gguf_shape) for p in plans], key,
-                                 cfg.num_hidden_layers)
+                                 cfg.num_hidden_layers, n_expert=cfg.num_experts)
     for plan, qtype in zip(plans, qtypes):
         # A placeholder dtype: with raw_dtype given, gguf-py only needs the logical shape and size.
         writer.add_tensor_info(plan.gguf_name, plan.gguf_shape, np.dtype(np.float32),
@@ -82,41 +85,83 @@ def _check_tensors(ckpt: Checkpoint, cfg: HFConfig, hf_dir: Path) -> list[gguf_l
         if norm is not None and not gguf_layout.is_skipped_when_tied(norm, cfg):
             stored[norm] = name
 
-    plans = gguf_layout.plan_tensors(cfg)
-    expected = {p.hf_name for p in plans}
+    fused = any(n.endswith(".experts.gate_up_proj") for n in stored)
+    plans = gguf_layout.plan_tensors(cfg, fused_experts=fused)
+    expected = {name: shape for p in plans for name, shape in p.sources().items()}
     for norm, name in stored.items():
         if norm not in expected:
             e = ckpt.entries[name]
             raise ConvertError(
                 f"{e.file}: unexpected tensor {name!r} for the LFM2 text model described by config.json "
                 f"— is config.json from the same checkpoint?")
-    out = []
-    for p in plans:
-        name = stored.get(p.hf_name)
+    for hf_name, shape in expected.items():
+        name = stored.get(hf_name)
         if name is None:
-            hint = " (config.json says the LM head is untied)" if p.hf_name == "lm_head.weight" else ""
-            raise ConvertError(f"{hf_dir}: tensor {p.hf_name!r} is missing from the safetensors files{hint}")
+            hint = " (config.json says the LM head is untied)" if hf_name == "lm_head.weight" else ""
+            raise ConvertError(f"{hf_dir}: tensor {hf_name!r} is missing from the safetensors files{hint}")
         e = ckpt.entries[name]
         ckpt.check_dtype(name)
-        if tuple(e.shape) != p.hf_shape:
+        if tuple(e.shape) != shape:
             raise ConvertError(
-                f"{e.file}: tensor {name!r} has shape {list(e.shape)}, config.json implies {list(p.hf_shape)}")
-        out.append(gguf_layout.TensorPlan(name, p.gguf_name, p.hf_shape, p.gguf_shape))
-    return out
+                f"{e.file}: tensor {name!r} has shape {list(e.shape)}, config.json implies {list(shape)}")
+    # the plans with the names as stored (an "lfm." prefix kept)
+    return [replace(p, hf_name=stored.get(p.hf_name, p.hf_name),
+                    parts=tuple(replace(q, hf_name=stored[q.hf_name]) for q in p.parts))
+            for p in plans]
 
 
-def _convert_one(ckpt: Checkpoint, plan: gguf_layout.TensorPlan, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+def _convert_one(ckpt: Checkpoint, plan: gguf_layout.TensorPlan, qtype: gguf.GGMLQuantizationType):
+    """The tensor's stored bytes: an array, or for stacked experts a `Chunked` that converts
+    and writes them one expert at a time."""
+    if plan.zeros:
+        return quantize.quantize(np.zeros(plan.gguf_shape, np.float32), qtype, plan.gguf_name)
+    if plan.parts:
+        return Chunked(quantize.tensor_nbytes(plan.gguf_shape, qtype),
+                       (_convert_part(ckpt, plan, part, qtype) for part in plan.parts))
     x = ckpt.load(plan.hf_name).reshape(plan.gguf_shape)  # memory-mapped (BF16: one float32 copy)
+    return _quantized(ckpt, plan.hf_name, x, qtype, plan.gguf_name, plan.gguf_shape)
+
+
+def _convert_part(ckpt: Checkpoint, plan: gguf_layout.TensorPlan, part: gguf_layout.Part,
+                  qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    x = ckpt.load(part.hf_name)  # memory-mapped; a fused 3-D tensor is sliced, not copied (F32/F16)
+    if part.index is not None:
+        x = x[part.index]
+    if part.rows is not None:
+        x = x[part.rows[0]:part.rows[1]]
+    return _quantized(ckpt, part.hf_name, x, qtype, plan.gguf_name, plan.gguf_shape[1:])
+
+
+def _quantized(ckpt: Checkpoint, hf_name: str, x: np.ndarray, qtype, gguf_name: str, shape) -> np.ndarray:
     flat = x.reshape(-1)
     for i in range(0, flat.size, _FINITE_CHUNK):
         if not np.isfinite(flat[i:i + _FINITE_CHUNK]).all():
-            e = ckpt.entries[plan.hf_name]
-            raise ConvertError(f"{e.file}: tensor {plan.hf_name!r} contains NaN or Inf — the checkpoint is damaged")
-    data = quantize.quantize(x, qtype, plan.gguf_name)
-    expected = quantize.tensor_nbytes(plan.gguf_shape, qtype)
+            e = ckpt.entries[hf_name]
+            raise ConvertError(f"{e.file}: tensor {hf_name!r} contains NaN or Inf — the checkpoint is damaged")
+    data = quantize.quantize(x, qtype, gguf_name)
+    expected = quantize.tensor_nbytes(tuple(shape), qtype)
     if data.nbytes != expected:  # an internal error, not a user's: fail loudly
-        raise AssertionError(f"{plan.gguf_name}: {qtype.name} data is {data.nbytes} bytes, expected {expected}")
+        raise AssertionError(f"{gguf_name}: {qtype.name} data is {data.nbytes} bytes, expected {expected}")
     return data
+
+
+class Chunked:
+    """A tensor's data as a sequence of arrays made one at a time (a 3-D tensor's experts), in
+    the two attributes GGUFWriter.write_tensor_data uses: `nbytes`, and `tofile`, which makes
+    and writes each chunk in turn so only one is ever in memory."""
+
+    def __init__(self, nbytes: int, chunks: Iterator[np.ndarray]):
+        self.nbytes = nbytes
+        self._chunks = chunks
+
+    def tofile(self, fout) -> None:
+        written = 0
+        for chunk in self._chunks:
+            chunk.tofile(fout)
+            written += chunk.nbytes
+            del chunk
+        if written != self.nbytes:  # an internal error: fail loudly
+            raise AssertionError(f"chunked tensor wrote {written} bytes, expected {self.nbytes}")
 
 
 def write_atomically(writer: gguf.GGUFWriter, out: Path, names: list[str],

@@ -27,11 +27,17 @@ class Model:
     kv_cache: how the attention layers keep K and V: "f16" (the default, as llama.cpp's cache),
     "f32" (the default with exact=True; twice the memory) or "q8_0" (8-bit blocks, as llama.cpp's
     -ctk/-ctv q8_0: 0.56x f16's memory, and faster decode at long contexts).
+
+    experts_resident (LFM2-MoE files): how many experts of each layer keep their pages in the
+    process, the most recently used; the others' are handed back to the OS (they stay in the page
+    cache). Default: twice the experts a token uses (8 of 32 for LFM2-8B-A1B); None keeps all.
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-                 exact: bool = False, kv_cache: str | None = None):
+                 exact: bool = False, kv_cache: str | None = None, experts_resident: int | None = -1):
         _check_int("n_ctx", n_ctx, 1)
+        if experts_resident not in (None, -1):
+            _check_int("experts_resident", experts_resident, 1)
         if kv_cache not in (None, *KV_TYPES):
             raise Lfm2qError(f"kv_cache {kv_cache!r} is not a cache type — use one of {', '.join(KV_TYPES)}")
         set_threads(n_threads)
@@ -47,7 +53,7 @@ class Model:
         if self.kv_cache == "q8_0" and self.config.head_dim % QK8_0:
             raise Lfm2qError(f"kv_cache 'q8_0' stores {QK8_0}-element blocks; {self.path.name}'s head size is "
                              f"{self.config.head_dim} — use 'f16'")
-        self.weights = Weights(self.file, exact=self.exact)
+        self.weights = Weights(self.file, exact=self.exact, experts_resident=experts_resident)
         try:
             self.tokenizer = Tokenizer.from_gguf_fields(self.file.tokenizer_fields())
         except Lfm2qError as e:
@@ -163,7 +169,7 @@ def _text_pieces(steps) -> Iterator[str]:
 
 
 def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-         exact: bool = False, kv_cache: str | None = None) -> Model:
+         exact: bool = False, kv_cache: str | None = None, experts_resident: int | None = -1) -> Model:
     """Open an LFM2 GGUF file. Weights are memory-mapped, not read into RAM (see Model).
 
     `path` may also name a GGUF on the Hugging Face Hub (`OWNER/REPO[:QUANT]`, `hf://OWNER/REPO/FILE`):
@@ -173,7 +179,8 @@ def load(path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = Non
 
     if is_hub_name(path):
         path = resolve_model(path)
-    return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, kv_cache=kv_cache)
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads, exact=exact, kv_cache=kv_cache,
+                 experts_resident=experts_resident)
 
 
 def set_threads(n_threads: int | None) -> None:

@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .kernels.dispatch import matvec
+from .kernels.dispatch import PARALLEL_MIN_BYTES, matvec
 from .kernels.actquant import QK8_0
 from .kernels.kscores import KB, k_block, k_scores, quantize_query
 from .kernels.kvrows import load_block, store_row
@@ -367,3 +367,140 @@ def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o):
     silu_mul(g, u)
     matvec(wd, td, g, o)
     x += o
+
+
+# --- mixture of experts (LFM2-MoE) -----------------------------------------------------------
+# The router as llama.cpp's build_moe_ffn runs it for lfm2moe (sigmoid gating): p = sigmoid(
+# logits); the top K of p + exp_probs_b choose the experts (the bias steers the choice only);
+# their weights are the unbiased p, divided by their sum (ggml sums in f64, and clamps the sum
+# to 2^-14 so it never divides by ~0), then scaled when the scale is neither 0 nor 1. With
+# exact=True, transformers' Lfm2MoeTopKRouter instead: sum + 1e-6 in f32.
+
+_MIN_WEIGHT_SUM = F32(6.103515625e-5)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def route(logits, bias, k, norm, scale, exact, sel, wsel):
+    """logits f32[E], bias f32[E] -> sel int64[K] (experts, best first), wsel f32[K]."""
+    E = logits.shape[0]
+    p = np.empty(E, np.float32)
+    score = np.empty(E, np.float32)
+    for i in range(E):
+        p[i] = F32(1.0) / (F32(1.0) + F32(math.exp(-logits[i])))  # ggml_vec_sigmoid_f32
+        score[i] = p[i] + bias[i]
+    taken = np.zeros(E, np.bool_)
+    for j in range(k):
+        best = -1
+        for i in range(E):  # K passes over E scores: K, E are small (4 of 32)
+            if not taken[i] and (best < 0 or score[i] > score[best]):
+                best = i
+        taken[best] = True
+        sel[j] = best
+        wsel[j] = p[best]
+    if norm:
+        if exact:
+            s32 = F32(0.0)
+            for j in range(k):
+                s32 += wsel[j]
+            s32 = s32 + F32(1e-6)
+        else:
+            s = 0.0
+            for j in range(k):
+                s += np.float64(wsel[j])
+            s32 = max(F32(s), _MIN_WEIGHT_SUM)
+        for j in range(k):
+            wsel[j] = wsel[j] / s32
+    if scale != 0.0 and scale != 1.0:
+        for j in range(k):
+            wsel[j] = wsel[j] * F32(scale)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def route_rows(logits, bias, k, norm, scale, exact, sel, wsel):  # logits f32[n, E] -> [n, K]
+    for t in range(logits.shape[0]):
+        route(logits[t], bias, k, norm, scale, exact, sel[t], wsel[t])
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def router_rows(h, wr, tr, logits):
+    """logits f32[n, E] = the router wr [E, D] on each row of h f32[n, D], through decode's
+    matrix-vector kernel: a position's routing is bit for bit decode's (a BLAS product sums in
+    another order, and an ulp in a routing weight reaches the residual stream unrounded)."""
+    for t in range(h.shape[0]):
+        matvec(wr, tr, h[t], logits[t])
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def weighted_add(acc, o, w, first):
+    """acc f32[D] (= or +=) o * w: ggml multiplies each expert's output by its weight, then adds
+    the experts in their top-K order, each step rounded (no fused multiply-add)."""
+    if first:
+        for i in range(acc.shape[0]):
+            acc[i] = o[i] * w
+    else:
+        for i in range(acc.shape[0]):
+            acc[i] = acc[i] + o[i] * w
+
+
+@njit(inline="always")
+def _chunk_rows(row_bytes):  # rows per task: under matvec's serial threshold, so it never nests
+    return max(1, (PARALLEL_MIN_BYTES - 1) // row_bytes)
+
+
+@njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
+def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob):
+    """oa[j] = wa[sel[j]] @ x, ob[j] = wb[sel[j]] @ x for the K chosen experts j (wb may be wa:
+    then ob is not written when tb < 0), x = xa (or xa[j] when per_expert_x), in ONE parallel
+    region: each task is a run of rows of one expert's matrix, run by matvec's serial kernel
+    (the same per-row sums as a whole-matrix matvec). Decode's experts otherwise cost 3K
+    parallel regions a layer, each a barrier that waits out a busy core's scheduler slice."""
+    K = sel.shape[0]
+    rows = wa.shape[1]
+    step = _chunk_rows(wa.shape[2])
+    n_chunks = (rows + step - 1) // step
+    n_mats = 2 if tb >= 0 else 1
+    for task in prange(n_mats * K * n_chunks):
+        m = task // (K * n_chunks)
+        rest = task % (K * n_chunks)
+        j = rest // n_chunks
+        r0 = (rest % n_chunks) * step
+        r1 = min(rows, r0 + step)
+        e = sel[j]
+        x = xa[j] if per_expert_x else xa[0]
+        if m == 0:
+            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1])
+        else:
+            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1])
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
+               h, logits, sel, wsel, g, u, o, acc):
+    """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,
+    x' = rmsnorm(x). wr [E, D] the router; wg/wu [E, FFE, D] and wd [E, D, FFE] the experts'
+    bytes: only the K chosen experts' rows are read. logits f32[E], sel int64[K], wsel f32[K],
+    g/u f32[K, FFE], o f32[K, D], acc f32[D]."""
+    rmsnorm(x, norm_w, eps, h)
+    matvec(wr, tr, h, logits)
+    route(logits, bias, k, norm, scale, exact, sel, wsel)
+    hx = h.reshape(1, -1)
+    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u)
+    for j in range(k):
+        silu_mul(g[j], u[j])
+    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o)
+    for j in range(k):
+        weighted_add(acc, o[j], wsel[j], j == 0)
+    x += acc
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def moe_combine_rows(y, wsel, x):
+    """x f32[n, D] += sum_j wsel[t, j] * y[t, j] for y f32[n, K, D] (prefill's expert outputs per
+    position and slot), in slot order as decode adds them."""
+    n, K, D = y.shape
+    acc = np.empty(D, np.float32)
+    for t in range(n):
+        for j in range(K):
+            weighted_add(acc, y[t, j], wsel[t, j], j == 0)
+        for i in range(D):
+            x[t, i] += acc[i]

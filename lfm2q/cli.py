@@ -373,6 +373,9 @@ def info(
     c = f.config
     ts = list(f.reader.tensors.values())
     n_params = sum(math.prod(t.shape) for t in ts)
+    # a token runs K of E experts: the expert tensors count K/E towards the active parameters
+    n_active = sum(math.prod(t.shape) * (c.n_expert_used / c.n_expert if t.name.endswith("_exps.weight") else 1)
+                   for t in ts) if c.n_expert else n_params
     pattern = "".join("A" if c.is_attention(i) else "C" for i in range(c.n_layer))
     types = Counter(type_name(t.qtype) for t in ts)
     tokens = f.get("tokenizer.ggml.tokens") or []
@@ -383,7 +386,11 @@ def info(
         ("name", str(f.get("general.name", "—"))),
         ("architecture", f"{f.get('general.architecture')} · {_count(n_params)} parameters"),
         ("embedding", f"{c.n_embd} · {c.n_head} heads × {c.head_dim} · KV heads {', '.join(map(str, kvh)) or '—'}"),
-        ("feed-forward", str(c.n_ff)),
+        ("feed-forward", str(c.n_ff) if not c.n_expert else
+         f"{c.n_ff} (the {c.n_dense_lead} leading dense layers)"),
+        *([("experts", f"{c.n_expert} per layer in layers {c.n_dense_lead}-{c.n_layer - 1}, "
+                       f"{c.n_expert_used} used per token · width {c.n_ff_exp} · "
+                       f"{_count(n_active)} parameters active per token")] if c.n_expert else []),
         ("layers", f"{c.n_layer}: {pattern.count('C')} short-conv (kernel {c.conv_l}), "
                    f"{pattern.count('A')} attention at {', '.join(map(str, c.attention_layers)) or '—'}"),
         ("layer pattern", f"{pattern}  (C conv, A attention)"),

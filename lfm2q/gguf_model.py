@@ -19,6 +19,9 @@ from .gguf_reader import VT, GGUFReader, shown_name
 from .kernels import F32, SUPPORTED_TYPES, dequantize, row_nbytes, type_name
 
 ARCH = "lfm2"
+MOE_ARCH = "lfm2moe"  # LFM2-MoE (LFM2-8B-A1B, LFM2.5-8B-A1B, LFM2-24B-A2B): same blocks, routed experts
+ARCHES = (ARCH, MOE_ARCH)
+SIGMOID_GATING = 2  # gguf ExpertGatingFuncType.SIGMOID, the only router LFM2-MoE has
 
 
 INTEGER_TYPES = (VT.UINT8, VT.INT8, VT.UINT16, VT.INT16, VT.UINT32, VT.INT32, VT.UINT64, VT.INT64)
@@ -30,7 +33,8 @@ class Lfm2Config:
 
     Dimension legend for shape comments across the package:
       V vocabulary, D embedding width, N layers, H query heads, KVH key/value heads of an
-      attention layer, HD head width (D / H), FF feed-forward width, L conv kernel length.
+      attention layer, HD head width (D / H), FF feed-forward width, L conv kernel length;
+      MoE files: E experts, K experts used per token, FFE an expert's feed-forward width.
     """
     n_vocab: int                 # V
     n_embd: int                  # D
@@ -44,6 +48,17 @@ class Lfm2Config:
     rope_base: float
     sliding_window: int          # 0: attention layers see the whole context
     tied_embeddings: bool        # no output.weight: the LM head is token_embd
+    # LFM2-MoE: layers from n_dense_lead on replace the dense SwiGLU by E routed experts
+    arch: str = ARCH
+    n_expert: int = 0            # E (0: a dense file)
+    n_expert_used: int = 0       # K
+    n_ff_exp: int = 0            # FFE
+    n_dense_lead: int = 0        # leading layers that keep the dense SwiGLU
+    expert_weights_norm: bool = True   # the K weights divided by their sum
+    expert_weights_scale: float = 1.0  # then multiplied by this
+
+    def is_moe(self, il: int) -> bool:
+        return self.n_expert > 0 and il >= self.n_dense_lead
 
     @property
     def head_dim(self) -> int:   # HD
@@ -72,6 +87,27 @@ class Weight:
             object.__setattr__(self, "kernel", self.qtype)
 
 
+@dataclass(frozen=True)
+class Experts:
+    """A 3-D expert tensor as raw GGUF bytes: expert e's matrix is `raw[e]`, a 2-D view of the
+    map in the layout `Weight.raw` has, so the matrix kernels run on it and touch only that
+    expert's pages."""
+    name: str
+    qtype: int
+    n_expert: int
+    rows: int
+    cols: int
+    raw: np.ndarray  # uint8[E, rows, row_bytes], a view of the memory map
+    kernel: int = -1
+
+    def __post_init__(self):
+        if self.kernel < 0:
+            object.__setattr__(self, "kernel", self.qtype)
+
+    def expert(self, e: int) -> Weight:
+        return Weight(f"{self.name}[{e}]", self.qtype, self.rows, self.cols, self.raw[e], self.kernel)
+
+
 class GGUFFile:
     """A validated LFM2 GGUF: `config`, `fields` (key -> value) and weights by GGUF name."""
 
@@ -83,10 +119,11 @@ class GGUFFile:
         self.fields = self.reader.fields
         self._tensors = self.reader.tensors
         arch = self.get("general.architecture")
-        if arch != ARCH:
+        if arch not in ARCHES:
             shown = f"'{shown_name(arch)}'" if isinstance(arch, str) else f"{arch!r:.40}"
-            raise GGUFError(f"{self.path}: general.architecture is {shown}, not 'lfm2' — "
-                            "lfm2q runs LFM2 / LFM2.5 models only")
+            raise GGUFError(f"{self.path}: general.architecture is {shown}, not 'lfm2' or 'lfm2moe' — "
+                            "lfm2q runs LFM2 / LFM2.5 models (dense and MoE) only")
+        self.arch = arch
         self.config = self._read_config()
         self._check_tensors()
         self._check_tokenizer_fields()
@@ -113,7 +150,7 @@ class GGUFFile:
         return kind(value)
 
     def _read_config(self) -> Lfm2Config:
-        a = ARCH
+        a = self.arch
         # every layer has at least 8 tensors: a larger count is a damaged file, and without this
         # bound block_count = 2**32-1 built a 4-billion-entry tuple below (found by the fuzzer)
         n_layer = self._require(f"{a}.block_count", int, 1, maximum=len(self._tensors))
@@ -161,6 +198,33 @@ class GGUFFile:
             sliding_window=self._require(f"{a}.attention.sliding_window", int, 0, default=0,
                                          maximum=2**31 - 1),
             tied_embeddings="output.weight" not in self._tensors,
+            arch=a,
+            **(self._read_moe(n_layer) if a == MOE_ARCH else {}),
+        )
+
+    def _read_moe(self, n_layer: int) -> dict:
+        """The lfm2moe.* expert keys, as llama.cpp's lfm2moe loader reads them; expert_weights_norm
+        and _scale are optional (llama.cpp's graph always normalises and never scales; lfm2q
+        honours them where a file has them)."""
+        a = self.arch
+        n_expert = self._require(f"{a}.expert_count", int, 1, maximum=1 << 16)
+        gating = self._require(f"{a}.expert_gating_func", int, 0)
+        if gating != SIGMOID_GATING:
+            raise GGUFError(f"{self.path}: {a}.expert_gating_func is {gating}; LFM2-MoE routes with "
+                            f"sigmoid ({SIGMOID_GATING}) — the file is not an LFM2-MoE model")
+        norm = self.get(f"{a}.expert_weights_norm", True)
+        if not isinstance(norm, (bool, int)) or isinstance(norm, float):
+            raise GGUFError(f"{self.path}: metadata key {a}.expert_weights_norm should be a boolean, "
+                            f"found {norm!r:.60}")
+        scale = self._require(f"{a}.expert_weights_scale", float, 0.0, default=1.0)
+        return dict(
+            n_expert=n_expert,
+            n_expert_used=self._require(f"{a}.expert_used_count", int, 1, maximum=n_expert),
+            n_ff_exp=self._require(f"{a}.expert_feed_forward_length", int, 1),
+            n_dense_lead=self._require(f"{a}.leading_dense_block_count", int, 0, default=0,
+                                       maximum=n_layer),
+            expert_weights_norm=bool(norm),
+            expert_weights_scale=scale,
         )
 
     # --- tensors ------------------------------------------------------------------------
@@ -177,9 +241,16 @@ class GGUFFile:
             shapes["output.weight"] = (c.n_vocab, D)
         for il in range(c.n_layer):
             p = f"blk.{il}."
-            shapes.update({p + "attn_norm.weight": (D,), p + "ffn_norm.weight": (D,),
-                           p + "ffn_gate.weight": (FF, D), p + "ffn_up.weight": (FF, D),
-                           p + "ffn_down.weight": (D, FF)})
+            shapes.update({p + "attn_norm.weight": (D,), p + "ffn_norm.weight": (D,)})
+            if c.is_moe(il):
+                E, FFE = c.n_expert, c.n_ff_exp
+                shapes.update({p + "ffn_gate_inp.weight": (E, D), p + "exp_probs_b.bias": (E,),
+                               p + "ffn_gate_exps.weight": (E, FFE, D),
+                               p + "ffn_up_exps.weight": (E, FFE, D),
+                               p + "ffn_down_exps.weight": (E, D, FFE)})
+            else:
+                shapes.update({p + "ffn_gate.weight": (FF, D), p + "ffn_up.weight": (FF, D),
+                               p + "ffn_down.weight": (D, FF)})
             if c.is_attention(il):
                 KVH = c.n_head_kv[il]
                 shapes.update({p + "attn_q.weight": (c.n_head * HD, D),
@@ -215,9 +286,9 @@ class GGUFFile:
                 raise GGUFError(f"{self.path}: tensor {name} is {type_name(t.qtype)}, which lfm2q "
                                 f"cannot run yet (supported: "
                                 f"{', '.join(sorted(type_name(q) for q in SUPPORTED_TYPES))})")
-            if len(shape) == 2:
+            if len(shape) >= 2:
                 try:
-                    row_nbytes(t.qtype, shape[1])
+                    row_nbytes(t.qtype, shape[-1])
                 except ValueError as e:
                     raise GGUFError(f"{self.path}: tensor {name}: {e}") from None
 
@@ -262,6 +333,12 @@ class GGUFFile:
         t = self._tensors[name]
         rows, cols = t.shape
         return Weight(name, t.qtype, rows, cols, self.reader.data(name))
+
+    def experts(self, name: str) -> Experts:
+        """A 3-D expert tensor as raw bytes [E, rows, row_bytes], never copied."""
+        t = self._tensors[name]
+        E, rows, cols = t.shape
+        return Experts(name, t.qtype, E, rows, cols, self.reader.data(name).reshape(E, rows, -1))
 
     def release(self, name: str) -> None:
         """Give the pages of a tensor copied elsewhere back to the OS (GGUFReader.release)."""

@@ -237,9 +237,14 @@ class GGUFReader:
         """Drop the tensor's pages from this process (they are re-read from the file if touched
         again): for tensors the engine has copied into another layout."""
         t = self.tensors[name]
+        self.release_range(t.offset, t.nbytes)
+
+    def release_range(self, offset: int, nbytes: int) -> None:
+        """Drop the whole pages within file bytes offset .. offset+nbytes from this process (an
+        expert's slice of a 3-D tensor: see model.ExpertPages)."""
         page = mmap.PAGESIZE
-        start = -(-t.offset // page) * page  # whole pages inside the tensor only
-        stop = (t.offset + t.nbytes) // page * page
+        start = -(-offset // page) * page  # whole pages inside the range only
+        stop = (offset + nbytes) // page * page
         if stop > start and hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 

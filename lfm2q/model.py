@@ -9,6 +9,7 @@ block.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from . import blocks, compiler_pages, hugepages
 from .cache import Snapshot, State
 from .errors import GenerationError
-from .gguf_model import GGUFFile, Lfm2Config, Weight
+from .gguf_model import Experts, GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
 from .kernels.dispatch import PACKED8, integer_prefill, packable, single_threaded_blas
 from .kernels.repack import packed_q4_k8, packed_shape
@@ -42,9 +43,16 @@ class Layer:
     """One block's weights under their GGUF names (blk.N.<name>)."""
     attn_norm: np.ndarray            # f32[D]
     ffn_norm: np.ndarray             # f32[D]
-    ffn_gate: Weight                 # [FF, D]
-    ffn_up: Weight                   # [FF, D]
-    ffn_down: Weight                 # [D, FF]
+    # dense feed-forward (every layer of LFM2; the leading layers of LFM2-MoE)
+    ffn_gate: Weight | None = None   # [FF, D]
+    ffn_up: Weight | None = None     # [FF, D]
+    ffn_down: Weight | None = None   # [D, FF]
+    # routed experts (LFM2-MoE layers from n_dense_lead on)
+    ffn_gate_inp: Weight | None = None      # [E, D] router
+    exp_probs_b: np.ndarray | None = None   # f32[E] selection bias
+    gate_exps: Experts | None = None        # [E, FFE, D]
+    up_exps: Experts | None = None          # [E, FFE, D]
+    down_exps: Experts | None = None        # [E, D, FFE]
     # short-conv layers
     in_proj: Weight | None = None    # [3D, D]
     conv: np.ndarray | None = None   # f32[D, L]
@@ -65,10 +73,14 @@ class Weights:
     (kernels/actquant.py); exact=True multiplies f32 activations, as transformers would.
     """
 
-    def __init__(self, f: GGUFFile, exact: bool = False):
+    def __init__(self, f: GGUFFile, exact: bool = False, experts_resident: int | None = -1):
         c = f.config
+        if experts_resident == -1:  # the default bound (see RESIDENT_PER_USED)
+            experts_resident = RESIDENT_PER_USED * c.n_expert_used
         self.exact = exact
         weight = (lambda name: _exact(f.weight(name))) if exact else f.weight
+        # expert matrices stay in the map (never packed): a token reads K of E experts' pages
+        experts = (lambda name: _exact(f.experts(name))) if exact else f.experts
         self.token_embd = weight("token_embd.weight")                   # [V, D]
         self.output_norm = f.vector(f.final_norm_name)                  # f32[D]
         if not exact:  # every matrix but the embedding table (its rows are looked up)
@@ -78,10 +90,17 @@ class Weights:
         for il in range(c.n_layer):
             p = f"blk.{il}."
             common = dict(attn_norm=f.vector(p + "attn_norm.weight"),
-                          ffn_norm=f.vector(p + "ffn_norm.weight"),
-                          ffn_gate=weight(p + "ffn_gate.weight"),
-                          ffn_up=weight(p + "ffn_up.weight"),
-                          ffn_down=weight(p + "ffn_down.weight"))
+                          ffn_norm=f.vector(p + "ffn_norm.weight"))
+            if c.is_moe(il):
+                common.update(ffn_gate_inp=weight(p + "ffn_gate_inp.weight"),
+                              exp_probs_b=np.ascontiguousarray(f.vector(p + "exp_probs_b.bias")),
+                              gate_exps=experts(p + "ffn_gate_exps.weight"),
+                              up_exps=experts(p + "ffn_up_exps.weight"),
+                              down_exps=experts(p + "ffn_down_exps.weight"))
+            else:
+                common.update(ffn_gate=weight(p + "ffn_gate.weight"),
+                              ffn_up=weight(p + "ffn_up.weight"),
+                              ffn_down=weight(p + "ffn_down.weight"))
             if c.is_attention(il):
                 layer = Layer(**common,
                               attn_q=weight(p + "attn_q.weight"),
@@ -96,8 +115,57 @@ class Weights:
                               conv=np.ascontiguousarray(f.vector(p + "shortconv.conv.weight")),
                               out_proj=weight(p + "shortconv.out_proj.weight"))
             self.layers.append(layer)
-        matrices = [self.output] + [m for L in self.layers for m in vars(L).values() if isinstance(m, Weight)]
+        # (the router is F32 by llama.cpp's rule and small: it does not decide the prefill path)
+        matrices = [self.output] + [m for L in self.layers for k, m in vars(L).items()
+                                    if isinstance(m, (Weight, Experts)) and k != "ffn_gate_inp"]
         self.integer_prefill = all(integer_prefill(m.kernel) for m in matrices)  # AVX2 int kernels
+        self.expert_pages = ExpertPages(f, self.layers, experts_resident) if c.n_expert else None
+
+
+# Experts of a layer kept resident by default: twice the experts a token uses. A token reads
+# K experts' pages; without a bound, a few hundred tokens of varied text would touch every
+# expert and make the whole file resident (28 of 32 experts' bytes are idle at any step).
+RESIDENT_PER_USED = 2
+
+
+class ExpertPages:
+    """Bounds the expert pages a process keeps resident: per MoE layer, the `budget` experts
+    used most recently stay mapped; older ones' pages are handed back (madvise DONTNEED: they
+    stay in the page cache, and a later use faults them back in without reading the disk).
+    budget None keeps every expert once touched."""
+
+    def __init__(self, f: GGUFFile, layers: list[Layer], budget: int | None):
+        self.reader = f.reader
+        self.budget = budget
+        self.spans: dict[int, list[tuple[int, int]]] = {}  # layer -> (offset, bytes per expert)
+        self.names: dict[int, list[str]] = {}
+        self.recent: dict[int, OrderedDict] = {}
+        for il, L in enumerate(layers):
+            if L.gate_exps is not None:
+                tensors = (L.gate_exps, L.up_exps, L.down_exps)
+                self.names[il] = [t.name for t in tensors]
+                self.spans[il] = [(self.reader.tensors[t.name].offset, t.raw[0].nbytes) for t in tensors]
+                self.recent[il] = OrderedDict()
+
+    def used(self, il: int, experts) -> None:
+        """Experts of layer il just ran (least used first): release the least recent ones."""
+        if self.budget is None:
+            return
+        recent = self.recent[il]
+        for e in experts:
+            recent.pop(int(e), None)
+            recent[int(e)] = None
+        while len(recent) > self.budget:
+            e, _ = recent.popitem(last=False)
+            for offset, nbytes in self.spans[il]:
+                self.reader.release_range(offset + e * nbytes, nbytes)
+
+    def release_all(self) -> None:
+        """Hand back every expert page (then only what later steps use becomes resident)."""
+        for il, recent in self.recent.items():
+            for name in self.names[il]:
+                self.reader.release(name)
+            recent.clear()
 
 
 def _exact(w: Weight) -> Weight:
@@ -171,6 +239,15 @@ class Forward:
         self.u = np.empty(FF, np.float32)
         self.logits = np.empty(c.n_vocab, np.float32)
         self.id_buf = np.empty(1, np.int64)
+        # MoE decode buffers: router logits, the K chosen experts and their weights
+        self.router = np.empty(max(c.n_expert, 1), np.float32)
+        self.sel = np.empty(max(c.n_expert_used, 1), np.int64)
+        self.wsel = np.empty(max(c.n_expert_used, 1), np.float32)
+        K = max(c.n_expert_used, 1)
+        self.ge = np.empty((K, max(c.n_ff_exp, 1)), np.float32)
+        self.ue = np.empty((K, max(c.n_ff_exp, 1)), np.float32)
+        self.oe = np.empty((K, D), np.float32)
+        self.acc = np.empty(D, np.float32)
 
     # --- decode: one token ------------------------------------------------------------
 
@@ -198,9 +275,18 @@ class Forward:
                                         s.v_scale[il], pos,
                                         c.sliding_window, self.inv_freq, self.h, self.q,
                                         self.k[:, :kvh], self.v[:, :kvh], self.att, self.o)
-            blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
-                              L.ffn_up.kernel, L.ffn_down.raw, L.ffn_down.kernel, self.h, self.g,
-                              self.u, self.o)
+            if L.gate_exps is not None:
+                blocks.moe_decode(x, L.ffn_norm, eps, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel,
+                                  L.exp_probs_b, L.gate_exps.raw, L.gate_exps.kernel, L.up_exps.raw,
+                                  L.up_exps.kernel, L.down_exps.raw, L.down_exps.kernel,
+                                  c.n_expert_used, c.expert_weights_norm, c.expert_weights_scale,
+                                  w.exact, self.h, self.router, self.sel, self.wsel, self.ge,
+                                  self.ue, self.oe, self.acc)
+                w.expert_pages.used(il, self.sel[::-1])
+            else:
+                blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
+                                  L.ffn_up.kernel, L.ffn_down.raw, L.ffn_down.kernel, self.h, self.g,
+                                  self.u, self.o)
         s.n_past = pos + 1
         blocks.rmsnorm(x, w.output_norm, eps, self.h)
         matvec(w.output.raw, w.output.kernel, self.h, self.logits)
@@ -241,6 +327,9 @@ class Forward:
                               c.sliding_window, att)
                 x += _mm(L.attn_output, att)
             blocks.rmsnorm_rows(x, L.ffn_norm, eps, h)
+            if L.gate_exps is not None:
+                self._experts(il, L, h, x)
+                continue
             g = _mm(L.ffn_gate, h)                                    # [n, FF]
             blocks.silu_mul_rows(g, _mm(L.ffn_up, h))
             x += _mm(L.ffn_down, g)
@@ -254,6 +343,30 @@ class Forward:
         blocks.rmsnorm(x[-1], w.output_norm, eps, self.h)
         matvec(w.output.raw, w.output.kernel, self.h, self.logits)
         return self.logits
+
+    def _experts(self, il: int, L: Layer, h: np.ndarray, x: np.ndarray) -> None:
+        """x f32[n, D] += the routed experts of normed h f32[n, D]: positions grouped by expert,
+        each chosen expert run once over all the positions that chose it (its pages read once)."""
+        c = self.c
+        n, K = h.shape[0], c.n_expert_used
+        sel = np.empty((n, K), np.int64)
+        wsel = np.empty((n, K), np.float32)
+        logits = np.empty((n, c.n_expert), np.float32)
+        blocks.router_rows(h, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel, logits)
+        blocks.route_rows(logits, L.exp_probs_b, K, c.expert_weights_norm,
+                          c.expert_weights_scale, self.w.exact, sel, wsel)
+        flat = sel.reshape(-1)                            # slot t*K + j: position t's j-th expert
+        order = np.argsort(flat, kind="stable")
+        experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+        y = np.empty((n * K, c.n_embd), np.float32)       # each slot's expert output
+        for e, a, m in zip(experts.tolist(), starts.tolist(), counts.tolist()):
+            slots = order[a:a + m]
+            xe = h[slots // K]                            # [m, D]
+            g = _mm(L.gate_exps.expert(e), xe)            # [m, FFE]
+            blocks.silu_mul_rows(g, _mm(L.up_exps.expert(e), xe))
+            y[slots] = _mm(L.down_exps.expert(e), g)
+        blocks.moe_combine_rows(y.reshape(n, K, c.n_embd), wsel, x)
+        self.w.expert_pages.used(il, experts[np.argsort(counts, kind="stable")])
 
 
 class Session:
