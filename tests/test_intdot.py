@@ -32,7 +32,7 @@ def _portable(w, qtype, xq, xd, bsum, out):
             out[r] = intdot.idot_q8_0(w, r, xq, xd)
 
 
-@njit(error_model="numpy", fastmath=False)  # as dispatch calls them: see avx2.py
+@njit(error_model="numpy", fastmath=False)  # as dispatch calls them: see isa/x86_avx2.py
 def _avx2(w, qtype, xq, xd, bsum, out):
     for r in range(w.shape[0]):
         if qtype == Q4_K:

@@ -126,7 +126,7 @@ def test_quantized_file_equals_transformers_on_its_weights(checkpoint, tmp_path,
     assert rel_err(model.logits(ids), reference_logits(stored, ids)) < 1e-4
 
 
-@pytest.mark.skipif(not dispatch.USE_AVX2, reason="without AVX2, prefill multiplies through BLAS")
+@pytest.mark.skipif(not dispatch.SIMD_PREFILL, reason="this backend prefills through BLAS")
 @pytest.mark.parametrize("out_type", ["q8_0", "q4_k_m"])
 def test_default_mode_prefill_and_decode_give_the_same_bits(tmp_path, out_type):
     # llama.cpp's arithmetic (8-bit activations, ggml's routing): grouping the prompt's positions
