@@ -74,7 +74,7 @@ class _Scripted:
     def __init__(self, params):
         self.i = 0
 
-    def sample(self, logits, recent_ids=()):
+    def sample(self, logits, recent_ids=(), allowed=None):
         if self.i < len(self.ids):
             self.i += 1
             return self.ids[self.i - 1]
