@@ -103,6 +103,7 @@ def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: 
             report["errors"].append(f"{mod_name}.{name}: {e}")
             continue
         report["functions"] += 1
+        report.setdefault("names", []).append(f"{mod_name}.{name}")
         for i, sig in enumerate(sig_list):
             try:
                 disp.compile(sig)
