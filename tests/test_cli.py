@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sigint import default_sigint
 
 import lfm2q
 from lfm2q.cli import run_cli
@@ -188,7 +189,8 @@ def test_real_process_errors_and_ctrl_c(gguf, tmp_path):
     one_line_error(p.stderr)
 
     endless = make_endless(gguf, tmp_path / "endless.gguf")
-    p = subprocess.Popen([exe, "generate", endless, "-p", "go", "-n", "100000"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([exe, "generate", endless, "-p", "go", "-n", "100000"], preexec_fn=default_sigint,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
     try:
         assert p.stdout.read(1)  # generating

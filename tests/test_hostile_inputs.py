@@ -21,6 +21,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from sigint import default_sigint
 from gguf import GGUFValueType as VT
 
 import lfm2q
@@ -541,7 +542,8 @@ main()
 def test_ctrl_c_during_prefill_exits_130_without_traceback(gguf_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.run([sys.executable, "-c", _INTERRUPT_PREFILL, "generate", str(gguf_path), "-p",
-                        "a long prompt " * 50, "-n", "5"], capture_output=True, text=True, env=env, timeout=300)
+                        "a long prompt " * 50, "-n", "5"], capture_output=True, text=True, env=env, timeout=300,
+                       preexec_fn=default_sigint)
     assert p.returncode == 130, p.stderr
     assert p.stdout == "" and "Traceback" not in p.stderr and p.stderr.strip() == ""
 
@@ -561,7 +563,8 @@ def _endless(src: Path, dst: Path) -> Path:
 def test_ctrl_c_during_decode_exits_130_without_traceback(gguf_path, tmp_path):
     path = _endless(gguf_path, tmp_path / "endless.gguf")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([str(EXE), "generate", str(path), "-p", "go", "-n", "100000"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([str(EXE), "generate", str(path), "-p", "go", "-n", "100000"], preexec_fn=default_sigint,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
     try:
         assert p.stdout.read(1)  # decoding

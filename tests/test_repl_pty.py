@@ -12,6 +12,7 @@ from rich.console import Console
 from lfm2q.conversation import Done, Notice, Reply
 from lfm2q.generate import Step
 from lfm2q.repl import MarkupSplitter, Repl, read_message
+from sigint import default_sigint
 from test_cli import make_endless
 
 pexpect = pytest.importorskip("pexpect")
@@ -24,7 +25,7 @@ def endless(tiny_gguf, tmp_path_factory):
 
 def spawn(*args: str):
     child = pexpect.spawn(sys.executable, ["-m", "lfm2q", "run", *map(str, args)], encoding="utf-8",
-                          timeout=90, dimensions=(40, 160))
+                          timeout=90, dimensions=(40, 160), preexec_fn=default_sigint)
     child.logfile_read = io.StringIO()
     child.expect_exact(">>> ")
     return child
