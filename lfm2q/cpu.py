@@ -127,7 +127,11 @@ def configure() -> None:
 
     if os.environ.get("NUMBA_CPU_NAME") or numba.config.CPU_NAME is not None:
         return
-    if arch() != "aarch64":
+    # The hwcaps and /proc/cpuinfo describe the machine this process runs on: only an aarch64
+    # one (a board, or qemu-user, whose uname says aarch64) has them. A process that compiles
+    # for aarch64 on another host (tests/foreign_target.py, benchmarks/mca_arm64.py) would
+    # read the host's x86 hwcaps as ARM ones and switch dotprod off.
+    if arch() != "aarch64" or platform.machine() not in ("aarch64", "arm64"):
         return
     try:
         info = parse_cpuinfo(Path("/proc/cpuinfo").read_text())

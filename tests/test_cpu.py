@@ -44,3 +44,28 @@ def test_under_qemu_llvm_says_generic_and_the_part_names_the_cpu():
     assert name == "cortex-a76" and "+dotprod" in flags.split(",")
     name, _ = _aarch64_config(parse_cpuinfo("Features\t: fp asimd\n"), "generic", set())
     assert name == "generic"
+
+
+def test_a_cross_compile_on_another_host_keeps_the_targets_features():
+    # numba told it compiles for a Cortex-A76 on this (non-ARM) host: the host's own hwcaps
+    # must not be read as ARM ones (they switched dotprod off)
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() in ("aarch64", "arm64"):
+        import pytest
+        pytest.skip("on aarch64 the hwcaps are this machine's own")
+    code = """
+import llvmlite.binding as llvm
+llvm.initialize_all_targets(); llvm.initialize_all_asmprinters()
+llvm.get_process_triple = lambda: "aarch64-unknown-linux-gnu"
+llvm.get_host_cpu_name = lambda: "cortex-a76"
+llvm.get_host_cpu_features = lambda: llvm.FeatureMap({"neon": True, "dotprod": True})
+import numba
+from lfm2q import cpu
+cpu.configure()
+print(numba.config.CPU_NAME, cpu.target()[1] >= {"neon", "dotprod"})
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["None", "True"], p.stdout + p.stderr[-2000:]
