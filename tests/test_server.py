@@ -70,11 +70,16 @@ class _Scripted:
     ids: list[int] = []
     end: int = 7
     forever: int | None = None
+    hold: threading.Event | None = None  # when set up: every token after the first waits for it
 
     def __init__(self, params):
         self.i = 0
+        self.n = 0
 
     def sample(self, logits, recent_ids=(), allowed=None):
+        self.n += 1
+        if self.hold is not None and self.n > 1:
+            self.hold.wait(30)
         if self.i < len(self.ids):
             self.i += 1
             return self.ids[self.i - 1]
@@ -89,6 +94,7 @@ def scripted(server, monkeypatch):
         _Scripted.ids = tok.encode(text, add_bos=False) if text else []
         _Scripted.end = tok.token_to_id("<|im_end|>")
         _Scripted.forever = forever
+        _Scripted.hold = None
         monkeypatch.setattr(generate_module, "Sampler", _Scripted)
     return script
 
@@ -319,16 +325,26 @@ def test_disconnect_stops_within_one_token(server, scripted):
 
 def test_a_queued_request_whose_client_left_never_runs(server, scripted):
     scripted(forever=server.engine.model.tokenize("a", add_bos=False)[0])
+    _Scripted.hold = hold = threading.Event()  # the first job stays busy until the queued one is given up
     body = {"messages": [{"role": "user", "content": "Hold the engine."}], "max_tokens": 300, "stream": True}
-    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as r:
-        lines = r.iter_lines()
-        next(lines)
-        with pytest.raises(httpx.TimeoutException):  # gives up while queued behind the stream
-            post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Impatient."}]},
-                 timeout=0.3)
-        time.sleep(2 * 0.25 + 0.2)  # the server polls for gone clients every 0.25 s
-        rest = [line for line in lines if line]
+    try:
+        with httpx.stream("POST", server.base + "/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)
+            with pytest.raises(httpx.TimeoutException):  # gives up while queued behind the stream
+                post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Impatient."}]},
+                     timeout=0.3)
+            deadline = time.time() + 20  # the server polls for gone clients every 0.25 s
+            while not any(j.cancelled.is_set() and j.request.messages[0]["content"] == "Impatient."
+                          for j in list(server.engine._jobs.queue) if j is not None):
+                assert time.time() < deadline, "the queued request of a gone client was never cancelled"
+                time.sleep(0.02)
+            assert server.engine.busy is not None  # still behind the first job
+            hold.set()
+            rest = [line for line in lines if line]
+    finally:
+        hold.set()
     assert rest[-1] == "data: [DONE]"
     job = _last_job(server, "Impatient.")
     assert job.finish == "cancelled" and job.produced == 0
