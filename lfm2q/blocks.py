@@ -179,12 +179,12 @@ def shortconv_mix(bcx, conv_w, state, y):
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o):
+def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o, float_rows=True):
     """x f32[D] += out_proj(C * conv(B * x')) with x' = rmsnorm(x); bcx f32[1, 3D], y f32[1, D]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(in_w, in_t, h, bcx[0])
+    matvec(in_w, in_t, h, bcx[0], float_rows)
     shortconv_mix(bcx, conv_w, state, y)
-    matvec(out_w, out_t, y[0], o)
+    matvec(out_w, out_t, y[0], o, float_rows)
     x += o
 
 
@@ -296,7 +296,7 @@ def _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out):
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
-def attend(q, kc, ks, vc, vs, p0, window, out):
+def attend(q, kc, ks, vc, vs, p0, window, out, head64=None):
     """Causal attention of n queries at positions p0..p0+n-1 over the cache.
 
     q f32[n, H*HD] (normed, rotated), kc/vc [KVH, n_ctx, HD] with their block scales ks/vs
@@ -318,10 +318,19 @@ def attend(q, kc, ks, vc, vs, p0, window, out):
         g = job % KVH
         nq = min(per, n - t0)
         first = 0 if window <= 0 else max(0, p0 + t0 + 1 - window)
-        if HD == 64:
-            _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, 64, out)
-        else:
-            _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, HD, out)
+        _attend_job(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, out, head64)
+
+
+# A job is a call, not inlined into attend's prange (numba's parallel passes over a big body
+# are slow), and only one copy of its body is compiled: head64=True says the head size is 64,
+# LFM2's, a constant that lets LLVM unroll the row loops; None, any size. numba drops the
+# branch on `None` before typing it. (The two copies took a quarter of a first run's compile.)
+@njit(error_model="numpy", fastmath=True, cache=True)
+def _attend_job(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, out, head64):
+    if head64 is not None:
+        _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, 64, out)
+    else:
+        _attend_group(q, kc, ks, vc, vs, t0, nq, g, p0, first, group, kc.shape[2], out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -343,29 +352,29 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, ks, vc, vs)
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
-                     kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o):
+                     kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o, float_rows=True, head64=None):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
     k/v f32[1, KVH*HD]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wq, tq, h, q[0])
-    matvec(wk, tk, h, k[0])
-    matvec(wv, tv, h, v[0])
+    matvec(wq, tq, h, q[0], float_rows)
+    matvec(wk, tk, h, k[0], float_rows)
+    matvec(wv, tv, h, v[0], float_rows)
     qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, ks, vc, vs)
-    attend(q, kc, ks, vc, vs, pos, window, att)
-    matvec(wo, to, att[0], o)
+    attend(q, kc, ks, vc, vs, pos, window, att, head64)
+    matvec(wo, to, att[0], o, float_rows)
     x += o
 
 
 # --- feed-forward -------------------------------------------------------------------------
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o):
+def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o, float_rows=True):
     """x f32[D] += ffn_down(silu(ffn_gate(x')) * ffn_up(x')), x' = rmsnorm(x); g/u f32[FF]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wg, tg, h, g)
-    matvec(wu, tu, h, u)
+    matvec(wg, tg, h, g, float_rows)
+    matvec(wu, tu, h, u, float_rows)
     silu_mul(g, u)
-    matvec(wd, td, g, o)
+    matvec(wd, td, g, o, float_rows)
     x += o
 
 
@@ -422,12 +431,12 @@ def route_rows(logits, bias, k, norm, scale, exact, sel, wsel):  # logits f32[n,
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def router_rows(h, wr, tr, logits):
+def router_rows(h, wr, tr, logits, float_rows=True):
     """logits f32[n, E] = the router wr [E, D] on each row of h f32[n, D], through decode's
     matrix-vector kernel: a position's routing is bit for bit decode's (a BLAS product sums in
     another order, and an ulp in a routing weight reaches the residual stream unrounded)."""
     for t in range(h.shape[0]):
-        matvec(wr, tr, h[t], logits[t])
+        matvec(wr, tr, h[t], logits[t], float_rows)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
@@ -448,7 +457,7 @@ def _chunk_rows(row_bytes):  # rows per task: under matvec's serial threshold, s
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
-def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob):
+def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob, float_rows=True):
     """oa[j] = wa[sel[j]] @ x, ob[j] = wb[sel[j]] @ x for the K chosen experts j (wb may be wa:
     then ob is not written when tb < 0), x = xa (or xa[j] when per_expert_x), in ONE parallel
     region: each task is a run of rows of one expert's matrix, run by matvec's serial kernel
@@ -468,26 +477,26 @@ def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob):
         e = sel[j]
         x = xa[j] if per_expert_x else xa[0]
         if m == 0:
-            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1])
+            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1], float_rows)
         else:
-            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1])
+            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1], float_rows)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
-               h, logits, sel, wsel, g, u, o, acc):
+               h, logits, sel, wsel, g, u, o, acc, float_rows=True):
     """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,
     x' = rmsnorm(x). wr [E, D] the router; wg/wu [E, FFE, D] and wd [E, D, FFE] the experts'
     bytes: only the K chosen experts' rows are read. logits f32[E], sel int64[K], wsel f32[K],
     g/u f32[K, FFE], o f32[K, D], acc f32[D]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wr, tr, h, logits)
+    matvec(wr, tr, h, logits, float_rows)
     route(logits, bias, k, norm, scale, exact, sel, wsel)
     hx = h.reshape(1, -1)
-    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u)
+    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u, float_rows)
     for j in range(k):
         silu_mul(g[j], u[j])
-    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o)
+    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o, float_rows)
     for j in range(k):
         weighted_add(acc, o[j], wsel[j], j == 0)
     x += acc

@@ -76,6 +76,10 @@ def test_attend_matches_float64_attention(cache, n, p0, window, spread, HD):
             c[:, p0 + n:] = np.float32(np.nan).astype(c.dtype) if cache == "f32" else np.float16(np.nan).view(np.uint16)
     out = np.full((n, H * HD), np.nan, np.float32)
     blocks.attend(q, kc, ks, vc, vs, p0, window, out)
+    if HD == 64:  # the copy compiled for 64-wide heads (the model's head64) gives the same bits
+        out64 = np.full_like(out, np.nan)
+        blocks.attend(q, kc, ks, vc, vs, p0, window, out64, True)
+        np.testing.assert_array_equal(out64, out)
     want = attention_np(q, k, v, p0, window, q_as_scored(q, cache, HD))
     assert np.isfinite(want).all()
     if spread > 1:  # some scores more than 87 below the largest: exp's underflow range is used

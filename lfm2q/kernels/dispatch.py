@@ -224,7 +224,11 @@ def _imatvec_packed_serial(p, xq, xd, bs32, out):
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+def matvec(w, code, x, out, float_rows=True):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+    """float_rows=None: the caller has no matrix that decode multiplies in floats
+    (`integer_decode` is true for each), and the float kernels of eleven types are never
+    compiled: numba drops a branch on `None` before typing it. They were a third of the first
+    run's compile of a quantized model. (Given None, a float-path code writes NaN.)"""
     qtype = code & 255
     act = activation_rounding(code)
     serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
@@ -252,18 +256,30 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
             _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
             _imatvec_b32_parallel(w, qtype, xq, xd, out)
-    elif act == ACT_F32:
-        if serial:
-            _matvec_serial(w, qtype, x, out)
-        else:
-            _matvec_parallel(w, qtype, x, out)
+    elif float_rows is not None:
+        _float_matvec(w, qtype, act, x, out, serial)
+    else:
+        out[:] = np.nan
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels
+    xr = np.empty(x.shape[0], np.float32)
+    if act == ACT_F32:
+        xr[:] = x
     else:  # the float form of the rounding, then the f32 kernel
-        xr = np.empty(n, np.float32)
         round_activations(x, act, xr)
-        if serial:
-            _matvec_serial(w, qtype, xr, out)
-        else:
-            _matvec_parallel(w, qtype, xr, out)
+    if serial:
+        _matvec_serial(w, qtype, xr, out)
+    else:
+        _matvec_parallel(w, qtype, xr, out)
+
+
+def integer_decode(code: int) -> bool:
+    """Whether matvec multiplies this kernel code through integer kernels (never the float
+    rows); a model all of whose matrices do passes float_rows=None. (Plain Python.)"""
+    qtype = code & 255
+    return not code & EXACT and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER))
 
 
 # Prefill with the integer kernels (where the backend has them): each weight row meets TOKENS prompt positions
