@@ -34,15 +34,20 @@ def pack_q4_k8(w, out):
     for gi in prange(w.shape[0] // GROUP):
         dst = out[gi]
         d32 = dst.view(np.uint32)
-        for r in range(GROUP):
-            row = w[gi * GROUP + r]
-            w32 = row.view(np.uint32)
-            for k in range(nb):
-                o = k * Q4_K_BYTES
-                p = k * P_BYTES
-                for c in range(4):
-                    for g in range(8):
-                        d32[(p + P_QS + 32 * (8 * c + g)) // 4 + r] = w32[(o + 16 + 32 * c) // 4 + g]
+        rows = w[gi * GROUP:(gi + 1) * GROUP]
+        w32 = rows.view(np.uint32)  # [8, nb*36]
+        for k in range(nb):
+            o = k * Q4_K_BYTES
+            p = k * P_BYTES
+            # the quant dwords in the order they are stored: a group's load touches the 8
+            # rows' blocks once, and the writes run straight through (first-token cost)
+            q = (p + P_QS) // 4
+            for cg in range(32):  # dword g of the 32 quant bytes c = cg // 8
+                src = (o + 16) // 4 + 8 * (cg // 8) + cg % 8
+                for r in range(GROUP):
+                    d32[q + 8 * cg + r] = w32[r, src]
+            for r in range(GROUP):
+                row = rows[r]
                 for j in range(8):
                     s, m = _scale_min(row, o + 4, j)
                     dst[p + P_SC + 8 * j + r] = s
