@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .kernels.dispatch import PARALLEL_MIN_BYTES, matvec
+from .kernels.dispatch import ALL_KINDS, PARALLEL_MIN_BYTES, matvec
 from .kernels.actquant import QK8_0
 from .kernels.kscores import KB, k_block, k_scores, quantize_query
 from .kernels.kvrows import load_block, store_row
@@ -179,12 +179,12 @@ def shortconv_mix(bcx, conv_w, state, y):
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o, float_rows=True):
+def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o, kinds=ALL_KINDS):
     """x f32[D] += out_proj(C * conv(B * x')) with x' = rmsnorm(x); bcx f32[1, 3D], y f32[1, D]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(in_w, in_t, h, bcx[0], float_rows)
+    matvec(in_w, in_t, h, bcx[0], kinds)
     shortconv_mix(bcx, conv_w, state, y)
-    matvec(out_w, out_t, y[0], o, float_rows)
+    matvec(out_w, out_t, y[0], o, kinds)
     x += o
 
 
@@ -352,29 +352,29 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, ks, vc, vs)
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
-                     kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o, float_rows=True, head64=None):
+                     kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o, kinds=ALL_KINDS, head64=None):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
     k/v f32[1, KVH*HD]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wq, tq, h, q[0], float_rows)
-    matvec(wk, tk, h, k[0], float_rows)
-    matvec(wv, tv, h, v[0], float_rows)
+    matvec(wq, tq, h, q[0], kinds)
+    matvec(wk, tk, h, k[0], kinds)
+    matvec(wv, tv, h, v[0], kinds)
     qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, pos, inv_freq, kc, ks, vc, vs)
     attend(q, kc, ks, vc, vs, pos, window, att, head64)
-    matvec(wo, to, att[0], o, float_rows)
+    matvec(wo, to, att[0], o, kinds)
     x += o
 
 
 # --- feed-forward -------------------------------------------------------------------------
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o, float_rows=True):
+def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o, kinds=ALL_KINDS):
     """x f32[D] += ffn_down(silu(ffn_gate(x')) * ffn_up(x')), x' = rmsnorm(x); g/u f32[FF]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wg, tg, h, g, float_rows)
-    matvec(wu, tu, h, u, float_rows)
+    matvec(wg, tg, h, g, kinds)
+    matvec(wu, tu, h, u, kinds)
     silu_mul(g, u)
-    matvec(wd, td, g, o, float_rows)
+    matvec(wd, td, g, o, kinds)
     x += o
 
 
@@ -431,12 +431,12 @@ def route_rows(logits, bias, k, norm, scale, exact, sel, wsel):  # logits f32[n,
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def router_rows(h, wr, tr, logits, float_rows=True):
+def router_rows(h, wr, tr, logits, kinds=ALL_KINDS):
     """logits f32[n, E] = the router wr [E, D] on each row of h f32[n, D], through decode's
     matrix-vector kernel: a position's routing is bit for bit decode's (a BLAS product sums in
     another order, and an ulp in a routing weight reaches the residual stream unrounded)."""
     for t in range(h.shape[0]):
-        matvec(wr, tr, h[t], logits[t], float_rows)
+        matvec(wr, tr, h[t], logits[t], kinds)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
@@ -457,7 +457,7 @@ def _chunk_rows(row_bytes):  # rows per task: under matvec's serial threshold, s
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
-def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob, float_rows=True):
+def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob, kinds=ALL_KINDS):
     """oa[j] = wa[sel[j]] @ x, ob[j] = wb[sel[j]] @ x for the K chosen experts j (wb may be wa:
     then ob is not written when tb < 0), x = xa (or xa[j] when per_expert_x), in ONE parallel
     region: each task is a run of rows of one expert's matrix, run by matvec's serial kernel
@@ -477,26 +477,26 @@ def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob, float_rows
         e = sel[j]
         x = xa[j] if per_expert_x else xa[0]
         if m == 0:
-            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1], float_rows)
+            matvec(wa[e, r0:r1], ta, x, oa[j, r0:r1], kinds)
         else:
-            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1], float_rows)
+            matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1], kinds)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
-               h, logits, sel, wsel, g, u, o, acc, float_rows=True):
+               h, logits, sel, wsel, g, u, o, acc, kinds=ALL_KINDS):
     """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,
     x' = rmsnorm(x). wr [E, D] the router; wg/wu [E, FFE, D] and wd [E, D, FFE] the experts'
     bytes: only the K chosen experts' rows are read. logits f32[E], sel int64[K], wsel f32[K],
     g/u f32[K, FFE], o f32[K, D], acc f32[D]."""
     rmsnorm(x, norm_w, eps, h)
-    matvec(wr, tr, h, logits, float_rows)
+    matvec(wr, tr, h, logits, kinds)
     route(logits, bias, k, norm, scale, exact, sel, wsel)
     hx = h.reshape(1, -1)
-    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u, float_rows)
+    experts_matvec(wg, tg, wu, tu, sel, hx, hx, False, g, u, kinds)
     for j in range(k):
         silu_mul(g[j], u[j])
-    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o, float_rows)
+    experts_matvec(wd, td, wd, -1, sel, g, g, True, o, o, kinds)
     for j in range(k):
         weighted_add(acc, o[j], wsel[j], j == 0)
     x += acc

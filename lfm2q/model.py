@@ -19,7 +19,7 @@ from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import Experts, GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
-from .kernels.dispatch import PACKED8, integer_decode, integer_prefill, packable, single_threaded_blas
+from .kernels.dispatch import PACKED8, integer_prefill, kinds_for, packable, single_threaded_blas
 from .kernels.repack import packed_q4_k8, packed_shape
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
@@ -119,10 +119,9 @@ class Weights:
         matrices = [self.output] + [m for L in self.layers for k, m in vars(L).items()
                                     if isinstance(m, (Weight, Experts)) and k != "ffn_gate_inp"]
         self.integer_prefill = all(integer_prefill(m.kernel) for m in matrices)  # AVX2 int kernels
-        # None when decode multiplies every matrix in integers (the router too): then the float
-        # kernels are never compiled (dispatch.matvec)
+        # the matvec kernels these matrices need (the router's too): numba compiles no other
         routers = [L.ffn_gate_inp for L in self.layers if L.ffn_gate_inp is not None]
-        self.float_rows = None if all(integer_decode(m.kernel) for m in matrices + routers) else True
+        self.kinds = kinds_for(m.kernel for m in matrices + routers)
         self.expert_pages = ExpertPages(f, self.layers, experts_resident) if c.n_expert else None
 
 
@@ -270,7 +269,7 @@ class Forward:
             if L.in_proj is not None:
                 blocks.shortconv_decode(x, L.attn_norm, eps, L.in_proj.raw, L.in_proj.kernel, L.conv,
                                         s.conv[il], L.out_proj.raw, L.out_proj.kernel,
-                                        self.h, self.bcx, self.y, self.o, w.float_rows)
+                                        self.h, self.bcx, self.y, self.o, w.kinds)
             else:
                 kvh = c.n_head_kv[il] * c.head_dim
                 blocks.attention_decode(x, L.attn_norm, eps, L.attn_q.raw, L.attn_q.kernel,
@@ -280,22 +279,22 @@ class Forward:
                                         s.v_scale[il], pos,
                                         c.sliding_window, self.inv_freq, self.h, self.q,
                                         self.k[:, :kvh], self.v[:, :kvh], self.att, self.o,
-                                        w.float_rows, self.head64)
+                                        w.kinds, self.head64)
             if L.gate_exps is not None:
                 blocks.moe_decode(x, L.ffn_norm, eps, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel,
                                   L.exp_probs_b, L.gate_exps.raw, L.gate_exps.kernel, L.up_exps.raw,
                                   L.up_exps.kernel, L.down_exps.raw, L.down_exps.kernel,
                                   c.n_expert_used, c.expert_weights_norm, c.expert_weights_scale,
                                   w.exact, self.h, self.router, self.sel, self.wsel, self.ge,
-                                  self.ue, self.oe, self.acc, w.float_rows)
+                                  self.ue, self.oe, self.acc, w.kinds)
                 w.expert_pages.used(il, self.sel[::-1])
             else:
                 blocks.ffn_decode(x, L.ffn_norm, eps, L.ffn_gate.raw, L.ffn_gate.kernel, L.ffn_up.raw,
                                   L.ffn_up.kernel, L.ffn_down.raw, L.ffn_down.kernel, self.h, self.g,
-                                  self.u, self.o, w.float_rows)
+                                  self.u, self.o, w.kinds)
         s.n_past = pos + 1
         blocks.rmsnorm(x, w.output_norm, eps, self.h)
-        matvec(w.output.raw, w.output.kernel, self.h, self.logits, w.float_rows)
+        matvec(w.output.raw, w.output.kernel, self.h, self.logits, w.kinds)
         if fresh:
             compiler_pages.release()
             _first_run_done.add("decode")
@@ -347,7 +346,7 @@ class Forward:
             blocks.rmsnorm_rows(x, w.output_norm, eps, h)
             return _mm(w.output, h)                                   # [n, V]
         blocks.rmsnorm(x[-1], w.output_norm, eps, self.h)
-        matvec(w.output.raw, w.output.kernel, self.h, self.logits, w.float_rows)
+        matvec(w.output.raw, w.output.kernel, self.h, self.logits, w.kinds)
         return self.logits
 
     def _experts(self, il: int, L: Layer, h: np.ndarray, x: np.ndarray) -> None:
@@ -358,7 +357,7 @@ class Forward:
         sel = np.empty((n, K), np.int64)
         wsel = np.empty((n, K), np.float32)
         logits = np.empty((n, c.n_expert), np.float32)
-        blocks.router_rows(h, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel, logits, self.w.float_rows)
+        blocks.router_rows(h, L.ffn_gate_inp.raw, L.ffn_gate_inp.kernel, logits, self.w.kinds)
         blocks.route_rows(logits, L.exp_probs_b, K, c.expert_weights_norm,
                           c.expert_weights_scale, self.w.exact, sel, wsel)
         flat = sel.reshape(-1)                            # slot t*K + j: position t's j-th expert

@@ -21,7 +21,7 @@ import lfm2q
 from lfm2q import blocks
 m = lfm2q.load(sys.argv[1])
 text = m.generate("The meaning of", max_tokens=4, temperature=0)
-print(json.dumps({"float_rows": m.weights.float_rows, "text": text,
+print(json.dumps({"kinds": m.weights.kinds, "text": text,
                   "job_signatures": [str(s[-1]) for s in blocks._attend_job.signatures]}))
 """
 
@@ -44,17 +44,24 @@ def test_a_first_run_compiles_only_what_the_file_needs(hd64_q8_0, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     compiled = {f.name.split("-")[0] for f in (tmp_path / "numba").rglob("*.nbi")}
-    assert got["float_rows"] is None and got["text"]
+    assert got["kinds"] == [None, True, None] and got["text"]  # the Q8_0 rows alone
     assert "dispatch.matvec" in compiled and "dispatch._imatvec_b32_parallel" in compiled
     assert not compiled & {"dispatch._float_matvec", "dispatch.row_dot", "dispatch._matvec_parallel"}
     assert got["job_signatures"] == ["bool"]  # head64=True alone: no copy for other head sizes
 
 
-def test_a_model_with_float_matrices_gets_float_rows(tiny_gguf):
+def test_kinds_name_the_kernels_the_file_needs(tiny_gguf):
     import lfm2q
+    from lfm2q.builtin import builtin_model_path
 
-    assert lfm2q.load(tiny_gguf("f16")).weights.float_rows is True
-    assert lfm2q.load(tiny_gguf("q8_0")).weights.float_rows is None
+    assert lfm2q.load(tiny_gguf("f16")).weights.kinds == (None, None, True)
+    assert lfm2q.load(tiny_gguf("q8_0")).weights.kinds == (None, True, None)
+    # the built-in model: Q4_K and Q6_K rows, and Q5_0 for its 128-wide rows (float rows)
+    m = lfm2q.load(builtin_model_path())
+    kernels = {L.kernel for layer in m.weights.layers for L in vars(layer).values() if hasattr(L, "kernel")}
+    assert Q5_0 in kernels and Q4_K | dispatch.PACKED8 in kernels or Q4_K in kernels
+    assert m.weights.kinds[0] is True
+    assert m.weights.kinds[2] is (None if dispatch.integer_decode(Q5_0) else True)
 
 
 @pytest.mark.parametrize("code, integer", [(Q4_K, True), (Q6_K, True), (Q8_0, True), (F16, False),
@@ -63,10 +70,12 @@ def test_integer_decode_names_the_codes_matvec_multiplies_in_integers(code, inte
     assert dispatch.integer_decode(code) is integer
 
 
-def test_float_rows_none_writes_nan_for_a_float_code_instead_of_compiling_it():
+def test_a_kernel_left_out_of_kinds_writes_nan_instead_of_compiling():
     w = np.zeros((4, 2 * 64), np.uint8)  # 4 F16 rows of 64 zeros
     out = np.zeros(4, np.float32)
-    dispatch.matvec(w, F16, np.ones(64, np.float32), out, None)
+    dispatch.matvec(w, F16, np.ones(64, np.float32), out, (True, True, None))
     assert np.isnan(out).all()
-    dispatch.matvec(w, F16, np.ones(64, np.float32), out)
+    dispatch.matvec(w, F16, np.ones(64, np.float32), out)  # kinds=None: every kernel
+    assert (out == 0).all()
+    dispatch.matvec(w, F16, np.ones(64, np.float32), out, dispatch.kinds_for([F16]))
     assert (out == 0).all()

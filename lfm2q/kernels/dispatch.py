@@ -105,6 +105,7 @@ PARALLEL_MIN_BYTES = 256 * 1024
 
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
+ALL_KINDS = (True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
 
 
 @njit(inline="always")
@@ -224,16 +225,22 @@ def _imatvec_packed_serial(p, xq, xd, bs32, out):
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def matvec(w, code, x, out, float_rows=True):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
-    """float_rows=None: the caller has no matrix that decode multiplies in floats
-    (`integer_decode` is true for each), and the float kernels of eleven types are never
-    compiled: numba drops a branch on `None` before typing it. They were a third of the first
-    run's compile of a quantized model. (Given None, a float-path code writes NaN.)"""
+def matvec(w, code, x, out, kinds=ALL_KINDS):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
+    """kinds: which kernels to compile, `kinds_for` the model's kernel codes (default: all).
+    numba drops a branch on an argument that is `None` before typing it, so a kernel the
+    opened file never uses is never compiled (a third of a first run's compile was the float
+    rows of eleven types in a file that used none). A code whose kernel `kinds` leaves out
+    writes NaN."""
+    _matvec(w, code, x, out, kinds[0], kinds[1], kinds[2])
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def _matvec(w, code, x, out, k_rows, b32_rows, float_rows):
     qtype = code & 255
     act = activation_rounding(code)
     serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
     n = x.shape[0]
-    if act == ACT_Q8_K:
+    if k_rows is not None and act == ACT_Q8_K:
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK_K, np.float32)
         bsum = np.empty(n // 16, np.int16)
@@ -248,7 +255,7 @@ def matvec(w, code, x, out, float_rows=True):  # W uint8[rows, row_bytes], x f32
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
             _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)
-    elif act == ACT_Q8_0 and (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)):
+    elif b32_rows is not None and act == ACT_Q8_0 and (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)):
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
@@ -263,7 +270,7 @@ def matvec(w, code, x, out, float_rows=True):  # W uint8[rows, row_bytes], x f32
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels
+def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels (every type's)
     xr = np.empty(x.shape[0], np.float32)
     if act == ACT_F32:
         xr[:] = x
@@ -276,10 +283,22 @@ def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels
 
 
 def integer_decode(code: int) -> bool:
-    """Whether matvec multiplies this kernel code through integer kernels (never the float
-    rows); a model all of whose matrices do passes float_rows=None. (Plain Python.)"""
+    """Whether matvec multiplies this kernel code through integer kernels, never float rows.
+    (Plain Python, as the rest down to `kinds_for`.)"""
     qtype = code & 255
     return not code & EXACT and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER))
+
+
+def kinds_for(codes) -> tuple:
+    """matvec's `kinds` for a model whose matrices have these kernel codes: (K-quant rows,
+    32-block integer rows, float rows), each True where a code needs it and None where none
+    does (then numba never compiles it). The float rows go together: numba's parallel loops
+    take no tuple that holds None, so they cannot be chosen type by type."""
+    codes = list(codes)
+    k_rows = any(integer_decode(c) and c & 255 in (Q4_K, Q5_K, Q6_K) for c in codes)
+    b32_rows = any(integer_decode(c) and c & 255 not in (Q4_K, Q5_K, Q6_K) for c in codes)
+    float_rows = any(not integer_decode(c) for c in codes)
+    return tuple(True if need else None for need in (k_rows, b32_rows, float_rows))
 
 
 # Prefill with the integer kernels (where the backend has them): each weight row meets TOKENS prompt positions
