@@ -28,8 +28,8 @@ from numba import njit, prange
 
 from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
                      dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
-from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
-                       round_activation_rows, round_activations, round_activations_np)
+from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, q8_1_sums, quantize_q8_0, quantize_q8_1,
+                       quantize_q8_k, round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 from .isa import TOKENS as simd_tokens, simd
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
@@ -120,6 +120,7 @@ SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
+Q4_1_Q5_INTEGER = simd.Q4_1_Q5_INTEGER  # the same for Q4_1, Q5_0 and Q5_1
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
@@ -132,10 +133,28 @@ def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
-def row_idot_b32(w, qtype, r, xq, xd):  # Q8_0 or Q4_0 row . x in Q8_0
+def row_idot_b32(w, qtype, r, xq, xd):  # Q8_0, Q4_0 or Q5_0 row . x in Q8_0
     if qtype == Q8_0:
         return simd.q8_0_row(w[r], xq, xd)
+    if qtype == Q5_0:
+        return simd.q5_0_row(w[r], xq, xd)
     return simd.q4_0_row(w[r], xq, xd)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def row_idot_b32_min(w, qtype, r, xq, xd, xs):  # Q4_1 or Q5_1 row . x in Q8_1 (xs: its block sums)
+    if qtype == Q4_1:
+        return simd.q4_1_row(w[r], xq, xd, xs)
+    return simd.q5_1_row(w[r], xq, xd, xs)
+
+
+@njit(inline="always")
+def b32_integer(qtype):  # whether rows of this 32-block type multiply x in Q8_0 / Q8_1 integers
+    if qtype == Q8_0:
+        return True
+    if qtype == Q4_0:
+        return Q4_0_INTEGER
+    return Q4_1_Q5_INTEGER and (qtype == Q5_0 or qtype == Q4_1 or qtype == Q5_1)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -199,6 +218,20 @@ def _imatvec_b32_serial(w, qtype, xq, xd, out):
         out[r] = row_idot_b32(w, qtype, r, xq, xd)
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatvec_b32_min_parallel(w, qtype, xq, xd, xs, out):  # Q4_1 / Q5_1 rows . x in Q8_1
+    for r in prange(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
+        out[r] = row_idot_b32_min(w, qtype, r, xq, xd, xs)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_b32_min_serial(w, qtype, xq, xd, xs, out):
+    for r in range(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
+        out[r] = row_idot_b32_min(w, qtype, r, xq, xd, xs)
+
+
 @njit(error_model="numpy", cache=True)
 def _sums32(bsum):  # Q8_K sums per 16 -> per 32 (int16[.., cols/32]), for the packed kernels
     out = np.empty(bsum.shape[:-1] + (bsum.shape[-1] // 2,), np.int16)
@@ -244,7 +277,16 @@ def matvec(w, code, x, out):  # W uint8[rows, row_bytes], x f32[cols] -> out f32
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
             _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)
-    elif act == ACT_Q8_0 and (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)):
+    elif act == ACT_Q8_0 and b32_integer(qtype) and (qtype == Q4_1 or qtype == Q5_1):
+        xq = np.empty(n, np.int8)
+        xd = np.empty(n // QK8_0, np.float32)
+        xs = np.empty(n // QK8_0, np.float32)
+        quantize_q8_1(x, xq, xd, xs)
+        if serial:
+            _imatvec_b32_min_serial(w, qtype, xq, xd, xs, out)
+        else:
+            _imatvec_b32_min_parallel(w, qtype, xq, xd, xs, out)
+    elif act == ACT_Q8_0 and b32_integer(qtype):
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
@@ -290,11 +332,34 @@ def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, o
     return xq, xd, bsum
 
 
+@njit(error_model="numpy", parallel=True, cache=True)
+def _q8_1_sum_rows(x, xq):  # Q8_1's block sums of each row of x (in Q8_0: xq), f32[n, cols/32]
+    xs = np.empty((x.shape[0], x.shape[1] // QK8_0), np.float32)
+    for t in prange(x.shape[0]):
+        q8_1_sums(x[t], xq[t], xs[t])
+    return xs
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def rows_idot_b32(row, qtype, xq, xd, xs, t):  # 32-block row . x[t + i], i < TOKENS
+    if qtype == Q8_0:
+        return simd.q8_0_rows(row, xq, xd, t)
+    if qtype == Q5_0:
+        return simd.q5_0_rows(row, xq, xd, t)
+    if qtype == Q4_1:
+        return simd.q4_1_rows(row, xq, xd, xs, t)
+    if qtype == Q5_1:
+        return simd.q5_1_rows(row, xq, xd, xs, t)
+    return simd.q4_0_rows(row, xq, xd, t)
+
+
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
     n = x.shape[0]
-    kquant = qtype != Q8_0 and qtype != Q4_0
+    kquant = qtype == Q4_K or qtype == Q5_K or qtype == Q6_K
+    with_min = qtype == Q4_1 or qtype == Q5_1  # x in Q8_1: Q8_0 plus block sums
     xq, xd, bsum = _quantize_rows(x, kquant)
+    xs = _q8_1_sum_rows(x, xq) if with_min else np.empty((n, 0), np.float32)
     rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
@@ -320,10 +385,8 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 for rr in range(r, r1):
                     if kquant:
                         res = rows_idot_k(w[rr], qtype, xq, xd, bsum, t)
-                    elif qtype == Q8_0:
-                        res = simd.q8_0_rows(w[rr], xq, xd, t)
                     else:
-                        res = simd.q4_0_rows(w[rr], xq, xd, t)
+                        res = rows_idot_b32(w[rr], qtype, xq, xd, xs, t)
                     for i in range(TOKENS):
                         out[t + i, rr] = res[i]
                 t += TOKENS
@@ -331,6 +394,8 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 for r in range(r0, r1):
                     if kquant:
                         out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
+                    elif with_min:
+                        out[t, r] = row_idot_b32_min(w, qtype, r, xq[t], xd[t], xs[t])
                     else:
                         out[t, r] = row_idot_b32(w, qtype, r, xq[t], xd[t])
                 t += 1
@@ -386,7 +451,8 @@ def integer_prefill(code: int) -> bool:
     (Plain Python: called at load time, before any numba function has been loaded.)"""
     qtype = code & 255
     return (SIMD_PREFILL and not code & EXACT
-            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)))
+            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)
+                 or (qtype in (Q4_1, Q5_0, Q5_1) and Q4_1_Q5_INTEGER)))
 
 
 def packable(code: int, rows: int) -> bool:
@@ -439,8 +505,10 @@ def kernel_name(qtype: int) -> str:
         return f"integer, 8-row packed groups ({name})"
     if qtype in (Q4_K, Q5_K, Q6_K):
         return f"integer rows x Q8_K ({name})"
-    if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER):
+    if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER) or (qtype == Q5_0 and Q4_1_Q5_INTEGER):
         return f"integer rows x Q8_0 ({name})" + (", row pairs" if qtype == Q8_0 and Q8_0_DECODE_PAIRS else "")
+    if qtype in (Q4_1, Q5_1) and Q4_1_Q5_INTEGER:
+        return f"integer rows x Q8_1 ({name})"
     if qtype in (Q4_0, Q4_1, Q5_0, Q5_1):
         return "float rows x Q8_0-rounded activations"
     return "float rows"
