@@ -5,11 +5,12 @@ in f32. Without EXACT the activations are first rounded the way llama.cpp rounds
 weight type (kernels/actquant.py), so both engines compute the same products.
 
 - `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
-  never expanded to floats. K-quant and Q8_0 rows multiply integers, through the kernels of
-  one instruction set's backend (`simd`, kernels/isa/: AVX2 / AVX-512 VNNI on x86, NEON on
+  never expanded to floats. K-quant and Q8_0 rows multiply integers (Q4_0, Q5_0, Q4_1 and
+  Q5_1 rows too where the backend's flags say its kernels pay; Q4_1 / Q5_1 against x in Q8_1),
+  through the kernels of one instruction set's backend (`simd`, kernels/isa/: AVX2 / AVX-512 VNNI on x86, NEON on
   aarch64, intdot.py's plain loops elsewhere).
-- `matmul`: prefill. Where the backend has integer prefill, K-quant and Q8_0 matrices go
-  through the integer kernels of decode, each weight row meeting 4 prompt positions per call
+- `matmul`: prefill. Where the backend has integer prefill, the matrices decode multiplies in
+  integers go through the integer kernels of decode, each weight row meeting 4 prompt positions per call
   (`_imatmul`): the same bits as decode, 1.6-2x the BLAS path below on the 350M shape. Rows go
   in pairs (packed Q4_K in pairs of 8-row groups, Q8_0 in quads against 8 positions), which the
   512-bit kernels take at once where the CPU has AVX-512 VNNI (the same bits again). Otherwise
