@@ -261,73 +261,76 @@ def _q5_1_block(ir_, w, o):  # Q5_1's quants 0..31, d and m
     return q, ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
 
 
-def _b32(block_bytes, block):
-    """The kernel of a 32-weight block type whose quants unpack to int8 (Q8_0, Q4_0, Q5_0)."""
+def _b32_dots(ir_, w, nb, toks, block_bytes, block):
+    """Row w (nb blocks of a 32-weight type whose quants unpack to int8: Q8_0, Q4_0, Q5_0) .
+    x for each token's (xq, xd) pointers in toks -> one f32 each."""
+    b = ir_.b
+    ones = ir_.const(V16I16, 1)
+
+    def body(k, *accs):
+        q, d_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
+        q_abs = ir_.sign(q, q)
+        out = []
+        for acc, (xp, dp) in zip(accs, toks):
+            x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
+            # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
+            if HAVE_VNNI:
+                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
+    return [ir_.hsum(a) for a in accs]
+
+
+def _b32_min_dots(ir_, w, nb, toks, block_bytes, block):
+    """Row w (nb blocks of a type with a min: Q4_1, Q5_1, value d * q + m) . x in Q8_1 for each
+    token's (xq, xd, xs) pointers -> one f32 each, as ggml's AVX2 q4_1_q8_1 / q5_1_q8_1: the
+    quants are unsigned, so vpmaddubsw takes them as they are; d_w * d_x fused into 8 lanes per
+    block, m * s (x's fp16 block sum) added to one scalar, which joins the lanes' horizontal
+    sum at the end."""
+    b = ir_.b
+    ones = ir_.const(V16I16, 1)
+
+    def body(k, *accs):
+        q, d_w, m_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
+        out = []
+        for acc, summs, (xp, dp, sp) in zip(accs[0::2], accs[1::2], toks):
+            summs = b.fadd(summs, b.fmul(m_w, b.load(b.gep(sp, [k]))))  # exact product: fp16 * fp16
+            x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
+            if HAVE_VNNI:
+                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q, x)
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q, x), ones)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out += [ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc), summs]
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8), ir.Constant(F32, 0.0)] * len(toks))
+    return [b.fadd(ir_.hsum(a), m) for a, m in zip(accs[0::2], accs[1::2])]
+
+
+def _b32(block_bytes, block, dots=_b32_dots):
+    """The row kernel (one token, or TOKENS of them) of a 32-weight block type."""
+    n_x = 3 if dots is _b32_min_dots else 2
+
     def codegen(context, builder, sig, args):
         ir_ = _IR(builder)
-        b = builder
-        w = _data(context, b, sig.args[0], args[0])
-        toks = _tokens(context, b, sig, args, 2)
-        nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
-        ones = ir_.const(V16I16, 1)
-
-        def body(k, *accs):
-            q, d_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
-            q_abs = ir_.sign(q, q)
-            out = []
-            for acc, (xp, dp) in zip(accs, toks):
-                x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
-                # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
-                if HAVE_VNNI:
-                    sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
-                else:
-                    sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
-                d = b.fmul(d_w, b.load(b.gep(dp, [k])))
-                out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
-            return out
-
-        accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
-        return _result(context, b, sig, [ir_.hsum(a) for a in accs])
-    return codegen
-
-
-def _b32_min(block_bytes, block):
-    """The kernel of a 32-weight block type with a min (Q4_1, Q5_1: value d * q + m) against x
-    in Q8_1, as ggml's AVX2 q4_1_q8_1 / q5_1_q8_1: the quants are unsigned, so vpmaddubsw takes
-    them as they are; d_w * d_x fused into 8 lanes per block, m * s (x's fp16 block sum) added
-    to one scalar, which joins the lanes' horizontal sum at the end."""
-    def codegen(context, builder, sig, args):
-        ir_ = _IR(builder)
-        b = builder
-        w = _data(context, b, sig.args[0], args[0])
-        toks = _tokens(context, b, sig, args, 3)
-        nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
-        ones = ir_.const(V16I16, 1)
-
-        def body(k, *accs):
-            q, d_w, m_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
-            out = []
-            for acc, summs, (xp, dp, sp) in zip(accs[0::2], accs[1::2], toks):
-                summs = b.fadd(summs, b.fmul(m_w, b.load(b.gep(sp, [k]))))  # exact product: fp16 * fp16
-                x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
-                if HAVE_VNNI:
-                    sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q, x)
-                else:
-                    sums = ir_.maddwd(ir_.maddubs(q, x), ones)
-                d = b.fmul(d_w, b.load(b.gep(dp, [k])))
-                out += [ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc), summs]
-            return out
-
-        accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8), ir.Constant(F32, 0.0)] * len(toks))
-        return _result(context, b, sig, [b.fadd(ir_.hsum(a), m) for a, m in zip(accs[0::2], accs[1::2])])
+        w = _data(context, builder, sig.args[0], args[0])
+        toks = _tokens(context, builder, sig, args, n_x)
+        nb = _n_blocks(context, builder, sig.args[0], args[0], block_bytes)
+        return _result(context, builder, sig, dots(ir_, w, nb, toks, block_bytes, block))
     return codegen
 
 
 _q8_0 = _b32(Q8_0_BYTES, _q8_0_block)
 _q4_0 = _b32(Q4_0_BYTES, _q4_0_block)
 _q5_0 = _b32(Q5_0_BYTES, _q5_0_block)
-_q4_1 = _b32_min(Q4_1_BYTES, _q4_1_block)
-_q5_1 = _b32_min(Q5_1_BYTES, _q5_1_block)
+_q4_1 = _b32(Q4_1_BYTES, _q4_1_block, _b32_min_dots)
+_q5_1 = _b32(Q5_1_BYTES, _q5_1_block, _b32_min_dots)
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
