@@ -15,7 +15,8 @@ from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_
 
 # Q4_1, Q5_0, Q5_1 stay on their float kernels here (no NEON twins yet): portable's loops
 # only fill the interface dispatch compiles.
-from .portable import q4_1_row, q4_1_rows, q5_0_row, q5_0_rows, q5_1_row, q5_1_rows  # noqa: F401
+from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_rows, q5_0_rows4,  # noqa: F401
+                       q5_1_row, q5_1_rows, q5_1_rows4)
 
 if HAVE_DOTPROD:
     from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401

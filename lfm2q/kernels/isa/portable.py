@@ -158,6 +158,27 @@ def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
 
 
 @njit(**_J)
+def q5_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q5_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
+def q4_1_rows4(w, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q4_1(w, rr, xq[t + i], xd[t + i], xs[t + i])
+
+
+@njit(**_J)
+def q5_1_rows4(w, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q5_1(w, rr, xq[t + i], xd[t + i], xs[t + i])
+
+
+@njit(**_J)
 def q4_k_packed(p, gi, xq, xd, bs32, out):
     """out[8gi + r] for r < 8: the rows of packed group gi (repack.py's layout) . x in Q8_K
     (xq int8[cols], xd f32[cols/256], bs32 int16[cols/32]: x's sums per 32)."""
