@@ -12,7 +12,7 @@ from lfm2q.kernels.actquant import quantize_q8_0, quantize_q8_1
 from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_1, Q5_0, Q5_1, block_size
 from lfm2q.kernels.isa import portable as P
-from lfm2q.kernels.isa import x86_avx2 as avx2
+from lfm2q.kernels.isa import x86_avx2 as avx2, x86_avx512 as avx512
 from lfm2q.kernels.isa.llvm_ir import TOKENS
 
 TYPES = {Q5_0: "Q5_0", Q4_1: "Q4_1", Q5_1: "Q5_1"}
@@ -250,3 +250,46 @@ def test_nan_activations_reach_every_output():
         assert np.isnan(pre).all(), TYPES[qtype]
         if avx2.HAVE_AVX2:
             assert np.isnan(x86_rows(w, qtype, xq, xd, xs)).all(), TYPES[qtype]
+
+
+_AVX2_ONLY = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from lfm2q.kernels.isa import x86_avx2 as avx2, x86_avx512 as avx512
+from test_intdot_b32 import quad_outputs
+assert avx2.HAVE_AVX2 and not avx2.HAVE_VNNI and not avx512.HAVE_AVX512_VNNI
+np.savez(sys.argv[2], *quad_outputs())
+"""
+
+
+def quad_outputs():
+    """Prefill of 43 rows (10 quads and 3 single rows) at 15 positions (one call of
+    QUAD_TOKENS, one of TOKENS, a tail of 3) per type, checked against the oracle."""
+    from lfm2q.kernels.isa.x86_avx512 import QUAD_TOKENS
+    assert QUAD_TOKENS == 8 and TOKENS == 4
+    x = np.random.default_rng(5).standard_normal((15, 512)).astype(np.float32)
+    outs = []
+    for qtype in TYPES:
+        w = weights(qtype, 43, 512, seed=5)
+        out = np.full((15, 43), np.nan, np.float32)
+        dispatch.matmul(w, qtype, x, out)
+        np.testing.assert_array_equal(out, np.stack([ggml_order(w, qtype, *q8(qtype, r)) for r in x]))
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.skipif(not avx512.HAVE_AVX512_VNNI, reason="no AVX-512 VNNI here: the tests above run the AVX2 path")
+def test_quads_give_the_same_bits_with_and_without_avx512(tmp_path):
+    # The quads compiled for a CPU with AVX2 only (numba told so: vpmaddubsw + vpmaddwd row by
+    # row) against their 512-bit vpdpbusd form in this process; both against the oracle.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+f16c,+popcnt,+sse4.1,+sse4.2,+ssse3,+bmi,+bmi2")
+    subprocess.run([sys.executable, "-c", _AVX2_ONLY, str(Path(__file__).parent), str(tmp_path / "o.npz")],
+                   env=env, check=True)
+    avx2_only = np.load(tmp_path / "o.npz")
+    for i, out in enumerate(quad_outputs()):
+        np.testing.assert_array_equal(avx2_only[f"arr_{i}"], out)
