@@ -203,6 +203,23 @@ def test_portable_twins_are_the_same_integers_and_their_4_position_form_their_bi
             np.testing.assert_array_equal(np.array(got, np.float32), want[TOKENS:, r], err_msg=wname)
 
 
+@pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
+def test_portable_quads_give_each_rows_product(qtype):
+    cols, rows, n = 256, 8, 2 * TOKENS
+    x = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
+    xq, xd, xs = (np.stack(a) for a in zip(*(q8(qtype, r) for r in x)))
+    for wname, w in edge_weights(qtype, rows, cols).items():
+        want = np.stack([portable_rows(w, qtype, xq[t], xd[t], xs[t]) for t in range(n)])
+        out = np.full_like(want, np.nan)
+        for r in range(0, rows, 4):
+            if qtype == Q5_0:
+                P.q5_0_rows4(w, r, xq, xd, 0, out)
+            else:
+                (P.q4_1_rows4 if qtype == Q4_1 else P.q5_1_rows4)(w, r, xq, xd, xs, 0, out)
+        scale = np.stack([magnitudes(w, qtype, r) for r in x])
+        assert np.isfinite(out).all() and (np.abs(out - want) / scale).max() <= 1e-6, wname  # intdot may fuse per caller
+
+
 @on_x86
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
 def test_decode_through_dispatch_is_the_row_kernel_serial_and_parallel(qtype):
