@@ -44,7 +44,7 @@ def test_a_first_run_compiles_only_what_the_file_needs(hd64_q8_0, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     compiled = {f.name.split("-")[0] for f in (tmp_path / "numba").rglob("*.nbi")}
-    assert got["kinds"] == [None, True, None] and got["text"]  # the Q8_0 rows alone
+    assert got["kinds"] == [None, True, None, None] and got["text"]  # the Q8_0 rows alone
     assert "dispatch.matvec" in compiled and "dispatch._imatvec_b32_parallel" in compiled
     assert not compiled & {"dispatch._float_matvec", "dispatch.row_dot", "dispatch._matvec_parallel"}
     assert got["job_signatures"] == ["bool"]  # head64=True alone: no copy for other head sizes
@@ -54,18 +54,19 @@ def test_kinds_name_the_kernels_the_file_needs(tiny_gguf):
     import lfm2q
     from lfm2q.builtin import builtin_model_path
 
-    assert lfm2q.load(tiny_gguf("f16")).weights.kinds == (None, None, True)
-    assert lfm2q.load(tiny_gguf("q8_0")).weights.kinds == (None, True, None)
-    # the built-in model: Q4_K and Q6_K rows, and Q5_0 for its 128-wide rows (float rows)
+    assert lfm2q.load(tiny_gguf("f16")).weights.kinds == (None, None, None, True)
+    assert lfm2q.load(tiny_gguf("q8_0")).weights.kinds == (None, True, None, None)
+    # the built-in model: Q4_K and Q6_K rows, and Q5_0 for its 128-wide rows (integer rows
+    # where the backend has them, else float rows)
     m = lfm2q.load(builtin_model_path())
     kernels = {L.kernel for layer in m.weights.layers for L in vars(layer).values() if hasattr(L, "kernel")}
     assert Q5_0 in kernels and Q4_K | dispatch.PACKED8 in kernels or Q4_K in kernels
     assert m.weights.kinds[0] is True
-    assert m.weights.kinds[2] is (None if dispatch.integer_decode(Q5_0) else True)
+    assert m.weights.kinds[3] is (None if dispatch.integer_decode(Q5_0) else True)
 
 
 @pytest.mark.parametrize("code, integer", [(Q4_K, True), (Q6_K, True), (Q8_0, True), (F16, False),
-                                           (Q5_0, False), (Q4_K | dispatch.EXACT, False)])
+                                           (Q5_0, dispatch.Q4_1_Q5_INTEGER), (Q4_K | dispatch.EXACT, False)])
 def test_integer_decode_names_the_codes_matvec_multiplies_in_integers(code, integer):
     assert dispatch.integer_decode(code) is integer
 
@@ -73,7 +74,7 @@ def test_integer_decode_names_the_codes_matvec_multiplies_in_integers(code, inte
 def test_a_kernel_left_out_of_kinds_writes_nan_instead_of_compiling():
     w = np.zeros((4, 2 * 64), np.uint8)  # 4 F16 rows of 64 zeros
     out = np.zeros(4, np.float32)
-    dispatch.matvec(w, F16, np.ones(64, np.float32), out, (True, True, None))
+    dispatch.matvec(w, F16, np.ones(64, np.float32), out, (True, True, True, None))
     assert np.isnan(out).all()
     dispatch.matvec(w, F16, np.ones(64, np.float32), out)  # kinds=None: every kernel
     assert (out == 0).all()

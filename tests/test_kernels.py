@@ -9,6 +9,7 @@ import pytest
 
 from lfm2q.kernels import EXACT, BF16, F16, F32, Q8_0, dequant_rows, dequantize, matmul, matvec
 from lfm2q.kernels.formats import Q4_0, Q4_1, Q5_0, Q5_1
+from lfm2q.kernels.actquant import quantize_q8_1
 from lfm2q.kernels.dispatch import activations_np
 from lfm2q.kernels import dispatch as matmul_module
 
@@ -23,6 +24,24 @@ def random_weight(qtype, rows, cols, seed):
     w = rng.standard_normal((rows, cols)).astype(np.float32) * rng.uniform(0.01, 3.0, (rows, 1)).astype(np.float32)
     raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType(qtype))
     return np.ascontiguousarray(raw.view(np.uint8).reshape(rows, -1))
+
+
+def q8_1_shift(raw, code, x):
+    """What Q8_1's fp16 block sums add to the float-form products (f64[..., rows]): the integer
+    kernels of Q4_1 / Q5_1 multiply the min by them, as llama.cpp does; the float form by the
+    exact sums of the rounded x. Zero for the other codes and where those types run in float."""
+    qtype = code & 255
+    if code & EXACT or qtype not in (Q4_1, Q5_1) or not matmul_module.Q4_1_Q5_INTEGER:
+        return 0.0
+    nbytes = {Q4_1: 20, Q5_1: 24}[qtype]
+    m = raw.reshape(raw.shape[0], -1, nbytes)[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+    shift = []
+    for xr in np.atleast_2d(x):
+        xq, xd, xs = np.empty(xr.shape[0], np.int8), np.empty(xr.shape[0] // 32, np.float32), np.empty(xr.shape[0] // 32, np.float32)
+        quantize_q8_1(xr, xq, xd, xs)
+        exact = xd.astype(np.float64) * xq.reshape(-1, 32).sum(-1)
+        shift.append(m @ (xs.astype(np.float64) - exact))
+    return np.stack(shift).reshape(*x.shape[:-1], raw.shape[0])
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=TYPES.values())
@@ -43,6 +62,7 @@ def test_matvec_equals_dequantize_then_dot(qtype, rows, cols, exact):
     x = np.random.default_rng(1).standard_normal(cols).astype(np.float32)
     code = qtype | (EXACT if exact else 0)
     ref = dequantize(raw, qtype).astype(np.float64) @ activations_np(x, code).astype(np.float64)
+    ref += q8_1_shift(raw, code, x)
     out = np.full(rows, np.nan, np.float32)
     matvec(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -58,6 +78,7 @@ def test_matmul_equals_dequantize_then_matmul(qtype, n, exact, monkeypatch):
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
     code = qtype | (EXACT if exact else 0)
     ref = activations_np(x, code).astype(np.float64) @ dequantize(raw, qtype).astype(np.float64).T
+    ref += q8_1_shift(raw, code, x)
     out = np.full((n, rows), np.nan, np.float32)
     matmul(raw, code, x, out)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

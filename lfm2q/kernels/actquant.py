@@ -22,8 +22,9 @@ Rounding as in ggml (ggml-quants.c quantize_row_q8_K_ref; x86 quantize_row_q8_0)
   Q8_K: max = the element of largest |x| (first one), iscale = -127/max, q = min(127,
         nearest_int(iscale * x)), d = 1/iscale (f32);
   Q8_0: amax = max |x|, d = fp16(amax/127), q = round_half_even(x * (127/amax)).
-  Q8_1 keeps an fp16 sum s = fp16(d * sum q) for the min term of Q4_1/Q5_1; the float form
-  uses the exact sum (a difference below fp16 rounding of one term; these types are rare).
+  Q8_1 keeps an fp16 sum s = fp16(amax/127 * sum q) for the min term of Q4_1/Q5_1
+  (quantize_q8_1, for their integer kernels); the float form uses the exact sum (a
+  difference below fp16 rounding of one term).
 A block with a NaN or Inf gets a NaN scale, so bad activations still end as NaN logits.
 
 fastmath=False is explicit on every function here: numba compiles a callee that sets no
@@ -65,6 +66,31 @@ def quantize_q8_0(x, xq, xd):  # x f32[cols] -> xq int8[cols], xd f32[cols/32] (
         for j in range(QK8_0):
             xq[o + j] = np.int8(np.rint(x[o + j] * inv)) if finite else np.int8(0)
         xd[b] = d if finite else np.float32(np.nan)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def q8_1_sums(x, xq, xs):  # x f32[cols] and its Q8_0 quants xq -> xs f32[cols/32]: Q8_1's sums
+    # x86 quantize_row_q8_1: Q8_1 is Q8_0's quants and d plus s = fp16(amax/127 * sum of the
+    # quants), with amax/127 before its fp16 rounding. Q4_1 / Q5_1 add m * s per block.
+    for b in range(x.shape[0] // QK8_0):
+        o = b * QK8_0
+        amax = np.float32(0.0)
+        finite = True
+        t = 0
+        for j in range(QK8_0):
+            v = x[o + j]
+            if not np.isfinite(v):
+                finite = False
+            amax = max(amax, abs(v))
+            t += np.int32(xq[o + j])
+        s = (amax / np.float32(127.0)) * np.float32(t)
+        xs[b] = F16_TO_F32[fp32_to_fp16(s)] if finite else np.float32(np.nan)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def quantize_q8_1(x, xq, xd, xs):  # quantize_q8_0 plus Q8_1's block sums xs f32[cols/32]
+    quantize_q8_0(x, xq, xd)
+    q8_1_sums(x, xq, xs)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)

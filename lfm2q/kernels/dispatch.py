@@ -5,11 +5,12 @@ in f32. Without EXACT the activations are first rounded the way llama.cpp rounds
 weight type (kernels/actquant.py), so both engines compute the same products.
 
 - `matvec`: decode. Fused dequantize-and-dot per row, parallel over rows; the matrix is
-  never expanded to floats. K-quant and Q8_0 rows multiply integers, through the kernels of
-  one instruction set's backend (`simd`, kernels/isa/: AVX2 / AVX-512 VNNI on x86, NEON on
+  never expanded to floats. K-quant and Q8_0 rows multiply integers (Q4_0, Q5_0, Q4_1 and
+  Q5_1 rows too where the backend's flags say its kernels pay; Q4_1 / Q5_1 against x in Q8_1),
+  through the kernels of one instruction set's backend (`simd`, kernels/isa/: AVX2 / AVX-512 VNNI on x86, NEON on
   aarch64, intdot.py's plain loops elsewhere).
-- `matmul`: prefill. Where the backend has integer prefill, K-quant and Q8_0 matrices go
-  through the integer kernels of decode, each weight row meeting 4 prompt positions per call
+- `matmul`: prefill. Where the backend has integer prefill, the matrices decode multiplies in
+  integers go through the integer kernels of decode, each weight row meeting 4 prompt positions per call
   (`_imatmul`): the same bits as decode, 1.6-2x the BLAS path below on the 350M shape. Rows go
   in pairs (packed Q4_K in pairs of 8-row groups, Q8_0 in quads against 8 positions), which the
   512-bit kernels take at once where the CPU has AVX-512 VNNI (the same bits again). Otherwise
@@ -28,8 +29,8 @@ from numba import njit, prange
 
 from .floats import (dequant_bf16, dequant_f16, dequant_f32, dequantize_bf16_np,
                      dequantize_f16_np, dequantize_f32_np, dot_bf16, dot_f16, dot_f32)
-from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, quantize_q8_0, quantize_q8_k,
-                       round_activation_rows, round_activations, round_activations_np)
+from .actquant import (ACT_F32, ACT_Q8_0, ACT_Q8_K, QK8_0, QK_K, act_of, q8_1_sums, quantize_q8_0, quantize_q8_1,
+                       quantize_q8_k, round_activation_rows, round_activations, round_activations_np)
 from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, type_name
 from .isa import TOKENS as simd_tokens, simd
 from .kquants import (dequant_q4_k, dequant_q5_k, dequant_q6_k, dequantize_q4_k_np,
@@ -105,7 +106,7 @@ PARALLEL_MIN_BYTES = 256 * 1024
 
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
-ALL_KINDS = (True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
+ALL_KINDS = (True, True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
 
 
 @njit(inline="always")
@@ -121,6 +122,7 @@ SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
+Q4_1_Q5_INTEGER = simd.Q4_1_Q5_INTEGER  # the same for Q4_1, Q5_0 and Q5_1
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
@@ -133,10 +135,28 @@ def row_idot_k(w, qtype, r, xq, xd, bsum):  # K-quant row . x in Q8_K
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
-def row_idot_b32(w, qtype, r, xq, xd):  # Q8_0 or Q4_0 row . x in Q8_0
+def row_idot_b32(w, qtype, r, xq, xd):  # Q8_0, Q4_0 or Q5_0 row . x in Q8_0
     if qtype == Q8_0:
         return simd.q8_0_row(w[r], xq, xd)
+    if qtype == Q5_0:
+        return simd.q5_0_row(w[r], xq, xd)
     return simd.q4_0_row(w[r], xq, xd)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def row_idot_b32_min(w, qtype, r, xq, xd, xs):  # Q4_1 or Q5_1 row . x in Q8_1 (xs: its block sums)
+    if qtype == Q4_1:
+        return simd.q4_1_row(w[r], xq, xd, xs)
+    return simd.q5_1_row(w[r], xq, xd, xs)
+
+
+@njit(inline="always")
+def b32_integer(qtype):  # whether rows of this 32-block type multiply x in Q8_0 / Q8_1 integers
+    if qtype == Q8_0:
+        return True
+    if qtype == Q4_0:
+        return Q4_0_INTEGER
+    return Q4_1_Q5_INTEGER and (qtype == Q5_0 or qtype == Q4_1 or qtype == Q5_1)
 
 
 @njit(error_model="numpy", parallel=True, fastmath=True, cache=True)
@@ -200,6 +220,20 @@ def _imatvec_b32_serial(w, qtype, xq, xd, out):
         out[r] = row_idot_b32(w, qtype, r, xq, xd)
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatvec_b32_min_parallel(w, qtype, xq, xd, xs, out):  # Q4_1 / Q5_1 rows . x in Q8_1
+    for r in prange(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
+        out[r] = row_idot_b32_min(w, qtype, r, xq, xd, xs)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_b32_min_serial(w, qtype, xq, xd, xs, out):
+    for r in range(w.shape[0]):
+        prefetch_rows_ahead(w, r, r + 1)
+        out[r] = row_idot_b32_min(w, qtype, r, xq, xd, xs)
+
+
 @njit(error_model="numpy", cache=True)
 def _sums32(bsum):  # Q8_K sums per 16 -> per 32 (int16[.., cols/32]), for the packed kernels
     out = np.empty(bsum.shape[:-1] + (bsum.shape[-1] // 2,), np.int16)
@@ -231,11 +265,11 @@ def matvec(w, code, x, out, kinds=ALL_KINDS):  # W uint8[rows, row_bytes], x f32
     opened file never uses is never compiled (a third of a first run's compile was the float
     rows of eleven types in a file that used none). A code whose kernel `kinds` leaves out
     writes NaN."""
-    _matvec(w, code, x, out, kinds[0], kinds[1], kinds[2])
+    _matvec(w, code, x, out, kinds[0], kinds[1], kinds[2], kinds[3])
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
-def _matvec(w, code, x, out, k_rows, b32_rows, float_rows):
+def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
     qtype = code & 255
     act = activation_rounding(code)
     serial = w.shape[0] * w.shape[1] < PARALLEL_MIN_BYTES
@@ -255,7 +289,16 @@ def _matvec(w, code, x, out, k_rows, b32_rows, float_rows):
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
             _imatvec_k_parallel(w, qtype, xq, xd, bsum, out)
-    elif b32_rows is not None and act == ACT_Q8_0 and (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)):
+    elif b32_min_rows is not None and act == ACT_Q8_0 and b32_integer(qtype) and (qtype == Q4_1 or qtype == Q5_1):
+        xq = np.empty(n, np.int8)
+        xd = np.empty(n // QK8_0, np.float32)
+        xs = np.empty(n // QK8_0, np.float32)
+        quantize_q8_1(x, xq, xd, xs)
+        if serial:
+            _imatvec_b32_min_serial(w, qtype, xq, xd, xs, out)
+        else:
+            _imatvec_b32_min_parallel(w, qtype, xq, xd, xs, out)
+    elif b32_rows is not None and act == ACT_Q8_0 and b32_integer(qtype):
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
@@ -282,23 +325,31 @@ def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels (eve
         _matvec_parallel(w, qtype, xr, out)
 
 
+def _b32_integer(qtype: int) -> bool:  # b32_integer, in Python
+    return (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)
+            or (qtype in (Q5_0, Q4_1, Q5_1) and Q4_1_Q5_INTEGER))
+
+
 def integer_decode(code: int) -> bool:
     """Whether matvec multiplies this kernel code through integer kernels, never float rows.
     (Plain Python, as the rest down to `kinds_for`.)"""
     qtype = code & 255
-    return not code & EXACT and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER))
+    return not code & EXACT and (qtype in (Q4_K, Q5_K, Q6_K) or _b32_integer(qtype))
 
 
 def kinds_for(codes) -> tuple:
     """matvec's `kinds` for a model whose matrices have these kernel codes: (K-quant rows,
-    32-block integer rows, float rows), each True where a code needs it and None where none
-    does (then numba never compiles it). The float rows go together: numba's parallel loops
-    take no tuple that holds None, so they cannot be chosen type by type."""
-    codes = list(codes)
-    k_rows = any(integer_decode(c) and c & 255 in (Q4_K, Q5_K, Q6_K) for c in codes)
-    b32_rows = any(integer_decode(c) and c & 255 not in (Q4_K, Q5_K, Q6_K) for c in codes)
-    float_rows = any(not integer_decode(c) for c in codes)
-    return tuple(True if need else None for need in (k_rows, b32_rows, float_rows))
+    32-block integer rows against Q8_0, the same against Q8_1 (Q4_1, Q5_1), float rows), each
+    True where a code needs it and None where none does (then numba never compiles it). The
+    float rows go together: one switch over the types inside a parallel loop (flags per type
+    through numba's parallel lowering failed)."""
+    codes = [c for c in codes]
+    ints = [c & 255 for c in codes if integer_decode(c)]
+    k_rows = any(t in (Q4_K, Q5_K, Q6_K) for t in ints)
+    b32_rows = any(t in (Q8_0, Q4_0, Q5_0) for t in ints)
+    b32_min_rows = any(t in (Q4_1, Q5_1) for t in ints)
+    float_rows = len(ints) < len(codes)
+    return tuple(True if need else None for need in (k_rows, b32_rows, b32_min_rows, float_rows))
 
 
 # Prefill with the integer kernels (where the backend has them): each weight row meets TOKENS prompt positions
@@ -325,24 +376,59 @@ def _quantize_rows(x, kquant):  # x f32[n, cols] -> (xq, xd, bsum): Q8_K rows, o
     return xq, xd, bsum
 
 
+@njit(error_model="numpy", parallel=True, cache=True)
+def _q8_1_sum_rows(x, xq):  # Q8_1's block sums of each row of x (in Q8_0: xq), f32[n, cols/32]
+    xs = np.empty((x.shape[0], x.shape[1] // QK8_0), np.float32)
+    for t in prange(x.shape[0]):
+        q8_1_sums(x[t], xq[t], xs[t])
+    return xs
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def rows_idot_b32(row, qtype, xq, xd, xs, t):  # 32-block row . x[t + i], i < TOKENS
+    if qtype == Q8_0:
+        return simd.q8_0_rows(row, xq, xd, t)
+    if qtype == Q5_0:
+        return simd.q5_0_rows(row, xq, xd, t)
+    if qtype == Q4_1:
+        return simd.q4_1_rows(row, xq, xd, xs, t)
+    if qtype == Q5_1:
+        return simd.q5_1_rows(row, xq, xd, xs, t)
+    return simd.q4_0_rows(row, xq, xd, t)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def rows4_idot_b32(w, qtype, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    if qtype == Q8_0:
+        simd.q8_0_rows4(w, r, xq, xd, t, out)
+    elif qtype == Q5_0:
+        simd.q5_0_rows4(w, r, xq, xd, t, out)
+    elif qtype == Q4_1:
+        simd.q4_1_rows4(w, r, xq, xd, xs, t, out)
+    else:
+        simd.q5_1_rows4(w, r, xq, xd, xs, t, out)
+
+
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
     n = x.shape[0]
-    kquant = qtype != Q8_0 and qtype != Q4_0
+    kquant = qtype == Q4_K or qtype == Q5_K or qtype == Q6_K
+    with_min = qtype == Q4_1 or qtype == Q5_1  # x in Q8_1: Q8_0 plus block sums
     xq, xd, bsum = _quantize_rows(x, kquant)
+    xs = _q8_1_sum_rows(x, xq) if with_min else np.empty((n, 0), np.float32)
     rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
-        # A task is four rows: a Q8_0 quad runs as one against 8 positions at a time, Q6_K
-        # and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, isa/x86_avx512.py), the rest row
+        # A task is four rows: a Q8_0, Q5_0, Q4_1 or Q5_1 quad runs as one against 8 positions
+        # at a time, Q6_K and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, isa/x86_avx512.py), the rest row
         # by row. The same bits either way.
         for task in prange(-(-rows // 4)):
             r0 = 4 * task
             r1 = min(r0 + 4, rows)
             t = t0
-            if qtype == Q8_0 and r1 - r0 == 4:
+            if r1 - r0 == 4 and (qtype == Q8_0 or qtype == Q5_0 or with_min):
                 while t + simd.QUAD_TOKENS <= t1:
-                    simd.q8_0_rows4(w, r0, xq, xd, t, out)
+                    rows4_idot_b32(w, qtype, r0, xq, xd, xs, t, out)
                     t += simd.QUAD_TOKENS
             while t + TOKENS <= t1:
                 r = r0
@@ -355,10 +441,8 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 for rr in range(r, r1):
                     if kquant:
                         res = rows_idot_k(w[rr], qtype, xq, xd, bsum, t)
-                    elif qtype == Q8_0:
-                        res = simd.q8_0_rows(w[rr], xq, xd, t)
                     else:
-                        res = simd.q4_0_rows(w[rr], xq, xd, t)
+                        res = rows_idot_b32(w[rr], qtype, xq, xd, xs, t)
                     for i in range(TOKENS):
                         out[t + i, rr] = res[i]
                 t += TOKENS
@@ -366,6 +450,8 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
                 for r in range(r0, r1):
                     if kquant:
                         out[t, r] = row_idot_k(w, qtype, r, xq[t], xd[t], bsum[t])
+                    elif with_min:
+                        out[t, r] = row_idot_b32_min(w, qtype, r, xq[t], xd[t], xs[t])
                     else:
                         out[t, r] = row_idot_b32(w, qtype, r, xq[t], xd[t])
                 t += 1
@@ -421,7 +507,8 @@ def integer_prefill(code: int) -> bool:
     (Plain Python: called at load time, before any numba function has been loaded.)"""
     qtype = code & 255
     return (SIMD_PREFILL and not code & EXACT
-            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)))
+            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)
+                 or (qtype in (Q4_1, Q5_0, Q5_1) and Q4_1_Q5_INTEGER)))
 
 
 def packable(code: int, rows: int) -> bool:
@@ -474,8 +561,10 @@ def kernel_name(qtype: int) -> str:
         return f"integer, 8-row packed groups ({name})"
     if qtype in (Q4_K, Q5_K, Q6_K):
         return f"integer rows x Q8_K ({name})"
-    if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER):
+    if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER) or (qtype == Q5_0 and Q4_1_Q5_INTEGER):
         return f"integer rows x Q8_0 ({name})" + (", row pairs" if qtype == Q8_0 and Q8_0_DECODE_PAIRS else "")
+    if qtype in (Q4_1, Q5_1) and Q4_1_Q5_INTEGER:
+        return f"integer rows x Q8_1 ({name})"
     if qtype in (Q4_0, Q4_1, Q5_0, Q5_1):
         return "float rows x Q8_0-rounded activations"
     return "float rows"

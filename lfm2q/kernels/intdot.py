@@ -1,8 +1,9 @@
 """Integer dot products of quantized weight rows with 8-bit activations (llama.cpp's
-vec_dot_<type>_q8_<K|0>): the decode kernels for Q4_K, Q5_K, Q6_K (x in Q8_K) and Q8_0
-and Q4_0 (x in Q8_0). The other types multiply the rounded-float form of x with their f32
-kernels. Activations come from kernels/actquant.py; block layouts are in kquants.py,
-q8_0.py and q4_0.py.
+vec_dot_<type>_q8_<K|0|1>): the decode kernels for Q4_K, Q5_K, Q6_K (x in Q8_K), Q8_0, Q4_0
+and Q5_0 (x in Q8_0), Q4_1 and Q5_1 (x in Q8_1: Q8_0 plus fp16 block sums, which carry the
+min term m * sum(x)). Backends whose flags say so use them; elsewhere these types multiply the
+rounded-float form of x with their f32 kernels. Activations come from kernels/actquant.py;
+block layouts are in kquants.py, q8_0.py and q4_0.py.
 
 Each sub-block's sum of q_w * q_x is exact in int32, then scaled in f32 once per block — the
 same numbers llama.cpp computes, up to float summation order. The same products with
@@ -24,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, _f16, _scale_min
-from .q4_0 import Q4_0_BYTES
+from .q4_0 import Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
 from .q8_0 import BLOCK_BYTES as Q8_0_BYTES
 
 I32 = np.int32
@@ -156,3 +157,65 @@ def idot_q4_0(w, r, xq, xd):  # w uint8[rows, cols/32*18]; x as Q8_0 -> f32 (ggm
             s = I32(s + I32(I32(I32(v >> S4) - 8) * I32(xq[xo + 16 + j])))
         acc += (_f16(row, o) * xd[b]) * np.float32(s)
     return acc
+
+
+@njit(error_model="numpy", inline="always")
+def _q5_high(row, qh, j):  # Q5_0 / Q5_1: bit j of the u32 at byte qh, as 16 or 0
+    return I32(I32(I32(row[qh + (j >> 3)] >> np.uint8(j & 7)) & 1) << 4)
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def idot_q5_0(w, r, xq, xd):  # w uint8[rows, cols/32*22]; x as Q8_0 (ggml_vec_dot_q5_0_q8_0)
+    row = w[r]
+    acc = np.float32(0.0)
+    for b in range(row.shape[0] // Q5_0_BYTES):
+        o = b * Q5_0_BYTES
+        xo = b * 32
+        s = I32(0)
+        for j in range(16):
+            v = row[o + 6 + j]
+            lo = I32(I32(I32(v & M4) | _q5_high(row, o + 2, j)) - 16)
+            hi = I32(I32(I32(v >> S4) | _q5_high(row, o + 2, j + 16)) - 16)
+            s = I32(s + I32(lo * I32(xq[xo + j])))
+            s = I32(s + I32(hi * I32(xq[xo + 16 + j])))
+        acc += (_f16(row, o) * xd[b]) * np.float32(s)
+    return acc
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def idot_q4_1(w, r, xq, xd, xs):  # w uint8[rows, cols/32*20]; x as Q8_1 (ggml_vec_dot_q4_1_q8_1)
+    row = w[r]
+    acc = np.float32(0.0)
+    summs = np.float32(0.0)  # sum of m * s: the min times x's block sums (actquant.quantize_q8_1)
+    n16 = xq.shape[0] // xd.shape[0] // 2  # 16, see _opaque
+    for b in range(row.shape[0] // Q4_1_BYTES):
+        o = b * Q4_1_BYTES
+        xo = b * 32
+        s = I32(0)
+        for j in range(n16):
+            v = row[o + 4 + j]
+            s = I32(s + I32(I32(v & M4) * I32(xq[xo + j])))
+            s = I32(s + I32(I32(v >> S4) * I32(xq[xo + 16 + j])))
+        acc += (_f16(row, o) * xd[b]) * np.float32(s)
+        summs += _f16(row, o + 2) * xs[b]
+    return acc + summs
+
+
+@njit(error_model="numpy", fastmath=True, cache=True)
+def idot_q5_1(w, r, xq, xd, xs):  # w uint8[rows, cols/32*24]; x as Q8_1 (ggml_vec_dot_q5_1_q8_1)
+    row = w[r]
+    acc = np.float32(0.0)
+    summs = np.float32(0.0)
+    for b in range(row.shape[0] // Q5_1_BYTES):
+        o = b * Q5_1_BYTES
+        xo = b * 32
+        s = I32(0)
+        for j in range(16):
+            v = row[o + 8 + j]
+            lo = I32(I32(v & M4) | _q5_high(row, o + 4, j))
+            hi = I32(I32(v >> S4) | _q5_high(row, o + 4, j + 16))
+            s = I32(s + I32(lo * I32(xq[xo + j])))
+            s = I32(s + I32(hi * I32(xq[xo + 16 + j])))
+        acc += (_f16(row, o) * xd[b]) * np.float32(s)
+        summs += _f16(row, o + 2) * xs[b]
+    return acc + summs

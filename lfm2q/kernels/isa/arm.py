@@ -13,6 +13,11 @@ from .llvm_ir import TOKENS
 from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_row,  # noqa: F401
                    q5_k_rows, q6_k_row, q6_k_rows, q8_0_row, q8_0_rows)
 
+# Q4_1, Q5_0, Q5_1 stay on their float kernels here (no NEON twins yet): portable's loops
+# only fill the interface dispatch compiles.
+from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_rows, q5_0_rows4,  # noqa: F401
+                       q5_1_row, q5_1_rows, q5_1_rows4)
+
 if HAVE_DOTPROD:
     from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401
 else:
@@ -23,6 +28,7 @@ INTEGER_PREFILL = True
 PACKS_Q4_K = HAVE_DOTPROD
 Q8_0_DECODE_PAIRS = False
 Q4_0_INTEGER = True  # Q4_0 rows through neon.q4_0_row (sdot / widening multiplies)
+Q4_1_Q5_INTEGER = False  # Q4_1, Q5_0, Q5_1: float kernels (the portable rows above are unused)
 QUAD_TOKENS = 2 * TOKENS
 
 _J = dict(error_model="numpy", fastmath=False, cache=True)  # no fastmath: see neon.py

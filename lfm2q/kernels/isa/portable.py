@@ -12,7 +12,7 @@ call them unconditionally (numba compiles every branch it sees, whatever the CPU
 import numpy as np
 from numba import njit
 
-from ..intdot import idot_q4_0, idot_q4_k, idot_q5_k, idot_q6_k, idot_q8_0
+from ..intdot import idot_q4_0, idot_q4_1, idot_q4_k, idot_q5_0, idot_q5_1, idot_q5_k, idot_q6_k, idot_q8_0
 from ..kquants import QK_K, _f16
 from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 from .llvm_ir import TOKENS
@@ -22,6 +22,7 @@ INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for pro
 PACKS_Q4_K = False  # the packed layout only pays with SIMD row groups
 Q8_0_DECODE_PAIRS = False
 Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
+Q4_1_Q5_INTEGER = False  # so do Q4_1, Q5_0 and Q5_1
 QUAD_TOKENS = 2 * TOKENS
 assert TOKENS == 4  # the *_rows functions below spell out four positions
 
@@ -63,6 +64,42 @@ def q4_0_rows(row, xq, xd, t):
     w = _one(row)
     return (idot_q4_0(w, 0, xq[t], xd[t]), idot_q4_0(w, 0, xq[t + 1], xd[t + 1]),
             idot_q4_0(w, 0, xq[t + 2], xd[t + 2]), idot_q4_0(w, 0, xq[t + 3], xd[t + 3]))
+
+
+@njit(**_J)
+def q5_0_row(row, xq, xd):  # row uint8[cols/32*22]; x in Q8_0
+    return idot_q5_0(_one(row), 0, xq, xd)
+
+
+@njit(**_J)
+def q5_0_rows(row, xq, xd, t):
+    w = _one(row)
+    return (idot_q5_0(w, 0, xq[t], xd[t]), idot_q5_0(w, 0, xq[t + 1], xd[t + 1]),
+            idot_q5_0(w, 0, xq[t + 2], xd[t + 2]), idot_q5_0(w, 0, xq[t + 3], xd[t + 3]))
+
+
+@njit(**_J)
+def q4_1_row(row, xq, xd, xs):  # row uint8[cols/32*20]; x in Q8_1 (xs: its block sums)
+    return idot_q4_1(_one(row), 0, xq, xd, xs)
+
+
+@njit(**_J)
+def q4_1_rows(row, xq, xd, xs, t):
+    w = _one(row)
+    return (idot_q4_1(w, 0, xq[t], xd[t], xs[t]), idot_q4_1(w, 0, xq[t + 1], xd[t + 1], xs[t + 1]),
+            idot_q4_1(w, 0, xq[t + 2], xd[t + 2], xs[t + 2]), idot_q4_1(w, 0, xq[t + 3], xd[t + 3], xs[t + 3]))
+
+
+@njit(**_J)
+def q5_1_row(row, xq, xd, xs):  # row uint8[cols/32*24]; x in Q8_1
+    return idot_q5_1(_one(row), 0, xq, xd, xs)
+
+
+@njit(**_J)
+def q5_1_rows(row, xq, xd, xs, t):
+    w = _one(row)
+    return (idot_q5_1(w, 0, xq[t], xd[t], xs[t]), idot_q5_1(w, 0, xq[t + 1], xd[t + 1], xs[t + 1]),
+            idot_q5_1(w, 0, xq[t + 2], xd[t + 2], xs[t + 2]), idot_q5_1(w, 0, xq[t + 3], xd[t + 3], xs[t + 3]))
 
 
 @njit(**_J)
@@ -118,6 +155,27 @@ def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
     for i in range(QUAD_TOKENS):
         for rr in range(r, r + 4):
             out[t + i, rr] = idot_q8_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
+def q5_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q5_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
+def q4_1_rows4(w, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q4_1(w, rr, xq[t + i], xd[t + i], xs[t + i])
+
+
+@njit(**_J)
+def q5_1_rows4(w, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q5_1(w, rr, xq[t + i], xd[t + i], xs[t + i])
 
 
 @njit(**_J)

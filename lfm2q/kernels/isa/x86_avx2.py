@@ -21,7 +21,8 @@ decode and prefill no longer give the same bits (seen: 1-ulp differences on Q4_K
 Range checks that make the 16-bit steps exact (vpmaddubsw saturates; none of these reach it):
 Q4_K q*x pairs <= 2*15*127, Q5_K 2*31*127, Q6_K (q in 0..63, the 32 taken off through x's
 per-16 sums afterwards) 2*63*127;
-Q8_0 |w|, |x| <= 127 (ggml rounds to +-127), so |w|*|x| pairs <= 2*127*127 < 32768.
+Q8_0 |w|, |x| <= 127 (ggml rounds to +-127), so |w|*|x| pairs <= 2*127*127 < 32768;
+Q4_0 |q - 8| <= 8, Q5_0 |q - 16| <= 16, Q4_1 q <= 15, Q5_1 q <= 31: pairs <= 2*31*128.
 """
 from llvmlite import ir
 from numba import types
@@ -30,7 +31,7 @@ from numba.extending import intrinsic
 
 from ...cpu import target
 from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
-from ..q4_0 import Q4_0_BYTES
+from ..q4_0 import Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 from .llvm_ir import (F16, F32, I8, I16, I32, I64, IR, TOKENS, V8F32, V8I32, V16I8, V16I16, V32I8,
@@ -230,38 +231,106 @@ def _q4_0_block(ir_, w, o):
     return b.sub(q, ir_.const(V32I8, 8)), ir_.f16(w, o)
 
 
-def _b32(block_bytes, block):
-    """The kernel of a 32-weight block type whose quants unpack to int8 (Q8_0, Q4_0)."""
+def _nibbles(ir_, w, at):  # the 16 bytes at `at` as 32 quants 0..15: low nibbles, then high ones
+    b = ir_.b
+    v = ir_.load(w, at, V16I8)
+    lo = b.and_(v, ir_.const(V16I8, 15))
+    hi = b.lshr(v, ir_.const(V16I8, 4))
+    return b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+
+
+def _high_bits(ir_, w, at):  # Q5_0 / Q5_1: bit j of the u32 at `at` -> byte j, as 16 or 0
+    b = ir_.b
+    bits = b.bitcast(ir_.load(w, at, I32), ir.VectorType(ir.IntType(1), 32))
+    return b.shl(b.zext(bits, V32I8), ir_.const(V32I8, 4))
+
+
+def _q5_0_block(ir_, w, o):  # Q5_0's quants as int8 q - 16 (ggml's AVX2 q5_0_q8_0), its scale
+    b = ir_.b
+    q = b.or_(_nibbles(ir_, w, b.add(o, _offset(o, 6))), _high_bits(ir_, w, b.add(o, _offset(o, 2))))
+    return b.sub(q, ir_.const(V32I8, 16)), ir_.f16(w, o)
+
+
+def _q4_1_block(ir_, w, o):  # Q4_1's quants 0..15, its scale d and min m
+    return _nibbles(ir_, w, ir_.b.add(o, _offset(o, 4))), ir_.f16(w, o), ir_.f16(w, ir_.b.add(o, _offset(o, 2)))
+
+
+def _q5_1_block(ir_, w, o):  # Q5_1's quants 0..31, d and m
+    b = ir_.b
+    q = b.or_(_nibbles(ir_, w, b.add(o, _offset(o, 8))), _high_bits(ir_, w, b.add(o, _offset(o, 4))))
+    return q, ir_.f16(w, o), ir_.f16(w, b.add(o, _offset(o, 2)))
+
+
+def _b32_dots(ir_, w, nb, toks, block_bytes, block):
+    """Row w (nb blocks of a 32-weight type whose quants unpack to int8: Q8_0, Q4_0, Q5_0) .
+    x for each token's (xq, xd) pointers in toks -> one f32 each."""
+    b = ir_.b
+    ones = ir_.const(V16I16, 1)
+
+    def body(k, *accs):
+        q, d_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
+        q_abs = ir_.sign(q, q)
+        out = []
+        for acc, (xp, dp) in zip(accs, toks):
+            x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
+            # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
+            if HAVE_VNNI:
+                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
+    return [ir_.hsum(a) for a in accs]
+
+
+def _b32_min_dots(ir_, w, nb, toks, block_bytes, block):
+    """Row w (nb blocks of a type with a min: Q4_1, Q5_1, value d * q + m) . x in Q8_1 for each
+    token's (xq, xd, xs) pointers -> one f32 each, as ggml's AVX2 q4_1_q8_1 / q5_1_q8_1: the
+    quants are unsigned, so vpmaddubsw takes them as they are; d_w * d_x fused into 8 lanes per
+    block, m * s (x's fp16 block sum) added to one scalar, which joins the lanes' horizontal
+    sum at the end."""
+    b = ir_.b
+    ones = ir_.const(V16I16, 1)
+
+    def body(k, *accs):
+        q, d_w, m_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
+        out = []
+        for acc, summs, (xp, dp, sp) in zip(accs[0::2], accs[1::2], toks):
+            summs = b.fadd(summs, b.fmul(m_w, b.load(b.gep(sp, [k]))))  # exact product: fp16 * fp16
+            x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
+            if HAVE_VNNI:
+                sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q, x)
+            else:
+                sums = ir_.maddwd(ir_.maddubs(q, x), ones)
+            d = b.fmul(d_w, b.load(b.gep(dp, [k])))
+            out += [ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc), summs]
+        return out
+
+    accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8), ir.Constant(F32, 0.0)] * len(toks))
+    return [b.fadd(ir_.hsum(a), m) for a, m in zip(accs[0::2], accs[1::2])]
+
+
+def _b32(block_bytes, block, dots=_b32_dots):
+    """The row kernel (one token, or TOKENS of them) of a 32-weight block type."""
+    n_x = 3 if dots is _b32_min_dots else 2
+
     def codegen(context, builder, sig, args):
         ir_ = _IR(builder)
-        b = builder
-        w = _data(context, b, sig.args[0], args[0])
-        toks = _tokens(context, b, sig, args, 2)
-        nb = _n_blocks(context, b, sig.args[0], args[0], block_bytes)
-        ones = ir_.const(V16I16, 1)
-
-        def body(k, *accs):
-            q, d_w = block(ir_, w, b.mul(k, ir.Constant(I64, block_bytes)))
-            q_abs = ir_.sign(q, q)
-            out = []
-            for acc, (xp, dp) in zip(accs, toks):
-                x = ir_.load(xp, b.mul(k, ir.Constant(I64, 32)), V32I8)
-                # |w| * (x with w's sign): unsigned times signed, as vpmaddubsw needs
-                if HAVE_VNNI:
-                    sums = ir_.dpbusd(ir.Constant(V8I32, [0] * 8), q_abs, ir_.sign(x, q))
-                else:
-                    sums = ir_.maddwd(ir_.maddubs(q_abs, ir_.sign(x, q)), ones)
-                d = b.fmul(d_w, b.load(b.gep(dp, [k])))
-                out.append(ir_.fma(ir_.splat(d, V8F32), b.sitofp(sums, V8F32), acc))
-            return out
-
-        accs = ir_.loop(nb, body, *[ir.Constant(V8F32, [0.0] * 8)] * len(toks))
-        return _result(context, b, sig, [ir_.hsum(a) for a in accs])
+        w = _data(context, builder, sig.args[0], args[0])
+        toks = _tokens(context, builder, sig, args, n_x)
+        nb = _n_blocks(context, builder, sig.args[0], args[0], block_bytes)
+        return _result(context, builder, sig, dots(ir_, w, nb, toks, block_bytes, block))
     return codegen
 
 
 _q8_0 = _b32(Q8_0_BYTES, _q8_0_block)
 _q4_0 = _b32(Q4_0_BYTES, _q4_0_block)
+_q5_0 = _b32(Q5_0_BYTES, _q5_0_block)
+_q4_1 = _b32(Q4_1_BYTES, _q4_1_block, _b32_min_dots)
+_q5_1 = _b32(Q5_1_BYTES, _q5_1_block, _b32_min_dots)
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
@@ -325,6 +394,36 @@ def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
 @intrinsic
 def q4_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q4_0, row, xq, xd, t=t)
+
+
+@intrinsic
+def q5_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*22], x in Q8_0
+    return _typed(_q5_0, row, xq, xd)
+
+
+@intrinsic
+def q5_0_rows(typingctx, row, xq, xd, t):
+    return _typed(_q5_0, row, xq, xd, t=t)
+
+
+@intrinsic
+def q4_1_row(typingctx, row, xq, xd, xs):  # row uint8[cols/32*20], x in Q8_1 (xs: its block sums)
+    return _typed(_q4_1, row, xq, xd, xs)
+
+
+@intrinsic
+def q4_1_rows(typingctx, row, xq, xd, xs, t):
+    return _typed(_q4_1, row, xq, xd, xs, t=t)
+
+
+@intrinsic
+def q5_1_row(typingctx, row, xq, xd, xs):  # row uint8[cols/32*24], x in Q8_1
+    return _typed(_q5_1, row, xq, xd, xs)
+
+
+@intrinsic
+def q5_1_rows(typingctx, row, xq, xd, xs, t):
+    return _typed(_q5_1, row, xq, xd, xs, t=t)
 
 
 def _broadcast32(ir_, base, offset, lanes=8):  # the 4 bytes at `offset` of base (i8* or i16*) in all dwords

@@ -15,7 +15,8 @@ Q6_K and Q8_0 rows (q6_k_rows2, q8_0_rows2) get the same widening without a new 
 rows' 32-byte vectors side by side, each token's 32 activation bytes in both halves, and each
 half computing exactly what avx2.q6_k_rows / q8_0_rows compute for its row (same 32-bit lanes,
 same float steps, the horizontal sum per half in ggml's order): the same bits as decode. Q8_0
-prefill takes two such pairs at once against 8 positions (q8_0_rows4), the same bits again.
+prefill takes two such pairs at once against 8 positions (q8_0_rows4), the same bits again;
+so do Q5_0, Q4_1 and Q5_1 (q5_0_rows4, q4_1_rows4, q5_1_rows4: avx2's row kernels' bits).
 
 Where the CPU lacks AVX-512 VNNI every kernel here compiles to the 256-bit form of the same
 steps, row by row (group by group), so callers need one path and numba never sees an
@@ -26,9 +27,10 @@ from numba import types
 from numba.extending import intrinsic
 
 from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
-                   _arrays, _broadcast32, _data, _packed_loop, _packed_tail, _q4_k_packed,
-                   _row_ptr, _token_rows)
+                   _arrays, _b32_dots, _b32_min_dots, _broadcast32, _data, _packed_loop, _packed_tail,
+                   _q4_1_block, _q4_k_packed, _q5_0_block, _q5_1_block, _row_ptr, _token_rows)
 from ..kquants import Q6_K_BYTES, QK_K
+from ..q4_0 import Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 
@@ -361,3 +363,108 @@ def q8_0_rows4(typingctx, w, r, xq, xd, t, out):
                 _q8_0_rows(context, builder, sig, [args[0], rm, args[2], args[3], th, args[5]], 1)
         return context.get_dummy_value()
     return types.none(w, r, xq, xd, t, out), codegen
+
+
+# --- Q5_0, Q4_1, Q5_1: four rows against 8 positions, as Q8_0's quads ---------------------------
+
+def _b32_quads(block_bytes, block, with_min):
+    """Codegen of <type>_rows4(w, r, xq, xd[, xs], t, out): out[t + i, r : r + 4] for i <
+    QUAD_TOKENS. With AVX-512 VNNI, rows r..r + 3 as two 512-bit row pairs: each block unpacked
+    once for 8 positions, each activation vector loaded once for 4 rows. Signed quants (Q5_0)
+    meet x offset by 128 from lanes starting at -128 * the weights' sums (as _q8_0_quads),
+    unsigned ones (Q4_1, Q5_1) meet x as it is; either way the exact lane sums of avx2's row
+    kernel, then its float steps per lane (the sums of m * s for the 4 rows side by side in one
+    vector per position): its bits. Without AVX-512 VNNI, avx2's row kernel row by row."""
+    n_x = 3 if with_min else 2
+    dots = _b32_min_dots if with_min else _b32_dots
+    c = lambda x: ir.Constant(I64, x)  # noqa: E731
+
+    def fallback(context, b, sig, args):
+        ir_ = _IR(b)
+        t = args[2 + n_x]
+        for h in range(0, QUAD_TOKENS, TOKENS):
+            at = [*args[:2 + n_x], b.add(t, ir.Constant(t.type, h)), args[-1]]
+            rows, row_bytes, toks = _rows_args(context, b, sig, at, n_x, 4)
+            nb = b.udiv(row_bytes, c(block_bytes))
+            for m, row in enumerate(rows):
+                for (*_, op), res in zip(toks, dots(ir_, row, nb, [tk[:n_x] for tk in toks], block_bytes, block)):
+                    b.store(res, b.gep(op, [c(m)]))
+        return context.get_dummy_value()
+
+    def quads(context, b, sig, args):
+        ir_ = _IR(b)
+        v = _Rows(ir_, 2)
+        rows, row_bytes, toks = _rows_args(context, b, sig, args, n_x, 4, QUAD_TOKENS)
+        nb = b.udiv(row_bytes, c(block_bytes))
+        n = len(toks)
+        bias, zero = v.const(I8, 32, -128), v.const(I32, 8, 0)
+        V4F32 = ir.VectorType(F32, 4)
+
+        def body(k, *accs):  # accs: pair 0's per position, pair 1's, then the m * s sums per position
+            o = b.mul(k, c(block_bytes))
+            blocks = [block(ir_, row, o) for row in rows]
+            qs = [_join(ir_, blocks[2 * j][0], blocks[2 * j + 1][0]) for j in range(2)]
+            d_ws = [v.per_row([blocks[2 * j][1], blocks[2 * j + 1][1]], 8) for j in range(2)]
+            if with_min:
+                m4 = ir.Constant(V4F32, ir.Undefined)
+                for m, blk in enumerate(blocks):
+                    m4 = b.insert_element(m4, blk[2], ir.Constant(I32, m))
+            else:
+                starts = [b.sub(zero, _dpbusd(ir_, zero, bias, q)) for q in qs]  # -128 * sum of 4 weights
+            out = list(accs)
+            for i, (xp, dp, *rest) in enumerate(toks):
+                x = v.dup(ir_.load(xp, b.mul(k, c(32)), ir.VectorType(I8, 32)))
+                dx = v.per_row([b.load(b.gep(dp, [k]))] * 2, 8)
+                for j in range(2):
+                    if with_min:
+                        sums = _dpbusd(ir_, zero, qs[j], x)
+                    else:
+                        sums = _dpbusd(ir_, starts[j], b.xor(x, bias), qs[j])
+                    a = j * n + i
+                    out[a] = ir_.fma(b.fmul(d_ws[j], dx), b.sitofp(sums, v.vec(F32, 8)), accs[a])
+                if with_min:
+                    s = ir_.splat(b.load(b.gep(rest[0], [k])), V4F32)
+                    out[2 * n + i] = b.fadd(accs[2 * n + i], b.fmul(m4, s))
+            return out
+
+        init = [v.const(F32, 8, 0.0)] * (2 * n) + [ir.Constant(V4F32, [0.0] * 4)] * (n if with_min else 0)
+        accs = ir_.loop(nb, body, *init)
+        for j in range(2):
+            for i, (*_, op) in enumerate(toks):
+                for m, h in enumerate(v.hsums(accs[j * n + i])):
+                    if with_min:
+                        h = b.fadd(h, b.extract_element(accs[2 * n + i], ir.Constant(I32, 2 * j + m)))
+                    b.store(h, b.gep(op, [c(2 * j + m)]))
+        return context.get_dummy_value()
+
+    return quads if HAVE_AVX512_VNNI else fallback
+
+
+def _quad_sig(w, r, t, out, *x):
+    if not (_arrays(2, w, *x, out) and isinstance(r, types.Integer) and isinstance(t, types.Integer)):
+        return None
+    return types.none(w, r, *x, t, out)
+
+
+@intrinsic
+def q5_0_rows4(typingctx, w, r, xq, xd, t, out):
+    """out[t + i, r : r + 4] for i < QUAD_TOKENS: rows r..r + 3 of the Q5_0 matrix w uint8[rows,
+    nb*22] . x for rows t.. of xq int8[n, cols], xd f32[n, cols/32]; out f32[n, rows]. The bits
+    of avx2.q5_0_row."""
+    sig = _quad_sig(w, r, t, out, xq, xd)
+    return sig and (sig, _b32_quads(Q5_0_BYTES, _q5_0_block, False))
+
+
+@intrinsic
+def q4_1_rows4(typingctx, w, r, xq, xd, xs, t, out):
+    """q5_0_rows4 for Q4_1 (nb*20 bytes), x in Q8_1 (xs f32[n, cols/32]: its block sums). The
+    bits of avx2.q4_1_row."""
+    sig = _quad_sig(w, r, t, out, xq, xd, xs)
+    return sig and (sig, _b32_quads(Q4_1_BYTES, _q4_1_block, True))
+
+
+@intrinsic
+def q5_1_rows4(typingctx, w, r, xq, xd, xs, t, out):
+    """q4_1_rows4 for Q5_1 (nb*24 bytes). The bits of avx2.q5_1_row."""
+    sig = _quad_sig(w, r, t, out, xq, xd, xs)
+    return sig and (sig, _b32_quads(Q5_1_BYTES, _q5_1_block, True))
