@@ -102,11 +102,11 @@ class _IR(IR):
         s = self.addp(*halves)
         return s if acc is None else b.add(acc, s)
 
-    def isum32(self, pairs, narrow=False):
-        """The exact sum of every product of pairs (i32): dot4 without the lane regrouping
-        (which only the lanes' identity needs), then one addv."""
+    def lane_sums(self, pairs, narrow=False):
+        """<4 x i32> whose lanes add up to the exact sum of every product of pairs: dot4
+        without the lane regrouping (which only the lanes' identity needs)."""
         if HAVE_DOTPROD:
-            return self.addv(self.dot4(None, pairs))
+            return self.dot4(None, pairs)
         b = self.b
         halves = []
         for idx in (_LO, _HI):
@@ -121,7 +121,7 @@ class _IR(IR):
                 for q in prods[1:]:
                     p = b.add(p, self.saddlp(q))  # sadalp
                 halves.append(p)
-        return self.addv(b.add(*halves))
+        return b.add(*halves)
 
     def cvt_fixed(self, v, bits):  # <4 x i32> -> <4 x f32> v / 2^bits (scvtf #bits: one rounding)
         fn = self.fn("llvm.aarch64.neon.vcvtfxs2fp.v4f32.v4i32", V4F32, [V4I32, I32])
@@ -336,11 +336,10 @@ def _q6_k(context, builder, sig, args):
 
 # --- Q8_0 and Q4_0: x in Q8_0 (xq int8[cols], xd f32[cols/32]) --------------------------------
 
-def _blocks32(context, builder, sig, args, block_bytes, weights, narrow, scalar=False):
+def _blocks32(context, builder, sig, args, block_bytes, weights, narrow):
     """The Q8_0-activation kernels: weights(o) -> the block's two <16 x i8> quant vectors
-    (elements 0-15, 16-31) at byte o; the float steps of the module docstring (scalar: Q4_0's,
-    one exact integer sum a block, else Q8_0's 4 lanes). narrow: two products a lane fit int16
-    (Q4_0: |q x| <= 8 * 128; not Q8_0, whose 2 * 128 * 128 does not)."""
+    (elements 0-15, 16-31) at byte o; the float steps of the module docstring. narrow: two
+    products a lane fit int16 (Q4_0: |q x| <= 8 * 128; not Q8_0, whose 2 * 128 * 128 does not)."""
     ir_ = _IR(builder)
     b = builder
     w = _data(context, b, sig.args[0], args[0])
@@ -355,13 +354,9 @@ def _blocks32(context, builder, sig, args, block_bytes, weights, narrow, scalar=
         for acc, (xp, dp) in zip(accs, toks):
             xo = b.mul(k, _c(32))
             x0, x1 = ir_.load(xp, xo, V16I8), ir_.load(xp, b.add(xo, _c(16)), V16I8)
+            s = ir_.dot4(None, [(q0, x0), (q1, x1)], narrow=narrow)
             d = b.fmul(d_w, b.load(b.gep(dp, [k])))
-            if scalar:  # |s| <= 32 * 8 * 128: exact in f32
-                s = ir_.isum32([(q0, x0), (q1, x1)], narrow=narrow)
-                out.append(ir_.fma(b.sitofp(s, F32), d, acc))
-            else:
-                s = ir_.dot4(None, [(q0, x0), (q1, x1)], narrow=narrow)
-                out.append(ir_.fma(b.sitofp(s, V4F32), ir_.splat(d, V4F32), acc))
+            out.append(ir_.fma(b.sitofp(s, V4F32), ir_.splat(d, V4F32), acc))
         return out
 
     n = len(toks)
@@ -371,12 +366,10 @@ def _blocks32(context, builder, sig, args, block_bytes, weights, narrow, scalar=
         k = b.mul(j, _c(2))
         return block(k, accs[:n]) + block(b.add(k, _c(1)), accs[n:])
 
-    zero = ir.Constant(F32, 0.0) if scalar else ir.Constant(V4F32, [0.0] * 4)
+    zero = ir.Constant(V4F32, [0.0] * 4)
     accs = ir_.loop(half, pair, *[zero] * (2 * n))
     tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))),  # an odd last block: chain 0
                     lambda j, *a: block(b.add(b.mul(half, _c(2)), j), a), *accs[:n])
-    if scalar:
-        return _result(context, b, sig, [b.fadd(a0, a1) for a0, a1 in zip(tail, accs[n:])])
     return _result(context, b, sig, [ir_.hsum4(b.fadd(a0, a1)) for a0, a1 in zip(tail, accs[n:])])
 
 
@@ -405,7 +398,53 @@ def _q8_0(context, builder, sig, args):
 
 
 def _q4_0(context, builder, sig, args):
-    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants, True, scalar=True)
+    """Q4_0 rows, Q4_0's float steps of the module docstring. The blocks go in pairs (2j chain
+    0, 2j + 1 chain 1): two addp put the pair's exact sums in the lanes of one <2 x i32>, and
+    the two scalar chains run as the lanes of one <2 x f32> (fma lane for lane: the same bits
+    as two scalar chains, with one convert, multiply and fma for both)."""
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 2)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q4_0_BYTES)
+    V2I16, V2F16, V2I32, V2F32 = (ir.VectorType(t, 2) for t in (I16, ir.HalfType(), I32, F32))
+
+    def sums(k):  # per token: <4 x i32> lanes summing to block k's products (|q x| <= 8 * 128)
+        o = b.mul(k, _c(Q4_0_BYTES))
+        q0, q1 = _q4_0_quants(ir_, w, o)
+        xo = b.mul(k, _c(32))
+        return [ir_.lane_sums([(q0, ir_.load(xp, xo, V16I8)), (q1, ir_.load(xp, b.add(xo, _c(16)), V16I8))],
+                              narrow=True) for xp, _ in toks]
+
+    def pair(j, *accs):
+        k = b.mul(j, _c(2))
+        k1 = b.add(k, _c(1))
+        s0, s1 = sums(k), sums(k1)
+        d2 = ir.Constant(V2I16, ir.Undefined)
+        for h, kk in enumerate((k, k1)):
+            d2 = b.insert_element(d2, ir_.load(w, b.mul(kk, _c(Q4_0_BYTES)), I16), ir.Constant(I32, h))
+        d2 = b.fpext(b.bitcast(d2, V2F16), V2F32)
+        out = []
+        for acc, a0, a1, (_, dp) in zip(accs, s0, s1, toks):
+            t = ir_.addp(a0, a1)  # |sum| <= 32 * 8 * 128: exact in f32
+            t = ir_.lanes(ir_.addp(t, t), [0, 1])
+            xd2 = b.load(b.bitcast(b.gep(dp, [k]), V2F32.as_pointer()), align=4)
+            out.append(ir_.fma(b.sitofp(t, V2F32), b.fmul(d2, xd2), acc))
+        return out
+
+    half = b.udiv(nb, _c(2))
+    accs = ir_.loop(half, pair, *[ir.Constant(V2F32, [0.0] * 2)] * len(toks))
+    zero = ir.Constant(I32, 0)
+
+    def last(j, *chain0):  # an odd last block: chain 0
+        k = b.add(b.mul(half, _c(2)), j)
+        d_w = ir_.f16(w, b.mul(k, _c(Q4_0_BYTES)))
+        return [ir_.fma(b.sitofp(ir_.addv(v), F32), b.fmul(d_w, b.load(b.gep(dp, [k]))), acc)
+                for acc, v, (_, dp) in zip(chain0, sums(k), toks)]
+
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))), last, *[b.extract_element(a, zero) for a in accs])
+    return _result(context, b, sig, [b.fadd(t0, b.extract_element(a, ir.Constant(I32, 1)))
+                                     for t0, a in zip(tail, accs)])
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
