@@ -32,8 +32,10 @@ CPUS = {"cortex-a76": "+neon,+dotprod,+fullfp16", "cortex-a72": "+neon,-dotprod,
 # kernel -> (weights one call's loop iteration covers per position, positions per call)
 KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0_rows": (64, 4),
            "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
-           "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4)}
-DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows")  # lane-indexed sdot: no fallback form
+           "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4),
+           "q4_0_packed": (256, 1), "q4_0_packed_rows": (256, 4)}
+# lane-indexed sdot: no fallback form
+DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows", "q4_0_packed", "q4_0_packed_rows")
 
 _EMIT = r"""
 import json, sys
@@ -69,6 +71,12 @@ for name in sys.argv[3].split(","):
     elif name == "q4_k_packed_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, s, t, o: neon.q4_k_packed_rows(p, g, q, d, s, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, i16_2, T.int64, f32_2)
+    elif name == "q4_0_packed":
+        f = njit(fastmath=False)(lambda p, g, q, d, o: neon.q4_0_packed(p, g, q, d, o))
+        sig = (u8_2, T.int64, i8, f32, f32)
+    elif name == "q4_0_packed_rows":
+        f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_packed_rows(p, g, q, d, t, o))
+        sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
     elif name.endswith("_rows"):
         sig = (u8, i8_2, f32_2, i16_2, T.int64) if kq else (u8, i8_2, f32_2, T.int64)
     else:
@@ -239,7 +247,7 @@ LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64, 1), "q8_0_row": ("ggml_vec_d
 # repack.cpp's GEMV over its repacked layouts (dotprod only): the loop over super-blocks (or
 # blocks) of one group of rows, at depth 2 -> (row, function, weights per iteration, trips)
 LLAMA_REPACK = {"q4_k_packed": ("ggml_gemv_q4_K_8x4_q8_K", 2048, 4),
-                "(llama q4_0_4x4)": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1)}
+                "q4_0_packed": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1)}
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import Experts, GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
-from .kernels.dispatch import PACKED8, integer_prefill, kinds_for, packable, single_threaded_blas
-from .kernels.repack import packed_q4_k8, packed_shape
+from .kernels.dispatch import integer_prefill, kinds_for, packable, packed_code, single_threaded_blas
+from .kernels.repack import packed, packed_shape
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens may run token by token through decode. Where prefill goes
@@ -177,8 +177,9 @@ def _exact(w: Weight) -> Weight:
 
 class _Packer:
     """Matrices in the layout their fastest kernel reads: Q4_K packed 8 rows at a time where the
-    AVX2 kernels run (kernels/repack.py), their file pages released; others as they are. The
-    packed copies share one buffer in 2 MB pages (hugepages.py)."""
+    AVX2 or NEON dotprod kernels run, Q4_0 4 rows at a time with NEON dotprod (kernels/repack.py,
+    dispatch.packable), their file pages released; others as they are. The packed copies share
+    one buffer in 2 MB pages (hugepages.py)."""
 
     ALIGN = 64  # each copy starts on a cache line
 
@@ -188,7 +189,7 @@ class _Packer:
         for name, shape in f.expected_tensors().items():
             w = f.weight(name) if len(shape) == 2 and name != "token_embd.weight" else None
             if w is not None and packable(w.kernel, w.rows):
-                need += self._aligned(int(np.prod(packed_shape(*w.raw.shape))))
+                need += self._aligned(int(np.prod(packed_shape(*w.raw.shape, w.qtype))))
         self.free = hugepages.anonymous(need)
 
     def _aligned(self, n: int) -> int:
@@ -198,16 +199,16 @@ class _Packer:
         w = self.f.weight(name)
         if not packable(w.kernel, w.rows):
             return w
-        shape = packed_shape(*w.raw.shape)
+        shape = packed_shape(*w.raw.shape, w.qtype)
         n = shape[0] * shape[1]
         out = None  # a matrix not counted in __init__ (none is) would get an array of its own
         if n <= self.free.size:
             out = self.free[:n].reshape(shape)
             self.free = self.free[min(self._aligned(n), self.free.size):]
-        out = packed_q4_k8(w.raw, out)
+        out = packed(w.raw, w.qtype, out)
         out.flags.writeable = False  # typed as the file's read-only views: one compiled kernel per block, not two
         self.f.release(name)
-        return replace(w, raw=out, kernel=w.kernel | PACKED8)
+        return replace(w, raw=out, kernel=packed_code(w.kernel))
 
 
 def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]

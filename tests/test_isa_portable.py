@@ -10,7 +10,7 @@ from lfm2q.kernels.dispatch import dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 from lfm2q.kernels.isa import portable as P
 from lfm2q.kernels.isa.llvm_ir import TOKENS
-from lfm2q.kernels.repack import packed_q4_k8
+from lfm2q.kernels.repack import packed, packed_q4_k8
 from test_intdot import edge_weights, oracle
 
 ROW = {Q4_K: P.q4_k_row, Q5_K: P.q5_k_row, Q6_K: P.q6_k_row, Q8_0: P.q8_0_row, Q4_0: P.q4_0_row}
@@ -109,5 +109,26 @@ def test_packed_q4_k_groups_give_each_rows_product():
         out = np.full((n, rows), np.nan, np.float32)
         for gi in range(0, rows // 8, 2):
             P.q4_k_packed16_rows(p, gi, xq, xd, bs32, 0, out)
+        np.testing.assert_array_equal(out[0], dec, err_msg=name)
+        assert np.isfinite(out).all()
+
+
+def test_packed_q4_0_groups_give_each_rows_product():
+    # 3 groups of 4 rows, 7 blocks: the same integers as the row kernel (idot_q4_0), its float
+    # steps without fastmath (the row kernel's may fuse); the 4-position form gives decode's bits.
+    cols, rows, n = 224, 12, TOKENS
+    x = np.random.default_rng(10).standard_normal((n, cols)).astype(np.float32)
+    xq, xd, bsum = activations(Q4_0, x)
+    for name, w in edge_weights(Q4_0, rows, cols).items():
+        want = row_products(Q4_0, w, xq, xd, bsum)
+        p = packed(w, Q4_0)
+        _, scale = oracle(w, Q4_0, x[0])
+        dec = np.full(rows, np.nan, np.float32)
+        for gi in range(rows // 4):
+            P.q4_0_packed(p, gi, xq[0], xd[0], dec)
+        _close(dec, want[0], scale, name)
+        out = np.full((n, rows), np.nan, np.float32)
+        for gi in range(rows // 4):
+            P.q4_0_packed_rows(p, gi, xq, xd, 0, out)
         np.testing.assert_array_equal(out[0], dec, err_msg=name)
         assert np.isfinite(out).all()

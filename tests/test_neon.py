@@ -9,7 +9,10 @@ kernel against a NumPy oracle that sums the same integers exactly and takes neon
 steps in neon.py's order, bit for bit, on random rows and rows at the edges (every byte 0x00 or
 0xff, Q6_K scales at -128, Q8_0 quants at +-127 and -128; activations at +-127 and -128); the
 4-position prefill form and dispatch's decode and prefill against the row kernels' bits; and
-against the portable kernels (intdot.py) within float rounding.
+against the portable kernels (intdot.py) within float rounding. Packed Q4_0 (4-row groups,
+kernels/repack.py): on any host its layout against the file's bytes; on aarch64 with dotprod
+its kernels against a NumPy oracle reading the packed bytes and against the row kernel, bit for
+bit, and a Q4_0 model's logits packed and unpacked (slow).
 """
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
 from lfm2q.kernels.isa import ARCH
 from lfm2q.kernels.kquants import _scales_mins
+from lfm2q.kernels.repack import Q4_0_P_BYTES, pack_q4_0x4, packed_shape, unpack_q4_0x4_np
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
@@ -40,7 +44,8 @@ def assembly():
     finally:
         sys.path.pop(0)
     kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
-    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels + ("q4_k_packed",) * ("+dotprod" in feats))
+    packed = ("q4_k_packed", "q4_0_packed", "q4_0_packed_rows")
+    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels + packed * ("+dotprod" in feats))
                        for cpu, feats in mca_arm64.CPUS.items()}
 
 
@@ -49,7 +54,13 @@ def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
     for name, text in asm["cortex-a76"].items():
         body = "\n".join(mca.loop_body(text))
         assert "sdot" in body, name
-    assert ".4b[" in "\n".join(mca.loop_body(asm["cortex-a76"]["q4_k_packed"]))  # lane-indexed sdot
+    for name in ("q4_k_packed", "q4_0_packed", "q4_0_packed_rows"):  # lane-indexed sdot
+        assert ".4b[" in "\n".join(mca.loop_body(asm["cortex-a76"][name])), name
+    body = mca.loop_body(asm["cortex-a76"]["q4_0_packed"])
+    # no horizontal sums: 16 lane-indexed sdots for 2 blocks of 4 rows, 16 (q - 8) taken off in the convert
+    assert sum(i.startswith("sdot") and ".4b[" in i for i in body) == 16
+    assert not any(i.startswith(("addv", "addp", "faddp")) for i in body)
+    assert any(i.startswith("scvtf") and i.endswith("#4") for i in body)
     for name, text in asm["cortex-a72"].items():
         body = "\n".join(mca.loop_body(text))
         assert "sdot" not in text, name
@@ -149,7 +160,9 @@ def oracle_bits(w, qtype, xq, xd, bsum):
     """f32[rows]: what neon.py computes, step for step (its module docstring)."""
     q, sc, mn, d, dmin = int_quants(w, qtype)
     rows, nb = d.shape
-    if qtype in (Q8_0, Q4_0):
+    if qtype == Q4_0:  # one exact sum a block, two scalar chains
+        return q4_0_float_steps((q * xq.astype(np.int64).reshape(nb, 32)).sum(axis=-1), d, xd)
+    if qtype == Q8_0:
         p = q * xq.astype(np.int64).reshape(nb, 32)
         lanes = p.reshape(rows, nb, 2, 4, 4).sum(axis=(2, 4))  # lane i: bytes 4i.., 16+4i..
         dk = (d * xd).astype(np.float32)
@@ -172,6 +185,48 @@ def oracle_bits(w, qtype, xq, xd, bsum):
         if dmin is not None:
             accm = fma32(msum[:, k].astype(np.float32), (dmin[:, k] * xd[k]).astype(np.float32), accm)
     return acc - accm if dmin is not None else acc
+
+
+def q4_0_float_steps(s, d, xd):
+    """f32[rows]: neon.py's Q4_0 float steps over the exact block sums s int64[rows, nb] with
+    the rows' d f32[rows, nb] and x's xd f32[nb]: acc[k % 2] = fma(f32(s), d * xd, ...)."""
+    dk = (d * xd).astype(np.float32)
+    acc = [np.zeros(s.shape[0], np.float32) for _ in range(2)]
+    for k in range(s.shape[1]):
+        acc[k % 2] = fma32(s[:, k].astype(np.float32), dk[:, k], acc[k % 2])
+    return acc[0] + acc[1]
+
+
+def oracle_packed_q4_0_bits(p, xq, xd):
+    """f32[rows]: the packed Q4_0 kernel's result from the packed bytes alone (repack.py's
+    layout read independently of pack_q4_0x4): nibbles of the XOR-0x88 bytes as signed 4-bit
+    numbers are q - 8."""
+    groups, nb = p.shape[0], p.shape[1] // Q4_0_P_BYTES
+    b = p.reshape(groups, nb, Q4_0_P_BYTES)
+    qs = b[:, :, :64].reshape(groups, nb, 4, 4, 4).astype(np.int64)  # [group, block, chunk i, row r, byte j]
+    lo, hi = ((v ^ 8) - 8 for v in (qs & 15, qs >> 4))  # signed nibbles: q_lo - 8, q_hi - 8
+    x = xq.astype(np.int64).reshape(nb, 2, 4, 4)  # [block, half, chunk i, byte j]
+    s = (np.einsum("gkirj,kij->grk", lo, x[:, 0]) + np.einsum("gkirj,kij->grk", hi, x[:, 1]))
+    d = fp16(b[:, :, 64:].reshape(groups, nb, 4, 2)).transpose(0, 2, 1)  # [group, row, block]
+    return q4_0_float_steps(s.reshape(groups * 4, nb), d.reshape(groups * 4, nb), xd)
+
+
+def test_packed_q4_0_layout_holds_the_files_bytes():
+    # Any host: repack.py's layout, byte for byte, from the file's blocks (18 bytes: fp16 d,
+    # 16 bytes of nibbles), and back (unpack_q4_0x4_np: the tests' inverse).
+    rows, cols = 12, 32 * 7
+    for wname, w in edge_weights(Q4_0, rows, cols).items():
+        p = np.full(packed_shape(*w.shape, Q4_0), 0x5A, np.uint8)
+        pack_q4_0x4(w, p)
+        assert p.shape == (3, 7 * 72) and p.nbytes == w.nbytes
+        blocks = w.reshape(rows, 7, 18)
+        for gi, k, r in ((0, 0, 0), (2, 6, 3), (1, 3, 2)):
+            o = k * 72
+            row = blocks[4 * gi + r, k]
+            assert bytes(p[gi, o + 64 + 2 * r:o + 66 + 2 * r]) == bytes(row[:2]), wname
+            for i in range(4):
+                assert bytes(p[gi, o + 16 * i + 4 * r:o + 16 * i + 4 * r + 4]) == bytes(row[2 + 4 * i:6 + 4 * i] ^ 0x88)
+        np.testing.assert_array_equal(unpack_q4_0x4_np(p), w, err_msg=wname)
 
 
 if ARCH == "aarch64":
@@ -217,8 +272,21 @@ if ARCH == "aarch64":
                 out[r] = intdot.idot_q5_k(w, r, xq, xd, bsum)
             elif qtype == Q6_K:
                 out[r] = intdot.idot_q6_k(w, r, xq, xd, bsum)
-            else:
+            elif qtype == Q8_0:
                 out[r] = intdot.idot_q8_0(w, r, xq, xd)
+            else:
+                out[r] = intdot.idot_q4_0(w, r, xq, xd)
+
+    @njit(error_model="numpy", fastmath=False)
+    def _neon_packed(p, xq, xd, out):
+        for gi in range(p.shape[0]):
+            neon.q4_0_packed(p, gi, xq, xd, out)
+
+    @njit(error_model="numpy", fastmath=False)
+    def _neon_packed_rows(p, xq, xd, out):  # out[t, r]: TOKENS positions a call
+        for t in range(0, xq.shape[0] - 3, 4):
+            for gi in range(p.shape[0]):
+                neon.q4_0_packed_rows(p, gi, xq, xd, t, out)
 
 
 def run(impl, w, qtype, xq, xd, bsum):
@@ -304,11 +372,12 @@ def quantized(x, qtype):
 
 
 @on_arm
-@pytest.mark.parametrize("qtype", (Q4_K, Q5_K, Q6_K, Q8_0), ids=("Q4_K", "Q5_K", "Q6_K", "Q8_0"))
+@pytest.mark.parametrize("qtype", (Q4_0, Q4_K, Q5_K, Q6_K, Q8_0), ids=("Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"))
 def test_dispatch_decodes_and_prefills_with_the_neon_kernels(qtype):
     # matvec and matmul (integer prefill: TOKENS positions a call, row pairs, Q8_0 quads, a
     # tail of single positions) give the NEON row kernel's bits; the float64 oracle and the
-    # portable kernels agree with them within float rounding.
+    # portable kernels agree with them within float rounding. 29 rows: never packed.
+    assert not dispatch.packable(qtype, 29)
     assert dispatch.simd is arm and dispatch.SIMD_PREFILL and arm.q4_k_row is neon.q4_k_row
     cols, rows = 768, 29
     for wname, w in edge_weights(qtype, rows, cols).items():
@@ -376,3 +445,98 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
         out = np.full((n, rows), np.nan, np.float32)
         dispatch.matmul(p, code, xs, out)
         np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
+
+
+needs_dotprod = pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_DOTPROD,
+                                   reason="without dotprod Q4_0 stays unpacked")
+
+
+def packed_q4_0(w):
+    p = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
+    pack_q4_0x4(w, p)
+    return p
+
+
+@on_arm
+@needs_dotprod
+def test_packed_q4_0_kernel_gives_the_oracles_and_the_row_kernels_bits():
+    # 3 and 5 groups; 8, 7 (an odd last block: chain 0) and 40 blocks; extreme bytes and
+    # activations. Decode and the 4-position form, each against the oracle on the packed bytes
+    # and the row kernel on the file's rows.
+    assert arm.PACKS_Q4_0 and arm.q4_0_packed is neon.q4_0_packed
+    for rows, cols in ((12, 256), (20, 224), (12, 1280)):
+        for wname, w in edge_weights(Q4_0, rows, cols).items():
+            p = packed_q4_0(w)
+            for xname, (xq, xd, bsum) in activations(cols, 32, cols).items():
+                err = f"{rows}x{cols} {wname} x {xname}"
+                got = np.full(rows, np.nan, np.float32)
+                _neon_packed(p, xq, xd, got)
+                np.testing.assert_array_equal(got, oracle_packed_q4_0_bits(p, xq, xd), err_msg=err)
+                np.testing.assert_array_equal(got, run(_neon, w, Q4_0, xq, xd, bsum), err_msg=err)
+            xs = [a for a in activations(cols, 32, cols + 1).values()]
+            xq, xd = np.stack([a[0] for a in xs] * 2), np.stack([a[1] for a in xs] * 2)  # 8 positions
+            out = np.full((8, rows), np.nan, np.float32)
+            _neon_packed_rows(p, xq, xd, out)
+            none = np.zeros(cols // 16, np.int16)  # (Q4_0 has no sums per 16)
+            want = np.stack([run(_neon, w, Q4_0, xq[t], xd[t], none) for t in range(8)])
+            np.testing.assert_array_equal(out, want, err_msg=f"prefill {rows}x{cols} {wname}")
+
+
+@on_arm
+@needs_dotprod
+def test_packed_q4_0_matrices_through_dispatch_give_the_row_kernels_bits():
+    # matvec (serial and parallel) and matmul (TOKENS-position calls and a tail) over a packed
+    # matrix; packable: Q4_0 in whole groups of 4 rows only, never with f32 activations.
+    assert dispatch.packable(Q4_0, 20) and not dispatch.packable(Q4_0, 18)
+    assert not dispatch.packable(Q4_0 | dispatch.EXACT, 20)
+    assert dispatch.packed_code(Q4_0) == Q4_0 | dispatch.PACKED4
+    assert "4-row packed" in dispatch.kernel_name(Q4_0)
+    code = dispatch.packed_code(Q4_0)
+    n = dispatch.TOKENS * 2 + 3
+    for rows, cols in ((20, 224), (1024, 480)):  # 5 groups on one thread; 256 groups, parallel
+        assert (rows * cols // 32 * 18 >= dispatch.PARALLEL_MIN_BYTES) == (rows == 1024)
+        for wname, w in edge_weights(Q4_0, rows, cols).items():
+            p = packed_q4_0(w)
+            xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
+            xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
+            want = np.stack([run(_neon, w, Q4_0, *quantized(x, Q4_0)) for x in xs])
+            got = np.full(rows, np.nan, np.float32)
+            dispatch.matvec(p, code, xs[0], got)
+            np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
+            out = np.full((n, rows), np.nan, np.float32)
+            dispatch.matmul(p, code, xs, out)
+            np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
+
+
+@on_arm
+@needs_dotprod
+@pytest.mark.slow
+def test_a_q4_0_model_gives_the_same_logits_packed_and_unpacked(request, tmp_path, monkeypatch):
+    # lfm2q quantize's Q4_0 file: loaded packed (every Q4_0 matrix of whole 4-row groups) and
+    # with packing off, the prompt's and decode's logits are the same bits.
+    pytest.importorskip("torch", reason="the checkpoint is built with torch (not in the wheels-only arm64 rootfs)")
+    tiny_hf_dir = request.getfixturevalue("tiny_hf_dir")
+    import lfm2q
+    from lfm2q.convert import convert_hf
+    from lfm2q.convert.requantize import quantize_gguf
+    from lfm2q.gguf_model import Weight
+
+    f32 = convert_hf(tiny_hf_dir, tmp_path / "f32.gguf", "f32")
+    path = tmp_path / "q4_0.gguf"
+    quantize_gguf(f32, path, "q4_0")
+    ids = list(range(3, 3 + dispatch.TOKENS * 3 + 1))
+
+    def run_model():
+        m = lfm2q.load(path, n_ctx=64)
+        mats = [w for L in m.weights.layers for w in vars(L).values() if isinstance(w, Weight)]
+        session = m.session()
+        return mats, m.logits(ids), np.stack([session.eval([t]).copy() for t in ids[:3]])
+
+    mats, prompt, decode = run_model()
+    assert any(w.kernel & dispatch.PACKED4 for w in mats)
+    monkeypatch.setattr(dispatch, "SIMD_PACKS_Q4_0", False)
+    mats0, prompt0, decode0 = run_model()
+    assert not any(w.kernel & dispatch.PACKED4 for w in mats0)
+    np.testing.assert_array_equal(prompt, prompt0)
+    np.testing.assert_array_equal(decode, decode0)
+    np.testing.assert_array_equal(decode, prompt[:3])

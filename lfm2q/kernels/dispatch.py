@@ -40,7 +40,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 from .prefetch import prefetch_rows_ahead
-from .repack import GROUP
+from .repack import GROUP, Q4_0_GROUP
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -106,6 +106,7 @@ PARALLEL_MIN_BYTES = 256 * 1024
 
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
+PACKED4 = 1024  # flag in a kernel code: a Q4_0 matrix packed 4 rows at a time (repack.pack_q4_0x4)
 ALL_KINDS = (True, True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
 
 
@@ -120,6 +121,7 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
 # another machine. Its flags are globals, read at compile time.
 SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
+SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
 Q4_1_Q5_INTEGER = simd.Q4_1_Q5_INTEGER  # the same for Q4_1, Q5_0 and Q5_1
@@ -258,6 +260,20 @@ def _imatvec_packed_serial(p, xq, xd, bs32, out):
         simd.q4_k_packed(p, gi, xq, xd, bs32, out)
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatvec_q4_0_packed_parallel(p, xq, xd, out):  # packed Q4_0 groups (PACKED4) . x in Q8_0
+    for gi in prange(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_0_packed(p, gi, xq, xd, out)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_q4_0_packed_serial(p, xq, xd, out):
+    for gi in range(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_0_packed(p, gi, xq, xd, out)
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def matvec(w, code, x, out, kinds=ALL_KINDS):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
     """kinds: which kernels to compile, `kinds_for` the model's kernel codes (default: all).
@@ -279,7 +295,7 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
         xd = np.empty(n // QK_K, np.float32)
         bsum = np.empty(n // 16, np.int16)
         quantize_q8_k(x, xq, xd, bsum)
-        if code & PACKED8:
+        if SIMD_PACKS_Q4_K and code & PACKED8:  # (as PACKED4 below)
             bs32 = _sums32(bsum)
             if serial:
                 _imatvec_packed_serial(w, xq, xd, bs32, out)
@@ -302,7 +318,12 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
         xq = np.empty(n, np.int8)
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
-        if serial:
+        if SIMD_PACKS_Q4_0 and code & PACKED4:  # (a False global: numba drops the branch untyped)
+            if serial:
+                _imatvec_q4_0_packed_serial(w, xq, xd, out)
+            else:
+                _imatvec_q4_0_packed_parallel(w, xq, xd, out)
+        elif serial:
             _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
             _imatvec_b32_parallel(w, qtype, xq, xd, out)
@@ -480,6 +501,20 @@ def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
             t += 1
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatmul_q4_0_packed(p, x, out):  # _imatmul for a packed Q4_0 matrix (PACKED4)
+    n = x.shape[0]
+    xq, xd, _ = _quantize_rows(x, False)
+    for gi in prange(p.shape[0]):  # a task is one group of 4 rows, TOKENS positions a call
+        t = 0
+        while t + TOKENS <= n:
+            simd.q4_0_packed_rows(p, gi, xq, xd, t, out)
+            t += TOKENS
+        while t < n:
+            simd.q4_0_packed(p, gi, xq[t], xd[t], out[t])
+            t += 1
+
+
 @njit(error_model="numpy", nogil=True, cache=True)
 def _dequant_range(w, qtype, r0, out):  # out f32[n, cols] = W[r0 : r0+n]; runs without the GIL
     for i in range(out.shape[0]):
@@ -512,9 +547,16 @@ def integer_prefill(code: int) -> bool:
 
 
 def packable(code: int, rows: int) -> bool:
-    """Whether a matrix of this kernel code is packed at load time (repack.pack_q4_k8): Q4_K
-    where the backend packs, f32 activations not asked for, whole groups of 8 rows."""
-    return SIMD_PACKS_Q4_K and code == Q4_K and rows % GROUP == 0
+    """Whether a matrix of this kernel code is packed at load time (repack.packed): Q4_K or
+    Q4_0 where the backend packs that type, f32 activations not asked for, whole groups of rows
+    (8 for Q4_K, 4 for Q4_0)."""
+    return ((SIMD_PACKS_Q4_K and code == Q4_K and rows % GROUP == 0)
+            or (SIMD_PACKS_Q4_0 and code == Q4_0 and rows % Q4_0_GROUP == 0))
+
+
+def packed_code(code: int) -> int:
+    """The kernel code of a packable matrix's packed copy."""
+    return code | (PACKED4 if code & 255 == Q4_0 else PACKED8)
 
 
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
@@ -528,6 +570,9 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     qtype = code & 255
     if code & PACKED8:
         _imatmul_packed(w, x, out)
+        return
+    if code & PACKED4:
+        _imatmul_q4_0_packed(w, x, out)
         return
     if integer_prefill(code):
         _imatmul(w, qtype, x, out)
@@ -561,6 +606,8 @@ def kernel_name(qtype: int) -> str:
         return f"integer, 8-row packed groups ({name})"
     if qtype in (Q4_K, Q5_K, Q6_K):
         return f"integer rows x Q8_K ({name})"
+    if qtype == Q4_0 and SIMD_PACKS_Q4_0:
+        return f"integer, 4-row packed groups x Q8_0 ({name})"
     if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER) or (qtype == Q5_0 and Q4_1_Q5_INTEGER):
         return f"integer rows x Q8_0 ({name})" + (", row pairs" if qtype == Q8_0 and Q8_0_DECODE_PAIRS else "")
     if qtype in (Q4_1, Q5_1) and Q4_1_Q5_INTEGER:

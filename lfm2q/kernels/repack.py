@@ -1,4 +1,6 @@
-"""Q4_K matrices packed 8 rows at a time at load time, for the packed kernels (isa/x86_avx2.q4_k_packed, isa/portable.q4_k_packed).
+"""Matrices packed a few rows at a time at load time, for the packed kernels: Q4_K in groups of
+8 rows (isa/x86_avx2.q4_k_packed, isa/neon.q4_k_packed, isa/portable.q4_k_packed), and Q4_0
+in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below).
 
 In a GGUF file each Q4_K row is its own run of 144-byte super-blocks, and a row kernel sums
 one row at a time with the 8 lanes of a vector. Packed, one 32-byte vector holds the same 4
@@ -12,7 +14,9 @@ on the 350M shape: 41.7 -> 55.8 tok/s (2 threads); the packed copy replaces the 
 import numpy as np
 from numba import njit, prange
 
+from .formats import Q4_0, Q4_K
 from .kquants import Q4_K_BYTES, _scale_min
+from .q4_0 import Q4_0_BYTES
 
 GROUP = 8  # rows per group (the 8 f32 lanes of an AVX2 register)
 
@@ -57,9 +61,68 @@ def pack_q4_k8(w, out):
                     dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]    # dmin
 
 
-def packed_shape(rows: int, row_bytes: int) -> tuple[int, int]:
-    """Shape of the packed copy of a Q4_K matrix of rows x row_bytes (rows a multiple of 8)."""
+# --- Q4_0, 4 rows a group (NEON dotprod) ------------------------------------------------------
+# A Q4_0 row is a run of 18-byte blocks (fp16 d, 16 bytes of nibbles: element j < 16 in the low
+# nibble of byte j, j + 16 in its high one). A row kernel multiplies one row with 16-byte
+# vectors and must sum their lanes; packed, each 16-byte vector holds 4 bytes of each of 4 rows,
+# so `sdot v.4s, w.16b, x.4b[i]` (x's bytes 4i..4i+3 broadcast to every lane) multiplies all 4
+# rows at once into 4 row lanes: no horizontal sums, one convert and one fma a block for 4 rows.
+#
+# Per block k of a group (Q4_0_P_BYTES = 72, the 4 rows' own 4 * 18 bytes: no overhead):
+#   [0, 64)   chunk i < 4 at 16i: bytes 4i..4i+3 of row r's qs at 16i + 4r, each XOR 0x88
+#   [64, 72)  d of row r (fp16) at 64 + 2r
+# XOR 0x88 flips each nibble's top bit, so that a nibble read as a signed 4-bit number is q - 8:
+# byte << 4 is 16 (q_lo - 8) as an int8, byte & 0xF0 is 16 (q_hi - 8), with no subtraction;
+# the kernel takes the factor 16 off exactly in its fixed-point convert (scvtf #4).
+Q4_0_GROUP, Q4_0_P_BYTES, Q4_0_P_D = 4, 72, 64
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def pack_q4_0x4(w, out):
+    """Q4_0 matrix w uint8[rows, nb*18] (rows a multiple of 4) -> out uint8[rows/4, nb*72]."""
+    nb = w.shape[1] // Q4_0_BYTES
+    for gi in prange(w.shape[0] // Q4_0_GROUP):
+        dst = out[gi]
+        for r in range(Q4_0_GROUP):
+            row = w[gi * Q4_0_GROUP + r]
+            for k in range(nb):
+                o = k * Q4_0_BYTES
+                p = k * Q4_0_P_BYTES
+                for i in range(4):
+                    for j in range(4):
+                        dst[p + 16 * i + 4 * r + j] = row[o + 2 + 4 * i + j] ^ np.uint8(0x88)
+                dst[p + Q4_0_P_D + 2 * r] = row[o]
+                dst[p + Q4_0_P_D + 2 * r + 1] = row[o + 1]
+
+
+def unpack_q4_0x4_np(p: np.ndarray) -> np.ndarray:
+    """NumPy inverse of pack_q4_0x4 (tests): packed uint8[rows/4, nb*72] -> uint8[rows, nb*18]."""
+    groups, nb = p.shape[0], p.shape[1] // Q4_0_P_BYTES
+    b = p.reshape(groups, nb, Q4_0_P_BYTES)
+    qs = (b[:, :, :64].reshape(groups, nb, 4, Q4_0_GROUP, 4) ^ 0x88).transpose(0, 3, 1, 2, 4)
+    d = b[:, :, 64:].reshape(groups, nb, Q4_0_GROUP, 2).transpose(0, 2, 1, 3)
+    out = np.concatenate([d, qs.reshape(groups, Q4_0_GROUP, nb, 16)], axis=-1)
+    return out.reshape(groups * Q4_0_GROUP, nb * Q4_0_BYTES)
+
+
+# --- any packed type ---------------------------------------------------------------------------
+
+def packed_shape(rows: int, row_bytes: int, qtype: int = Q4_K) -> tuple[int, int]:
+    """Shape of the packed copy of a Q4_K (or Q4_0) matrix of rows x row_bytes (rows a
+    multiple of its group)."""
+    if qtype == Q4_0:
+        return rows // Q4_0_GROUP, row_bytes // Q4_0_BYTES * Q4_0_P_BYTES
     return rows // GROUP, row_bytes // Q4_K_BYTES * P_BYTES
+
+
+def packed(w, qtype, out=None):
+    """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array."""
+    if qtype == Q4_0:
+        if out is None:
+            out = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
+        pack_q4_0x4(w, out)
+        return out
+    return packed_q4_k8(w, out)
 
 
 def packed_q4_k8(w, out=None):

@@ -2,10 +2,10 @@
 without) under the names every backend offers (see portable.py), and the row-pair / row-quad
 forms of prefill as loops over them. Selected by isa/__init__.py on aarch64.
 
-With dotprod, Q4_K matrices are packed 8 rows a group at load (kernels/repack.py) for the
-lane-indexed sdot kernels (neon.q4_k_packed: the row kernel's bits). Without it they stay in
-the file's layout: the packed kernels are then portable's loops, compiled (dispatch names
-them) but never called.
+With dotprod, Q4_K matrices are packed 8 rows a group and Q4_0 matrices 4 rows a group at
+load (kernels/repack.py) for the lane-indexed sdot kernels (neon.q4_k_packed, neon.q4_0_packed:
+the row kernels' bits). Without it they stay in the file's layout: the packed kernels are then
+portable's loops, compiled (dispatch names them) but never called.
 """
 from numba import njit
 
@@ -19,13 +19,14 @@ from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_rows, q5_
                        q5_1_row, q5_1_rows, q5_1_rows4)
 
 if HAVE_DOTPROD:
-    from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401
+    from .neon import q4_0_packed, q4_0_packed_rows, q4_k_packed, q4_k_packed_rows  # noqa: F401
 else:
-    from .portable import q4_k_packed, q4_k_packed_rows  # noqa: F401
+    from .portable import q4_0_packed, q4_0_packed_rows, q4_k_packed, q4_k_packed_rows  # noqa: F401
 
 NAME = "aarch64 NEON + dotprod" if HAVE_DOTPROD else "aarch64 NEON"
 INTEGER_PREFILL = True
 PACKS_Q4_K = HAVE_DOTPROD
+PACKS_Q4_0 = HAVE_DOTPROD  # 4-row groups (neon.q4_0_packed); rows % 4 != 0 stay rows
 Q8_0_DECODE_PAIRS = False
 Q4_0_INTEGER = True  # Q4_0 rows through neon.q4_0_row (sdot / widening multiplies)
 Q4_1_Q5_INTEGER = False  # Q4_1, Q5_0, Q5_1: float kernels (the portable rows above are unused)

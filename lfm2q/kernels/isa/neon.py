@@ -26,9 +26,13 @@ The integer sums per sub-block are intdot.py's exactly. The float steps, in this
         accm = fma(f32(msum), dmin_w * xd[k], accm)        (not for Q6_K, whose offset 32
     result acc - accm (Q6_K: acc).                          is subtracted from the quants)
     For Q4_K these are x86_avx2.q4_k_row's steps: the same bits as on x86.
-  - Q8_0 and Q4_0, per block k of 32: s = dot4 lanes (4 int32: bytes 4i..4i+3 and 16+4i..),
+  - Q8_0, per block k of 32: s = dot4 lanes (4 int32: bytes 4i..4i+3 and 16+4i..),
         acc_(k%2) = fma(f32(s), splat(d_w * xd[k]), acc_(k%2))     (two 4-lane chains)
     result: with v = acc_0 + acc_1, (v0 + v1) + (v2 + v3).
+  - Q4_0, per block k of 32 with s its exact int32 sum (one number: what the packed kernel's
+    row lane holds, so packed and unpacked rows give the same bits),
+        acc_(k%2) = fma(f32(s), d_w * xd[k], acc_(k%2))            (two scalar chains)
+    result acc_0 + acc_1. An odd last block goes to chain 0 (Q8_0 too).
 
 Call the kernels only from functions compiled without fastmath (see x86_avx2.py: the
 intrinsic's float instructions land in the caller and would be reordered per call site).
@@ -42,7 +46,7 @@ from ...cpu import target
 from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_P_BYTES, Q4_0_P_D
 from .llvm_ir import (F32, I8, I16, I32, I64, IR, V16I8, _arrays, _data, _n_blocks, _offset, _result, _row_ptr,
                       _token_rows, _tokens, _typed)
 
@@ -97,6 +101,31 @@ class _IR(IR):
                 halves.append(p)
         s = self.addp(*halves)
         return s if acc is None else b.add(acc, s)
+
+    def lane_sums(self, pairs, narrow=False):
+        """<4 x i32> whose lanes add up to the exact sum of every product of pairs: dot4
+        without the lane regrouping (which only the lanes' identity needs)."""
+        if HAVE_DOTPROD:
+            return self.dot4(None, pairs)
+        b = self.b
+        halves = []
+        for idx in (_LO, _HI):
+            prods = [self.smull(self.lanes(u, idx), self.lanes(v, idx)) for u, v in pairs]
+            p = prods[0]
+            if narrow:
+                for q in prods[1:]:
+                    p = b.add(p, q)  # smlal
+                halves.append(self.saddlp(p))
+            else:
+                p = self.saddlp(p)
+                for q in prods[1:]:
+                    p = b.add(p, self.saddlp(q))  # sadalp
+                halves.append(p)
+        return b.add(*halves)
+
+    def cvt_fixed(self, v, bits):  # <4 x i32> -> <4 x f32> v / 2^bits (scvtf #bits: one rounding)
+        fn = self.fn("llvm.aarch64.neon.vcvtfxs2fp.v4f32.v4i32", V4F32, [V4I32, I32])
+        return self.b.call(fn, [v, ir.Constant(I32, bits)])
 
     def opaque_ptr(self, p):  # p through an empty inline asm with side effects: a new pointer
         return self.b.asm(ir.FunctionType(p.type, [p.type]), "", "=r,0", [p], True)
@@ -369,7 +398,53 @@ def _q8_0(context, builder, sig, args):
 
 
 def _q4_0(context, builder, sig, args):
-    return _blocks32(context, builder, sig, args, Q4_0_BYTES, _q4_0_quants, True)
+    """Q4_0 rows, Q4_0's float steps of the module docstring. The blocks go in pairs (2j chain
+    0, 2j + 1 chain 1): two addp put the pair's exact sums in the lanes of one <2 x i32>, and
+    the two scalar chains run as the lanes of one <2 x f32> (fma lane for lane: the same bits
+    as two scalar chains, with one convert, multiply and fma for both)."""
+    ir_ = _IR(builder)
+    b = builder
+    w = _data(context, b, sig.args[0], args[0])
+    toks = _tokens(context, b, sig, args, 2)
+    nb = _n_blocks(context, b, sig.args[0], args[0], Q4_0_BYTES)
+    V2I16, V2F16, V2I32, V2F32 = (ir.VectorType(t, 2) for t in (I16, ir.HalfType(), I32, F32))
+
+    def sums(k):  # per token: <4 x i32> lanes summing to block k's products (|q x| <= 8 * 128)
+        o = b.mul(k, _c(Q4_0_BYTES))
+        q0, q1 = _q4_0_quants(ir_, w, o)
+        xo = b.mul(k, _c(32))
+        return [ir_.lane_sums([(q0, ir_.load(xp, xo, V16I8)), (q1, ir_.load(xp, b.add(xo, _c(16)), V16I8))],
+                              narrow=True) for xp, _ in toks]
+
+    def pair(j, *accs):
+        k = b.mul(j, _c(2))
+        k1 = b.add(k, _c(1))
+        s0, s1 = sums(k), sums(k1)
+        d2 = ir.Constant(V2I16, ir.Undefined)
+        for h, kk in enumerate((k, k1)):
+            d2 = b.insert_element(d2, ir_.load(w, b.mul(kk, _c(Q4_0_BYTES)), I16), ir.Constant(I32, h))
+        d2 = b.fpext(b.bitcast(d2, V2F16), V2F32)
+        out = []
+        for acc, a0, a1, (_, dp) in zip(accs, s0, s1, toks):
+            t = ir_.addp(a0, a1)  # |sum| <= 32 * 8 * 128: exact in f32
+            t = ir_.lanes(ir_.addp(t, t), [0, 1])
+            xd2 = b.load(b.bitcast(b.gep(dp, [k]), V2F32.as_pointer()), align=4)
+            out.append(ir_.fma(b.sitofp(t, V2F32), b.fmul(d2, xd2), acc))
+        return out
+
+    half = b.udiv(nb, _c(2))
+    accs = ir_.loop(half, pair, *[ir.Constant(V2F32, [0.0] * 2)] * len(toks))
+    zero = ir.Constant(I32, 0)
+
+    def last(j, *chain0):  # an odd last block: chain 0
+        k = b.add(b.mul(half, _c(2)), j)
+        d_w = ir_.f16(w, b.mul(k, _c(Q4_0_BYTES)))
+        return [ir_.fma(b.sitofp(ir_.addv(v), F32), b.fmul(d_w, b.load(b.gep(dp, [k]))), acc)
+                for acc, v, (_, dp) in zip(chain0, sums(k), toks)]
+
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))), last, *[b.extract_element(a, zero) for a in accs])
+    return _result(context, b, sig, [b.fadd(t0, b.extract_element(a, ir.Constant(I32, 1)))
+                                     for t0, a in zip(tail, accs)])
 
 
 # --- the kernels numba code calls -------------------------------------------------------------
@@ -520,3 +595,77 @@ def q4_k_packed_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
             and isinstance(t, types.Integer)):
         return None
     return types.none(packed, gi, xq, xd, bs32, t, out), _q4_k_packed
+
+
+# --- Q4_0 rows packed 4 at a time at load time (repack.pack_q4_0x4), with dotprod -------------
+# Each 16 bytes of a packed block hold 4 bytes of each of 4 rows (repack.py's layout): one
+# `sdot v.4s, w.16b, x.4b[i]` multiplies the 4 rows by x's bytes 4i..4i+3 into 4 row lanes, 8
+# of them the whole block. The nibbles come out of the XOR-0x88 bytes as 16 (q - 8) with one
+# shl or and; the sum, 16 s, is exact (|16 s| <= 2^19 < 2^24) and `scvtf #4` gives f32(s)
+# exactly. Then per row lane the float steps of q4_0_row, block for block: acc_(k%2) =
+# fma(f32(s), d_w * xd[k], acc_(k%2)), result acc_0 + acc_1 (the same bits).
+
+def _q4_0_packed(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(Q4_0_P_BYTES))
+    r0 = b.mul(args[1], _c(4))
+    if sig.args[2].ndim == 1:  # one token
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:4], args[2:4])]
+                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
+    else:
+        toks = _token_rows(context, b, sig, args, slice(2, 4), args[4], r0)
+    s4, top = ir_.vconst(4), ir_.vconst(-16)  # 0xF0
+    zero = ir.Constant(V4I32, [0] * 4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
+
+    def block(k, accs):
+        pk = b.mul(k, _c(Q4_0_P_BYTES))
+        v = [ir_.load(prow, b.add(pk, _c(16 * i)), V16I8) for i in range(4)]
+        q = [[b.shl(u, s4) for u in v], [b.and_(u, top) for u in v]]  # 16 (q - 8): elements 0-15, 16-31
+        d_rows = b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(Q4_0_P_D)), ir.VectorType(I16, 4)), V4F16), V4F32)
+        out = []
+        for acc, (xp, dp, _) in zip(accs, toks):
+            xo = b.mul(k, _c(32))
+            x = [b.bitcast(ir_.load(xp, b.add(xo, _c(16 * h)), V16I8), V4I32) for h in range(2)]
+            s = zero
+            for h in range(2):
+                for i in range(4):
+                    s = ir_.sdot(s, q[h][i], b.bitcast(ir_.lanes(x[h], [i] * 4), V16I8))
+            dd = b.fmul(d_rows, ir_.splat(b.load(b.gep(dp, [k])), V4F32))
+            out.append(ir_.fma(ir_.cvt_fixed(s, 4), dd, acc))
+        return out
+
+    n = len(toks)
+    half = b.udiv(nb, _c(2))
+
+    def pair(j, *accs):  # blocks 2j (chain 0) and 2j + 1 (chain 1)
+        k = b.mul(j, _c(2))
+        return block(k, accs[:n]) + block(b.add(k, _c(1)), accs[n:])
+
+    accs = ir_.loop(half, pair, *[ir.Constant(V4F32, [0.0] * 4)] * (2 * n))
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))),  # an odd last block: chain 0
+                    lambda j, *acc: block(b.add(b.mul(half, _c(2)), j), acc), *accs[:n])
+    for a0, a1, (_, _, op) in zip(tail, accs[n:], toks):
+        b.store(b.fadd(a0, a1), b.bitcast(op, V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_0_packed(typingctx, packed, gi, xq, xd, out):
+    """out[4gi : 4gi + 4] = rows 4gi.. . x, from packed uint8[rows/4, nb*72] (repack.py's
+    Q4_0 layout); x in Q8_0 (xq int8[cols], xd f32[cols/32]); out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xq, xd, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, out), _q4_0_packed
+
+
+@intrinsic
+def q4_0_packed_rows(typingctx, packed, gi, xq, xd, t, out):
+    """out[t + i, 4gi : 4gi + 4] for i < TOKENS: q4_0_packed for rows t.. of 2-D xq, xd, out
+    f32[n, rows]."""
+    if not (_arrays(2, packed, xq, xd, out) and isinstance(gi, types.Integer) and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xq, xd, t, out), _q4_0_packed

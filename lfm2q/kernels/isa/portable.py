@@ -14,12 +14,13 @@ from numba import njit
 
 from ..intdot import idot_q4_0, idot_q4_1, idot_q4_k, idot_q5_0, idot_q5_1, idot_q5_k, idot_q6_k, idot_q8_0
 from ..kquants import QK_K, _f16
-from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_GROUP, Q4_0_P_BYTES, Q4_0_P_D
 from .llvm_ir import TOKENS
 
 NAME = "portable loops"
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
-PACKS_Q4_K = False  # the packed layout only pays with SIMD row groups
+PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
+PACKS_Q4_0 = False
 Q8_0_DECODE_PAIRS = False
 Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
 Q4_1_Q5_INTEGER = False  # so do Q4_1, Q5_0 and Q5_1
@@ -216,3 +217,29 @@ def q4_k_packed_rows(p, gi, xq, xd, bs32, t, out):  # out[t + i, 8gi : 8gi + 8],
 def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
     for h in range(2):
         q4_k_packed_rows(p, gi + h, xq, xd, bs32, t, out)
+
+
+@njit(**_J)
+def q4_0_packed(p, gi, xq, xd, out):
+    """out[4gi + r] for r < 4: the rows of packed Q4_0 group gi (repack.py's layout) . x in
+    Q8_0 (xq int8[cols], xd f32[cols/32]): each block's exact sum, then idot_q4_0's steps."""
+    g = p[gi]
+    nb = g.shape[0] // Q4_0_P_BYTES
+    for r in range(Q4_0_GROUP):
+        acc = np.float32(0.0)
+        for k in range(nb):
+            base = k * Q4_0_P_BYTES
+            s = 0
+            for i in range(4):
+                for j in range(4):
+                    v = np.int32(g[base + 16 * i + 4 * r + j] ^ np.uint8(0x88))  # the file's byte 4i + j
+                    s += ((v & 15) - 8) * np.int32(xq[32 * k + 4 * i + j])
+                    s += ((v >> 4) - 8) * np.int32(xq[32 * k + 16 + 4 * i + j])
+            acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xd[k]) * np.float32(s)
+        out[Q4_0_GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def q4_0_packed_rows(p, gi, xq, xd, t, out):  # out[t + i, 4gi : 4gi + 4], i < TOKENS
+    for i in range(TOKENS):
+        q4_0_packed(p, gi, xq[t + i], xd[t + i], out[t + i])
