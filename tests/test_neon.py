@@ -432,19 +432,25 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
     # kernel: 3 groups (a pair and an odd one), TOKENS-position calls and a tail.
     from lfm2q.kernels.repack import packed_q4_k8
     assert dispatch.SIMD_PACKS_Q4_K and arm.q4_k_packed is neon.q4_k_packed
-    rows, cols, n = 24, 512, dispatch.TOKENS * 2 + 3
-    code = Q4_K | dispatch.PACKED8
-    for wname, w in edge_weights(Q4_K, rows, cols).items():
-        p = packed_q4_k8(w)
-        xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
-        xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
-        want = np.stack([run(_neon, w, Q4_K, *quantized(x, Q4_K)) for x in xs])
-        got = np.full(rows, np.nan, np.float32)
-        dispatch.matvec(p, code, xs[0], got)
-        np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
-        out = np.full((n, rows), np.nan, np.float32)
-        dispatch.matmul(p, code, xs, out)
-        np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
+    for wname, w in edge_weights(Q4_K, 24, 512).items():
+        _check_packed(packed_q4_k8(w), Q4_K | dispatch.PACKED8, w, Q4_K, wname)
+
+
+def _check_packed(p, code, w, qtype, wname):
+    """The packed copy p of w, through matvec and matmul (TOKENS-position calls and a tail),
+    gives the row kernel's bits."""
+    per, nbytes = block_size(qtype)
+    rows, cols = w.shape[0], w.shape[1] // nbytes * per
+    n = dispatch.TOKENS * 2 + 3
+    xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
+    xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
+    want = np.stack([run(_neon, w, qtype, *quantized(x, qtype)) for x in xs])
+    got = np.full(rows, np.nan, np.float32)
+    dispatch.matvec(p, code, xs[0], got)
+    np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
+    out = np.full((n, rows), np.nan, np.float32)
+    dispatch.matmul(p, code, xs, out)
+    np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
 
 
 needs_dotprod = pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_DOTPROD,
@@ -492,20 +498,10 @@ def test_packed_q4_0_matrices_through_dispatch_give_the_row_kernels_bits():
     assert dispatch.packed_code(Q4_0) == Q4_0 | dispatch.PACKED4
     assert "4-row packed" in dispatch.kernel_name(Q4_0)
     code = dispatch.packed_code(Q4_0)
-    n = dispatch.TOKENS * 2 + 3
     for rows, cols in ((20, 224), (1024, 480)):  # 5 groups on one thread; 256 groups, parallel
         assert (rows * cols // 32 * 18 >= dispatch.PARALLEL_MIN_BYTES) == (rows == 1024)
         for wname, w in edge_weights(Q4_0, rows, cols).items():
-            p = packed_q4_0(w)
-            xs = np.random.default_rng(8).standard_normal((n, cols)).astype(np.float32)
-            xs[-1] = np.where(np.arange(cols) % 3, 1.0, -1.0)
-            want = np.stack([run(_neon, w, Q4_0, *quantized(x, Q4_0)) for x in xs])
-            got = np.full(rows, np.nan, np.float32)
-            dispatch.matvec(p, code, xs[0], got)
-            np.testing.assert_array_equal(got, want[0], err_msg=f"decode {wname}")
-            out = np.full((n, rows), np.nan, np.float32)
-            dispatch.matmul(p, code, xs, out)
-            np.testing.assert_array_equal(out, want, err_msg=f"prefill {wname}")
+            _check_packed(packed_q4_0(w), code, w, Q4_0, wname)
 
 
 @on_arm

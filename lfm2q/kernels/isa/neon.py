@@ -499,6 +499,23 @@ def q4_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q4_0, row, xq, xd, t=t)
 
 
+def _packed_operands(context, b, sig, args, block_bytes, group_rows, n_x):
+    """A packed kernel's operands (p, gi, n_x activation arrays, [t,] out): group gi's bytes,
+    its blocks (block_bytes each), and per token the activation pointers and the output's
+    pointer at the group's first row (one token, or TOKENS from position t)."""
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(block_bytes))
+    r0 = b.mul(args[1], _c(group_rows))
+    xs = slice(2, 2 + n_x)
+    if sig.args[2].ndim == 1:  # one token
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[xs], args[xs])]
+                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
+    else:
+        toks = _token_rows(context, b, sig, args, xs, args[2 + n_x], r0)
+    return prow, nb, toks
+
+
 # --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8), with dotprod -------------
 # Per super-block of a group of 8 rows, each 32 bytes of the packed quants hold 4 bytes (8
 # weights) of every row: rows 0-3 in the first 16, rows 4-7 in the next. One lane-indexed
@@ -509,15 +526,7 @@ def q4_0_rows(typingctx, row, xq, xd, t):
 def _q4_k_packed(context, builder, sig, args):
     ir_ = _IR(builder)
     b = builder
-    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
-    a = context.make_array(sig.args[0])(context, b, args[0])
-    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(P_BYTES))
-    r0 = b.mul(args[1], _c(8))
-    if sig.args[2].ndim == 1:  # one token
-        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:5], args[2:5])]
-                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
-    else:
-        toks = _token_rows(context, b, sig, args, slice(2, 5), args[5], r0)
+    prow, nb, toks = _packed_operands(context, b, sig, args, P_BYTES, 8, 3)
     m4, s4 = ir_.vconst(15), ir_.vconst(4)
     V4F16 = ir.VectorType(ir.HalfType(), 4)
     zero = ir.Constant(V4I32, [0] * 4)
@@ -608,15 +617,7 @@ def q4_k_packed_rows(typingctx, packed, gi, xq, xd, bs32, t, out):
 def _q4_0_packed(context, builder, sig, args):
     ir_ = _IR(builder)
     b = builder
-    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
-    a = context.make_array(sig.args[0])(context, b, args[0])
-    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(Q4_0_P_BYTES))
-    r0 = b.mul(args[1], _c(4))
-    if sig.args[2].ndim == 1:  # one token
-        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[2:4], args[2:4])]
-                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
-    else:
-        toks = _token_rows(context, b, sig, args, slice(2, 4), args[4], r0)
+    prow, nb, toks = _packed_operands(context, b, sig, args, Q4_0_P_BYTES, 4, 2)
     s4, top = ir_.vconst(4), ir_.vconst(-16)  # 0xF0
     zero = ir.Constant(V4I32, [0] * 4)
     V4F16 = ir.VectorType(ir.HalfType(), 4)
