@@ -295,10 +295,53 @@ def download(spec: str, revision: Optional[str] = None) -> HubFile:
                        "merge the parts with `llama-gguf-split --merge`")
     try:
         with _progress_on_terminal():
+            if not _offline():
+                try:
+                    _fetch_blob_resumably(ref.repo, filename, revision)
+                except net_errors:
+                    pass  # hf_hub_download then takes the cached file, or says why it cannot
             path = hf_hub_download(ref.repo, filename, revision=revision)
     except (hf.HfHubHTTPError, hf.EntryNotFoundError, hf.OfflineModeIsEnabled, OSError, ValueError) as e:
         raise _translate(e, ref, revision, filename) from None
     return HubFile(ref.repo, filename, files.get(filename), Path(path), picked)
+
+
+PART_SUFFIX = ".lfm2q-part"  # a GGUF's bytes so far, beside the blob it will become
+
+
+def _fetch_blob_resumably(repo: str, filename: str, revision: Optional[str]) -> None:
+    """Download a GGUF's blob into huggingface_hub's cache so that a stopped download (Ctrl-C, a
+    killed process) continues where it stopped next time: huggingface_hub 2.x writes each
+    download to a file of its own and deletes it on any failure, so a 1 GB file stopped at 90%
+    would start over. The bytes go to `blobs/<etag>.lfm2q-part`, continued with an HTTP Range
+    request, then renamed to `blobs/<etag>`; hf_hub_download then finds the blob and only links
+    it into the snapshot (its cache layout, shared with every other tool)."""
+    from filelock import FileLock
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import build_hf_headers
+
+    meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
+    if not meta.etag or meta.size is None or not meta.location:
+        return  # nothing to resume against: hf_hub_download does it all
+    blob = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / meta.etag
+    if blob.exists():
+        return
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    part = blob.with_name(blob.name + PART_SUFFIX)
+    locks = Path(constants.HF_HUB_CACHE) / ".locks" / blob.parent.parent.name  # beside huggingface_hub's own
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / (blob.name + PART_SUFFIX + ".lock"))):
+        if blob.exists():  # another process finished it meanwhile
+            return
+        have = part.stat().st_size if part.exists() else 0
+        if have > meta.size:  # not this file's bytes: start over
+            part.unlink()
+            have = 0
+        with open(part, "ab") as f:
+            http_get(meta.location, f, resume_size=have, headers=build_hf_headers(),
+                     expected_size=meta.size, displayed_filename=filename)
+        os.replace(part, blob)
 
 
 def download_checkpoint(spec: str, revision: Optional[str] = None) -> Path:

@@ -13,7 +13,8 @@ It serves the endpoints that `hf_hub_download`, `model_info` / `repo_info`, `lis
     errors: 404 with X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound
 
 `cut_first_transfer=True` makes the first CDN transfer send its headers (the full length) and
-half the body, then drop the connection, as a broken network does. Every request is recorded in
+half the body, then drop the connection, as a broken network does. `stall_after=N` makes the
+first CDN transfer send N bytes, then wait for the client to go (a user's Ctrl-C). Every request is recorded in
 `requests` as (method, path, Range header or None).
 """
 from __future__ import annotations
@@ -45,9 +46,11 @@ class Repo:
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, Repo] | None = None, cut_first_transfer: bool = False):
+    def __init__(self, repos: dict[str, Repo] | None = None, cut_first_transfer: bool = False,
+                 stall_after: int | None = None):
         self.repos: dict[str, Repo] = dict(repos or {})
         self.cut_first_transfer = cut_first_transfer
+        self.stall_after = stall_after
         self.requests: list[tuple[str, str, str | None]] = []
         self.blobs: dict[str, bytes] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -236,6 +239,22 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         if head:
             return self._send(status, b"", headers, head=True)
+        if self.fake.stall_after is not None and start == 0:
+            n, self.fake.stall_after = self.fake.stall_after, None
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[:n])
+            self.wfile.flush()
+            self.connection.settimeout(60)
+            try:
+                while self.connection.recv(1 << 16):  # until the client closes the connection
+                    pass
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         if self.fake.cut_first_transfer and start == 0:
             self.fake.cut_first_transfer = False
             self.send_response(status)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import lfm2q
+import sigint
 from fake_hub import FakeHub
 from lfm2q import hub
 
@@ -154,6 +157,36 @@ def test_resume_after_a_cut_connection(tmp_path):
         cdn = [(m, rng) for m, p, rng in fake.requests if p.startswith("/cdn/")]
     assert Path(r.stdout.strip()).read_bytes() == payload
     assert cdn == [("GET", None), ("GET", f"bytes={10 * 1024 * 1024}-")]  # continued where it stopped
+
+
+def test_a_download_stopped_by_ctrl_c_continues_where_it_stopped(tmp_path):
+    # huggingface_hub 2.x deletes its partial file on any failure; lfm2q keeps the bytes so far
+    # beside the blob (hub.PART_SUFFIX) and asks for the rest with a Range request
+    payload = hashlib.sha256(b"stop").digest() * (24 * 1024 * 1024 // 32)
+    chunk = 10 * 1024 * 1024  # huggingface_hub writes 10 MiB at a time
+    with FakeHub(stall_after=chunk + 4096) as fake:
+        fake.add("LiquidAI/Big-GGUF", {"big-Q8_0.gguf": payload})
+        env = _env(fake, tmp_path)
+        code = "from lfm2q import hub; print(hub.download('LiquidAI/Big-GGUF').path)"
+        child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=sigint.default_sigint)
+        blobs = tmp_path / "hub" / "models--LiquidAI--Big-GGUF" / "blobs"
+        deadline = time.time() + 60
+        while not any(p.name.endswith(hub.PART_SUFFIX) and p.stat().st_size >= chunk for p in blobs.glob("*")):
+            assert time.time() < deadline and child.poll() is None, child.stderr.read() if child.poll() else ""
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=30)
+        assert child.returncode != 0
+        (part,) = [p for p in blobs.glob("*") if p.name.endswith(hub.PART_SUFFIX)]
+        have = part.stat().st_size
+        assert have >= chunk and part.read_bytes() == payload[:have]  # kept, and sound
+        r = py(code, env)
+        assert r.returncode == 0, r.stderr
+        cdn = [rng for m, p, rng in fake.requests if p.startswith("/cdn/") and m == "GET"]
+    assert Path(r.stdout.strip()).read_bytes() == payload
+    assert cdn == [None, f"bytes={have}-"]  # the second process asked only for the rest
+    assert not any(p.name.endswith(hub.PART_SUFFIX) for p in blobs.glob("*"))
 
 
 def test_convert_fetches_only_what_it_reads(tiny_hf_dir, tmp_path):
