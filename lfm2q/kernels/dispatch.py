@@ -346,16 +346,13 @@ def _float_matvec(w, qtype, act, x, out, serial):  # matvec's float kernels (eve
         _matvec_parallel(w, qtype, xr, out)
 
 
-def _b32_integer(qtype: int) -> bool:  # b32_integer, in Python
-    return (qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER)
-            or (qtype in (Q5_0, Q4_1, Q5_1) and Q4_1_Q5_INTEGER))
-
-
 def integer_decode(code: int) -> bool:
-    """Whether matvec multiplies this kernel code through integer kernels, never float rows.
-    (Plain Python, as the rest down to `kinds_for`.)"""
+    """Whether matvec multiplies this kernel code through integer kernels, never float rows
+    (b32_integer for the 32-block types). (Plain Python, as the rest down to `kinds_for`.)"""
     qtype = code & 255
-    return not code & EXACT and (qtype in (Q4_K, Q5_K, Q6_K) or _b32_integer(qtype))
+    return (not code & EXACT
+            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)
+                 or (qtype in (Q4_1, Q5_0, Q5_1) and Q4_1_Q5_INTEGER)))
 
 
 def kinds_for(codes) -> tuple:
@@ -364,7 +361,7 @@ def kinds_for(codes) -> tuple:
     True where a code needs it and None where none does (then numba never compiles it). The
     float rows go together: one switch over the types inside a parallel loop (flags per type
     through numba's parallel lowering failed)."""
-    codes = [c for c in codes]
+    codes = list(codes)
     ints = [c & 255 for c in codes if integer_decode(c)]
     k_rows = any(t in (Q4_K, Q5_K, Q6_K) for t in ints)
     b32_rows = any(t in (Q8_0, Q4_0, Q5_0) for t in ints)
@@ -540,10 +537,7 @@ _pool: ThreadPoolExecutor | None = None
 def integer_prefill(code: int) -> bool:
     """Whether matmul multiplies this kernel code through the integer kernels (_imatmul).
     (Plain Python: called at load time, before any numba function has been loaded.)"""
-    qtype = code & 255
-    return (SIMD_PREFILL and not code & EXACT
-            and (qtype in (Q4_K, Q5_K, Q6_K, Q8_0) or (qtype == Q4_0 and Q4_0_INTEGER)
-                 or (qtype in (Q4_1, Q5_0, Q5_1) and Q4_1_Q5_INTEGER)))
+    return SIMD_PREFILL and integer_decode(code)  # prefill runs decode's integer kernels
 
 
 def packable(code: int, rows: int) -> bool:
