@@ -317,12 +317,10 @@ def _fetch_blob_resumably(repo: str, filename: str, revision: Optional[str]) -> 
     request, then renamed to `blobs/<etag>`; hf_hub_download then finds the blob and only links
     it into the snapshot (its cache layout, shared with every other tool)."""
     from filelock import FileLock
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get, repo_folder_name
     from huggingface_hub.utils import build_hf_headers
 
-    if isinstance(try_to_load_from_cache(repo, filename, revision=revision), str):
-        return  # cached: no request of ours on top of hf_hub_download's own check
     meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
     if not meta.etag or meta.size is None or not meta.location:
         return  # nothing to resume against: hf_hub_download does it all
