@@ -80,6 +80,8 @@ def _pretend(arch: str, cpu: str, features: str) -> None:
 # aarch64 instructions that need a feature beyond baseline NEON (mnemonic -> feature)
 NEEDS_FEATURE = {"sdot": "dotprod", "udot": "dotprod", "smmla": "i8mm", "ummla": "i8mm",
                  "usmmla": "i8mm", "usdot": "i8mm"}
+# baseline instructions counted per function: the vector fp16 widening (F16 weights, fp16 KV)
+COUNTED = ("fcvtl", "fcvtl2")
 
 
 def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: str = "aarch64") -> int:
@@ -93,7 +95,7 @@ def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: 
     sigs = pickle.loads(sigs_path.read_bytes())
     enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
     report = {"target": describe(), "functions": 0, "signatures": 0, "x86_intrinsics": [],
-              "aarch64_intrinsics": {}, "instructions": {}, "forbidden": [], "errors": []}
+              "aarch64_intrinsics": {}, "instructions": {}, "counted": {}, "forbidden": [], "errors": []}
     if asm_dir:
         asm_dir.mkdir(parents=True, exist_ok=True)
     for (mod_name, name), sig_list in sorted(sigs.items()):
@@ -119,6 +121,9 @@ def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: 
             asm = disp.inspect_asm(sig)
             for mnemonic in re.findall(r"^\s+([a-z][a-z0-9.]*)\s", asm, re.M):
                 base = mnemonic.split(".")[0]
+                if base in COUNTED:
+                    per = report["counted"].setdefault(f"{mod_name}.{name}", {})
+                    per[base] = per.get(base, 0) + 1
                 if base in NEEDS_FEATURE:
                     report["instructions"][base] = report["instructions"].get(base, 0) + 1
                     if NEEDS_FEATURE[base] not in enabled:

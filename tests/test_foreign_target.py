@@ -98,6 +98,17 @@ def test_the_pi_4_build_has_no_dotprod_and_the_pi_5_build_uses_it_where_neon_ker
         assert a76["instructions"].get("sdot", 0) > 0
 
 
+@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+def test_f16_weights_and_the_fp16_cache_widen_with_neon_vector_converts(reports, cpu):
+    # fcvtl: 4 fp16 lanes to 4 f32 in one instruction (baseline NEON, so the Pi 4 too), not a
+    # table lookup or a scalar convert per element
+    counted = reports[cpu]["counted"]
+    for fn in ("lfm2q.kernels.floats.dot_f16", "lfm2q.kernels.floats.dequant_f16"):
+        assert sum(counted.get(fn, {}).values()) > 0, (fn, counted)
+    assert any(name.startswith("lfm2q.blocks.") or name.startswith("lfm2q.kernels.kvrows.")
+               for name in counted), counted  # attention over the fp16 cache
+
+
 def test_an_x86_intrinsic_requested_for_aarch64_is_a_python_error_not_an_abort(tmp_path):
     # The second line of defence (isa/llvm_ir.IR.fn): compile the AVX2 row kernel directly
     # for aarch64. LLVM would abort the process; lfm2q refuses it at lowering time instead.

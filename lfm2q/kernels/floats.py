@@ -1,24 +1,27 @@
 """F32, F16 and BF16 rows: row dot products and row dequantization, plus NumPy oracles.
 
 A row is `w[r]` of a `uint8[rows, row_bytes]` view; `x` is float32[cols].
+
+F16 elements are widened by the CPU's own conversion (half.as_f32: LLVM's fpext, vectorized to
+F16C's vcvtph2ps on x86 and NEON's fcvtl on aarch64), not a 65,536-entry table: a table makes
+every element a scalar load from 256 KB, which kept the loop from vectorizing (exact either
+way: every fp16 value is an f32 value).
 """
 import numpy as np
 from numba import njit
 
-from .formats import F16_TO_F32
+from .half import as_f32, bf16_as_f32
 
+
+# One sum per row, left to LLVM: with fastmath it vectorizes and splits the reduction over as
+# many accumulators as the vector width wants (an explicit 16-lane array accumulator kept it from
+# vectorizing: 3.5x slower for F32 rows, 4x for F16, measured on 2048x2048 on an AMD EPYC).
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def dot_f32(w, r, x):  # w uint8[rows, 4*cols], x f32[cols] -> f32
     wf = w[r].view(np.float32)
-    acc = np.zeros(16, np.float32)
-    n = x.shape[0]
-    n16 = n - n % 16
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += wf[i + j] * x[i + j]
-    s = acc.sum()
-    for i in range(n16, n):
+    s = np.float32(0.0)
+    for i in range(x.shape[0]):
         s += wf[i] * x[i]
     return s
 
@@ -26,35 +29,18 @@ def dot_f32(w, r, x):  # w uint8[rows, 4*cols], x f32[cols] -> f32
 @njit(error_model="numpy", fastmath=True, cache=True)
 def dot_f16(w, r, x):  # w uint8[rows, 2*cols]
     wh = w[r].view(np.uint16)
-    acc = np.zeros(16, np.float32)
-    n = x.shape[0]
-    n16 = n - n % 16
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += F16_TO_F32[wh[i + j]] * x[i + j]
-    s = acc.sum()
-    for i in range(n16, n):
-        s += F16_TO_F32[wh[i]] * x[i]
+    s = np.float32(0.0)
+    for i in range(x.shape[0]):
+        s += as_f32(wh[i]) * x[i]
     return s
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
 def dot_bf16(w, r, x):  # w uint8[rows, 2*cols]; bf16 is the top half of an fp32
     wh = w[r].view(np.uint16)
-    bits = np.empty(16, np.uint32)
-    f = bits.view(np.float32)
-    acc = np.zeros(16, np.float32)
-    n = x.shape[0]
-    n16 = n - n % 16
-    for i in range(0, n16, 16):
-        for j in range(16):
-            bits[j] = np.uint32(wh[i + j]) << 16
-        for j in range(16):
-            acc[j] += f[j] * x[i + j]
-    s = acc.sum()
-    for i in range(n16, n):
-        bits[0] = np.uint32(wh[i]) << 16
-        s += f[0] * x[i]
+    s = np.float32(0.0)
+    for i in range(x.shape[0]):
+        s += bf16_as_f32(wh[i]) * x[i]
     return s
 
 
@@ -67,15 +53,14 @@ def dequant_f32(w, r, out):  # out f32[cols]
 def dequant_f16(w, r, out):
     wh = w[r].view(np.uint16)
     for i in range(out.shape[0]):
-        out[i] = F16_TO_F32[wh[i]]
+        out[i] = as_f32(wh[i])
 
 
 @njit(error_model="numpy", cache=True)
 def dequant_bf16(w, r, out):
     wh = w[r].view(np.uint16)
-    bits = out.view(np.uint32)
     for i in range(out.shape[0]):
-        bits[i] = np.uint32(wh[i]) << 16
+        out[i] = bf16_as_f32(wh[i])
 
 
 # --- NumPy oracles -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-_HALF, _I16, _F32 = ir.HalfType(), ir.IntType(16), ir.FloatType()
+_HALF, _I16, _I32, _F32 = ir.HalfType(), ir.IntType(16), ir.IntType(32), ir.FloatType()
 
 
 @intrinsic
@@ -21,6 +21,17 @@ def as_f32(typingctx, v):  # uint16 fp16 bits or f32 -> f32
             return builder.fpext(builder.bitcast(args[0], _HALF), _F32)
         return types.float32(v), codegen
     return None
+
+
+@intrinsic
+def bf16_as_f32(typingctx, v):  # uint16 bf16 bits -> f32 (the top half of an fp32: exact)
+    if v != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        wide = builder.shl(builder.zext(args[0], _I32), ir.Constant(_I32, 16))
+        return builder.bitcast(wide, _F32)
+    return types.float32(v), codegen
 
 
 @intrinsic
