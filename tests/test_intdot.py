@@ -220,13 +220,13 @@ np.savez(sys.argv[2], *wide_kernel_outputs())
 
 def wide_kernel_outputs():
     """Prefill through each kernel avx512.py widens: packed Q4_K (5 groups: 2 pairs and an odd
-    one), Q6_K (41 rows: 20 pairs and an odd one), Q8_0 (43 rows: 10 quads, a pair and an odd
-    one); 15 positions (3 calls of TOKENS, or for Q8_0 quads one of QUAD_TOKENS and one of
+    one), Q6_K (41 rows: 20 pairs and an odd one), Q8_0 and Q4_0 (43 rows: 10 quads, then a pair
+    (Q8_0) or rows one by one, and an odd one); 15 positions (3 calls of TOKENS, or for Q8_0 quads one of QUAD_TOKENS and one of
     TOKENS, then a tail of 3); and Q8_0 decode in row pairs."""
     assert avx512.QUAD_TOKENS == 8 and dispatch.TOKENS == 4
     x = np.random.default_rng(5).standard_normal((15, 512)).astype(np.float32)
     outs = []
-    for qtype, rows in ((Q4_K, 40), (Q6_K, 41), (Q8_0, 43)):
+    for qtype, rows in ((Q4_K, 40), (Q6_K, 41), (Q8_0, 43), (Q4_0, 43)):
         w = weights(qtype, rows, 512, seed=5)
         out = np.full((15, rows), np.nan, np.float32)
         if qtype == Q4_K:

@@ -419,6 +419,8 @@ def rows_idot_b32(row, qtype, xq, xd, xs, t):  # 32-block row . x[t + i], i < TO
 def rows4_idot_b32(w, qtype, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
     if qtype == Q8_0:
         simd.q8_0_rows4(w, r, xq, xd, t, out)
+    elif qtype == Q4_0:
+        simd.q4_0_rows4(w, r, xq, xd, t, out)
     elif qtype == Q5_0:
         simd.q5_0_rows4(w, r, xq, xd, t, out)
     elif qtype == Q4_1:
@@ -437,14 +439,14 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
     rows = w.shape[0]
     for t0 in range(0, n, TOKEN_BLOCK):
         t1 = min(n, t0 + TOKEN_BLOCK)
-        # A task is four rows: a Q8_0, Q5_0, Q4_1 or Q5_1 quad runs as one against 8 positions
+        # A task is four rows: a Q8_0, Q4_0, Q5_0, Q4_1 or Q5_1 quad runs as one against 8 positions
         # at a time, Q6_K and Q8_0 pairs against TOKENS (512-bit with AVX-512 VNNI, isa/x86_avx512.py), the rest row
         # by row. The same bits either way.
         for task in prange(-(-rows // 4)):
             r0 = 4 * task
             r1 = min(r0 + 4, rows)
             t = t0
-            if r1 - r0 == 4 and (qtype == Q8_0 or qtype == Q5_0 or with_min):
+            if r1 - r0 == 4 and (qtype == Q8_0 or qtype == Q4_0 or qtype == Q5_0 or with_min):
                 while t + simd.QUAD_TOKENS <= t1:
                     rows4_idot_b32(w, qtype, r0, xq, xd, xs, t, out)
                     t += simd.QUAD_TOKENS

@@ -67,6 +67,15 @@ def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
 
 
 @njit(**_J)
+def q4_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS (unpacked Q4_0)
+    for rr in range(r, r + 4):
+        for h in range(0, QUAD_TOKENS, TOKENS):
+            res = q4_0_rows(w[rr], xq, xd, t + h)
+            for i in range(TOKENS):
+                out[t + h + i, rr] = res[i]
+
+
+@njit(**_J)
 def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
     q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
     q4_k_packed_rows(p, gi + 1, xq, xd, bs32, t, out)

@@ -159,6 +159,13 @@ def q8_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
 
 
 @njit(**_J)
+def q4_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
+    for i in range(QUAD_TOKENS):
+        for rr in range(r, r + 4):
+            out[t + i, rr] = idot_q4_0(w, rr, xq[t + i], xd[t + i])
+
+
+@njit(**_J)
 def q5_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS
     for i in range(QUAD_TOKENS):
         for rr in range(r, r + 4):

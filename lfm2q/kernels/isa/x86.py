@@ -8,7 +8,7 @@ from .x86_avx2 import (HAVE_AVX2, HAVE_VNNI, q4_0_row, q4_0_rows, q4_k_packed, q
                        q4_1_row, q4_1_rows, q5_0_row, q5_0_rows, q5_1_row, q5_1_rows)
 from .portable import q4_0_packed, q4_0_packed_rows  # noqa: F401  (compiled, never called: PACKS_Q4_0)
 from .x86_avx512 import (HAVE_AVX512_VNNI, QUAD_TOKENS, q4_k_packed16_rows, q6_k_rows2,  # noqa: F401
-                         q8_0_row2, q8_0_rows2, q8_0_rows4, q4_1_rows4, q5_0_rows4, q5_1_rows4)
+                         q8_0_row2, q8_0_rows2, q8_0_rows4, q4_0_rows4, q4_1_rows4, q5_0_rows4, q5_1_rows4)
 
 NAME = ("x86 AVX-512 VNNI" if HAVE_AVX512_VNNI else "x86 AVX2 + VNNI" if HAVE_VNNI else "x86 AVX2")
 INTEGER_PREFILL = True

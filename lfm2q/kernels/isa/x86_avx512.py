@@ -16,7 +16,7 @@ rows' 32-byte vectors side by side, each token's 32 activation bytes in both hal
 half computing exactly what avx2.q6_k_rows / q8_0_rows compute for its row (same 32-bit lanes,
 same float steps, the horizontal sum per half in ggml's order): the same bits as decode. Q8_0
 prefill takes two such pairs at once against 8 positions (q8_0_rows4), the same bits again;
-so do Q5_0, Q4_1 and Q5_1 (q5_0_rows4, q4_1_rows4, q5_1_rows4: avx2's row kernels' bits).
+so do Q4_0, Q5_0, Q4_1 and Q5_1 (q4_0_rows4, q5_0_rows4, q4_1_rows4, q5_1_rows4: avx2's row kernels' bits).
 
 Where the CPU lacks AVX-512 VNNI every kernel here compiles to the 256-bit form of the same
 steps, row by row (group by group), so callers need one path and numba never sees an
@@ -28,9 +28,9 @@ from numba.extending import intrinsic
 
 from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
                    _arrays, _b32_dots, _b32_min_dots, _broadcast32, _data, _packed_loop, _packed_tail,
-                   _q4_1_block, _q4_k_packed, _q5_0_block, _q5_1_block, _row_ptr, _token_rows)
+                   _q4_0_block, _q4_1_block, _q4_k_packed, _q5_0_block, _q5_1_block, _row_ptr, _token_rows)
 from ..kquants import Q6_K_BYTES, QK_K
-from ..q4_0 import Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
+from ..q4_0 import Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
 
@@ -365,7 +365,7 @@ def q8_0_rows4(typingctx, w, r, xq, xd, t, out):
     return types.none(w, r, xq, xd, t, out), codegen
 
 
-# --- Q5_0, Q4_1, Q5_1: four rows against 8 positions, as Q8_0's quads ---------------------------
+# --- Q4_0, Q5_0, Q4_1, Q5_1: four rows against 8 positions, as Q8_0's quads ---------------------------
 
 def _b32_quads(block_bytes, block, with_min):
     """Codegen of <type>_rows4(w, r, xq, xd[, xs], t, out): out[t + i, r : r + 4] for i <
@@ -453,6 +453,14 @@ def q5_0_rows4(typingctx, w, r, xq, xd, t, out):
     of avx2.q5_0_row."""
     sig = _quad_sig(w, r, t, out, xq, xd)
     return sig and (sig, _b32_quads(Q5_0_BYTES, _q5_0_block, False))
+
+
+@intrinsic
+def q4_0_rows4(typingctx, w, r, xq, xd, t, out):
+    """q5_0_rows4 for Q4_0 (nb*18 bytes): its quants as q - 8, signed as Q5_0's. The bits of
+    avx2.q4_0_row."""
+    sig = _quad_sig(w, r, t, out, xq, xd)
+    return sig and (sig, _b32_quads(Q4_0_BYTES, _q4_0_block, False))
 
 
 @intrinsic
