@@ -123,6 +123,7 @@ SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
+B32_DECODE_QUADS = simd.B32_DECODE_QUADS  # decode takes Q4_0 and Q5_0 rows four at a time
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
 Q4_1_Q5_INTEGER = simd.Q4_1_Q5_INTEGER  # the same for Q4_1, Q5_0 and Q5_1
 
@@ -198,9 +199,27 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
+@njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
+def row4_idot_b32(w, qtype, r, xq, xd, out):  # decode: out[r : r + 4], rows of Q4_0 or Q5_0
+    if qtype == Q5_0:
+        simd.q5_0_row4(w, r, xq, xd, out)
+    else:
+        simd.q4_0_row4(w, r, xq, xd, out)
+
+
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatvec_b32_parallel(w, qtype, xq, xd, out):  # Q8_0 / Q4_0 rows . x in Q8_0
-    if Q8_0_DECODE_PAIRS and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
+def _imatvec_b32_parallel(w, qtype, xq, xd, out):  # Q8_0 / Q4_0 / Q5_0 rows . x in Q8_0
+    if B32_DECODE_QUADS and qtype != Q8_0:  # Q4_0 / Q5_0 rows in quads (x86_avx512.q4_0_row4: the row kernel's bits)
+        rows = w.shape[0]
+        for task in prange(-(-rows // 4)):
+            r0 = 4 * task
+            prefetch_rows_ahead(w, r0, r0 + 4)
+            if r0 + 4 <= rows:
+                row4_idot_b32(w, qtype, r0, xq, xd, out)
+            else:
+                for r in range(r0, rows):
+                    out[r] = row_idot_b32(w, qtype, r, xq, xd)
+    elif Q8_0_DECODE_PAIRS and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
         rows = w.shape[0]
         for task in prange(-(-rows // 2)):
             r0 = 2 * task

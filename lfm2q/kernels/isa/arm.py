@@ -15,7 +15,7 @@ from .neon import (HAVE_DOTPROD, q4_0_row, q4_0_rows, q4_k_row, q4_k_rows, q5_k_
 
 # Q4_1, Q5_0, Q5_1 stay on their float kernels here (no NEON twins yet): portable's loops
 # only fill the interface dispatch compiles.
-from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_rows, q5_0_rows4,  # noqa: F401
+from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_row4, q5_0_rows, q5_0_rows4,  # noqa: F401
                        q5_1_row, q5_1_rows, q5_1_rows4)
 
 if HAVE_DOTPROD:
@@ -28,6 +28,7 @@ INTEGER_PREFILL = True
 PACKS_Q4_K = HAVE_DOTPROD
 PACKS_Q4_0 = HAVE_DOTPROD  # 4-row groups (neon.q4_0_packed); rows % 4 != 0 stay rows
 Q8_0_DECODE_PAIRS = False
+B32_DECODE_QUADS = False  # decode rows one by one (q4_0_row4 below only fills the interface)
 Q4_0_INTEGER = True  # Q4_0 rows through neon.q4_0_row (sdot / widening multiplies)
 Q4_1_Q5_INTEGER = False  # Q4_1, Q5_0, Q5_1: float kernels (the portable rows above are unused)
 QUAD_TOKENS = 2 * TOKENS
@@ -79,3 +80,9 @@ def q4_0_rows4(w, r, xq, xd, t, out):  # out[t + i, r : r + 4], i < QUAD_TOKENS 
 def q4_k_packed16_rows(p, gi, xq, xd, bs32, t, out):  # groups gi, gi + 1
     q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
     q4_k_packed_rows(p, gi + 1, xq, xd, bs32, t, out)
+
+
+@njit(**_J)
+def q4_0_row4(w, r, xq, xd, out):  # decode: out[r : r + 4] (unused: B32_DECODE_QUADS is False)
+    for rr in range(r, r + 4):
+        out[rr] = q4_0_row(w[rr], xq, xd)

@@ -22,6 +22,7 @@ INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for pro
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
 PACKS_Q4_0 = False
 Q8_0_DECODE_PAIRS = False
+B32_DECODE_QUADS = False  # decode rows one by one (the row4 loops below only fill the interface)
 Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
 Q4_1_Q5_INTEGER = False  # so do Q4_1, Q5_0 and Q5_1
 QUAD_TOKENS = 2 * TOKENS
@@ -250,3 +251,15 @@ def q4_0_packed(p, gi, xq, xd, out):
 def q4_0_packed_rows(p, gi, xq, xd, t, out):  # out[t + i, 4gi : 4gi + 4], i < TOKENS
     for i in range(TOKENS):
         q4_0_packed(p, gi, xq[t + i], xd[t + i], out[t + i])
+
+
+@njit(**_J)
+def q4_0_row4(w, r, xq, xd, out):  # decode: out[r : r + 4] (unused: B32_DECODE_QUADS is False)
+    for rr in range(r, r + 4):
+        out[rr] = idot_q4_0(w, rr, xq, xd)
+
+
+@njit(**_J)
+def q5_0_row4(w, r, xq, xd, out):
+    for rr in range(r, r + 4):
+        out[rr] = idot_q5_0(w, rr, xq, xd)

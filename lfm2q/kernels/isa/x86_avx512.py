@@ -27,7 +27,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
-                   _arrays, _b32_dots, _b32_min_dots, _broadcast32, _data, _packed_loop, _packed_tail,
+                   _arrays, _b32_dots, _b32_min_dots, _broadcast32, _q8_0_block, _data, _packed_loop, _packed_tail,
                    _q4_0_block, _q4_1_block, _q4_k_packed, _q5_0_block, _q5_1_block, _row_ptr, _token_rows)
 from ..kquants import Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
@@ -437,7 +437,49 @@ def _b32_quads(block_bytes, block, with_min):
                     b.store(h, b.gep(op, [c(2 * j + m)]))
         return context.get_dummy_value()
 
-    return quads if HAVE_AVX512_VNNI else fallback
+    if not HAVE_AVX512_VNNI:
+        return fallback
+    return quads
+
+
+def _b32_decode4(block_bytes, block):
+    """Codegen of <type>_row4(w, r, xq, xd, out): decode, out[r : r + 4] for one position (1-D
+    xq, xd): _b32_quads' two 512-bit row pairs with one position; without AVX-512 VNNI avx2's row
+    kernel row by row. The bits of avx2's row kernel on each row either way."""
+    quads = _b32_quads(block_bytes, block, False)
+    c = lambda x: ir.Constant(I64, x)  # noqa: E731
+
+    def rows(context, b, sig, args):
+        ir_ = _IR(b)
+        rws, row_bytes, toks = _rows_args(context, b, sig, args, 2, 4)
+        nb = b.udiv(row_bytes, c(block_bytes))
+        (*xs, op), = toks
+        for m, row in enumerate(rws):
+            b.store(_b32_dots(ir_, row, nb, [xs], block_bytes, block)[0], b.gep(op, [c(m)]))
+        return context.get_dummy_value()
+
+    return quads if HAVE_AVX512_VNNI else rows
+
+
+def _decode4_sig(w, r, xq, xd, out):
+    if not (_arrays(2, w) and _arrays(1, xq, xd, out) and isinstance(r, types.Integer)):
+        return None
+    return types.none(w, r, xq, xd, out)
+
+
+@intrinsic
+def q4_0_row4(typingctx, w, r, xq, xd, out):
+    """Decode: out[r : r + 4] for rows r..r + 3 of the Q4_0 matrix w (q4_0_rows4 for one
+    position); the bits of avx2.q4_0_row."""
+    sig = _decode4_sig(w, r, xq, xd, out)
+    return sig and (sig, _b32_decode4(Q4_0_BYTES, _q4_0_block))
+
+
+@intrinsic
+def q5_0_row4(typingctx, w, r, xq, xd, out):
+    """Decode: q4_0_row4 for Q5_0 (nb*22 bytes); the bits of avx2.q5_0_row."""
+    sig = _decode4_sig(w, r, xq, xd, out)
+    return sig and (sig, _b32_decode4(Q5_0_BYTES, _q5_0_block))
 
 
 def _quad_sig(w, r, t, out, *x):
