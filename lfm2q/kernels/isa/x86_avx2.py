@@ -51,21 +51,6 @@ HAVE_VNNI = HAVE_AVX2 and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} 
 class _IR(IR):
     """IR plus the x86 integer instructions."""
 
-    def f16(self, base, offset):
-        """An fp16 at byte `offset` -> f32, moved to a vector register by `vmovd` from a general
-        one. Loaded straight into a vector register it becomes `vpinsrw $0, mem, %xmmK`, which
-        merges into whatever register LLVM picks, often a float accumulator: each block's scale
-        then waited for the last block's fma (a loop-carried chain of ~8 cycles a block,
-        llvm-mca on znver4; the Q4_0 and Q8_0 row kernels ran at that speed). vmovd zeroes the
-        rest of the register. The empty inline asm keeps LLVM from folding the load back into
-        a vpinsrw."""
-        b = self.b
-        word = b.zext(self.load(base, offset, I16), I32)  # movzwl: no dependency either
-        word = b.asm(ir.FunctionType(I32, [I32]), "", "=r,0", [word], False)
-        v = b.insert_element(ir.Constant(ir.VectorType(I32, 4), ir.Undefined), word, ir.Constant(I32, 0))
-        h = self.lanes(b.bitcast(v, ir.VectorType(F16, 8)), [0, 1, 2, 3])
-        return b.extract_element(b.fpext(h, ir.VectorType(F32, 4)), ir.Constant(I32, 0))
-
     # maddubs, maddwd and fma take 256-bit vectors, or 512-bit ones (avx512.py) by their type.
 
     def maddubs(self, u8, s8):  # vpmaddubsw: u8*s8 products -> i16 pair sums
