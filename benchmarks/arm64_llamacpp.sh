@@ -13,7 +13,8 @@
 # disabled), and run in the rootfs of tests/arm64 (setup.sh). Build once, into
 # ~/.cache/lfm2q-arm64/llama.cpp-VERSION; ~10 min on 2 cores.
 # Default models: the bench's 350M-shape Q4_0 and Q4_K_M files (benchmarks/bench_compare.py
-# makes them). Output: one table per CPU, to stdout.
+# makes them). Output: one table per CPU, to stdout. BUILD_ONLY=1 stops after the builds; JOBS=N
+# sets the build's parallelism.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
@@ -29,7 +30,6 @@ for m in "${models[@]}"; do [ -f "$m" ] || die "no model at $m: run make bench-c
 ver=$("$PY" -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))") \
   || die "no llama-cpp-python in $PY's environment: run make llamacpp first"
 cache=$HOME/.cache/lfm2q-arm64/llama.cpp-$ver
-bash "$src/tests/arm64/setup.sh"
 
 build() {  # build CPU ARCHFLAGS: $cache/CPU/bin/llama-bench
   local cpu=$1 flags=$2 out=$cache/$1
@@ -52,7 +52,7 @@ build() {  # build CPU ARCHFLAGS: $cache/CPU/bin/llama-bench
     -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++ -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
     -DGGML_CPU_ARM_ARCH="$flags" -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_EXE_LINKER_FLAGS=-static >/dev/null
-  cmake --build "$out.build" --target llama-bench -j "$(nproc)" >/dev/null
+  cmake --build "$out.build" --target llama-bench -j "${JOBS:-$(nproc)}" >/dev/null
   mkdir -p "$out/bin" && cp "$out.build/bin/llama-bench" "$out/bin/llama-bench.part"
   mv "$out/bin/llama-bench.part" "$out/bin/llama-bench"
   rm -rf "$out.build"
@@ -60,6 +60,8 @@ build() {  # build CPU ARCHFLAGS: $cache/CPU/bin/llama-bench
 
 build cortex-a76 armv8.2-a+dotprod+fp16
 build cortex-a72 armv8-a+crc
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
+bash "$src/tests/arm64/setup.sh"  # (re)copies this checkout into the rootfs
 
 # the binaries and models go into the rootfs (its /tmp), lfm2q is the checkout setup.sh copied
 mkdir -p "$ARM64_ROOT/tmp/bench"

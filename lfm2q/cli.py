@@ -401,6 +401,7 @@ def info(
         ("chat template", ("yes" if template else "no (ChatML fallback)")
          + (" · tool calls (vocabulary has <|tool_call_start|>)" if "<|tool_call_start|>" in tokens else "")),
         *_kernel_rows({t.qtype for t in ts if len(t.shape) == 2}),
+        *_tuned_rows(f),
     ]
     console = Console(highlight=False)
     for k, v in rows:
@@ -429,6 +430,26 @@ def _kernel_rows(qtypes: set) -> list[tuple[str, str]]:
     for q in sorted(qtypes, key=type_name):
         rows.append((f"kernel {type_name(q)}", kernel_name(q)))
     return rows
+
+
+def _tuned_rows(f) -> list[tuple[str, str]]:
+    """The kernel forms earlier loads picked on this CPU for this file's matrices (tuning.py)."""
+    import numba
+
+    from .kernels import type_name
+    from .tuning import stored_for
+
+    seen, out = set(), []
+    for t in f.reader.tensors.values():
+        if len(t.shape) != 2 or (t.qtype, t.shape) in seen:
+            continue
+        seen.add((t.qtype, t.shape))
+        rows, cols = t.shape
+        picks = stored_for(t.qtype, rows, cols, numba.get_num_threads())
+        if picks:
+            out.append(("tuned", f"{type_name(t.qtype)} {rows}x{cols}: "
+                        + " · ".join(f"{op} {pick}" for op, pick in sorted(picks.items()))))
+    return out
 
 
 # --- bench ---------------------------------------------------------------------------------
@@ -544,6 +565,45 @@ def perplexity(
         r = compute(m, text, n_ctx=ctx, stride=stride, on_window=show)
     typer.echo(f"{r.n_tokens} tokens, {r.n_windows} windows of {ctx}, {r.n_scored} scored")
     typer.echo(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_stderr:.5f}")
+
+
+# --- tune ----------------------------------------------------------------------------------
+
+@app.command()
+def tune(
+    model: Optional[str] = MODEL_ARG,
+    revision: Optional[str] = REVISION_OPT,
+    threads: Optional[int] = THREADS_OPT,
+) -> None:
+    """Measure again which form of each kernel is faster on this CPU for this model's matrices
+    (done once at a model's first load), store the picks and print them."""
+    import numba
+    from rich.console import Console
+    from rich.table import Table
+
+    from .api import load
+    from .kernels.isa import describe
+
+    with _user_errors(), _waiting():
+        path = _model_path(model, revision)
+        _first_run_note()
+        m = load(path, n_ctx=256, n_threads=threads)
+        t = m.weights._tune(retune=True)
+    d = describe()
+    console = Console(highlight=False)
+    console.print(f"{d['kernels']} · LLVM {d['cpu']} · {numba.get_num_threads()} threads")
+    rows = t.table()
+    if not rows:
+        console.print("nothing to choose on this CPU: its kernels have one form each")
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col, justify in (("matrix", "left"), ("op", "left"), ("groups µs", "right"), ("rows µs", "right"),
+                         ("pick", "left")):
+        table.add_column(col, justify=justify)
+    for shape, op, g, r, pick in sorted(rows):
+        table.add_row(shape.replace("|", " "), op, f"{g * 1e6:.1f}", f"{r * 1e6:.1f}", pick)
+    console.print(table)
+    console.print("groups: 512-bit row pairs / quads; rows: row by row (AVX2). Both give the same numbers.")
 
 
 # --- serve, list, rm -----------------------------------------------------------------------

@@ -122,7 +122,24 @@ class Weights:
         # the matvec kernels these matrices need (the router's too): numba compiles no other
         routers = [L.ffn_gate_inp for L in self.layers if L.ffn_gate_inp is not None]
         self.kinds = kinds_for(m.kernel for m in matrices + routers)
+        self.tuner = self._tune() if not exact else None
         self.expert_pages = ExpertPages(f, self.layers, experts_resident) if c.n_expert else None
+
+
+    def _tune(self, retune: bool = False):
+        """Each matrix's kernel variants, measured on this CPU or read from the last
+        measurement (lfm2q/tuning.py; retune: measure again): the same bits, the faster form."""
+        import numba
+
+        from .tuning import Tuner
+
+        t = Tuner(numba.get_num_threads(), self.kinds, retune=retune)
+        self.output = t.apply(self.output, ops=("decode",))
+        for i, L in enumerate(self.layers):
+            new = {k: t.apply(m) for k, m in vars(L).items() if isinstance(m, Weight) and k != "ffn_gate_inp"}
+            self.layers[i] = replace(L, **{k: m for k, m in new.items() if m is not getattr(L, k)})
+        t.save()
+        return t
 
 
 # Experts of a layer kept resident by default: twice the experts a token uses. A token reads

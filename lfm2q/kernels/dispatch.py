@@ -107,6 +107,10 @@ PARALLEL_MIN_BYTES = 256 * 1024
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
 PACKED4 = 1024  # flag in a kernel code: a Q4_0 matrix packed 4 rows at a time (repack.pack_q4_0x4)
+# Variant flags in a kernel code (lfm2q/tuning.py picks them per matrix shape by measuring): the
+# same bits either way, only the speed differs.
+DECODE_ROWS = 2048  # decode row by row, not in the backend's row pairs / quads (AVX2, not 512-bit)
+PREFILL_ROWS = 4096  # prefill row by row (group by group), not in 512-bit pairs / quads
 ALL_KINDS = (True, True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
 
 
@@ -208,8 +212,8 @@ def row4_idot_b32(w, qtype, r, xq, xd, out):  # decode: out[r : r + 4], rows of 
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatvec_b32_parallel(w, qtype, xq, xd, out):  # Q8_0 / Q4_0 / Q5_0 rows . x in Q8_0
-    if B32_DECODE_QUADS and qtype != Q8_0:  # Q4_0 / Q5_0 rows in quads (x86_avx512.q4_0_row4: the row kernel's bits)
+def _imatvec_b32_parallel(w, qtype, xq, xd, out, grouped=True):  # Q8_0 / Q4_0 / Q5_0 rows . x in Q8_0
+    if B32_DECODE_QUADS and grouped and qtype != Q8_0:  # Q4_0 / Q5_0 rows in quads (x86_avx512.q4_0_row4: the row kernel's bits)
         rows = w.shape[0]
         for task in prange(-(-rows // 4)):
             r0 = 4 * task
@@ -219,7 +223,7 @@ def _imatvec_b32_parallel(w, qtype, xq, xd, out):  # Q8_0 / Q4_0 / Q5_0 rows . x
             else:
                 for r in range(r0, rows):
                     out[r] = row_idot_b32(w, qtype, r, xq, xd)
-    elif Q8_0_DECODE_PAIRS and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
+    elif Q8_0_DECODE_PAIRS and grouped and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
         rows = w.shape[0]
         for task in prange(-(-rows // 2)):
             r0 = 2 * task
@@ -345,7 +349,7 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
         elif serial:
             _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
-            _imatvec_b32_parallel(w, qtype, xq, xd, out)
+            _imatvec_b32_parallel(w, qtype, xq, xd, out, code & DECODE_ROWS == 0)
     elif float_rows is not None:
         _float_matvec(w, qtype, act, x, out, serial)
     else:
@@ -449,7 +453,7 @@ def rows4_idot_b32(w, qtype, r, xq, xd, xs, t, out):  # out[t + i, r : r + 4], i
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
+def _imatmul(w, qtype, x, out, wide=True):  # W uint8[rows, row_bytes], x f32[n, cols] -> out f32[n, rows]
     n = x.shape[0]
     kquant = qtype == Q4_K or qtype == Q5_K or qtype == Q6_K
     with_min = qtype == Q4_1 or qtype == Q5_1  # x in Q8_1: Q8_0 plus block sums
@@ -465,13 +469,13 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
             r0 = 4 * task
             r1 = min(r0 + 4, rows)
             t = t0
-            if r1 - r0 == 4 and (qtype == Q8_0 or qtype == Q4_0 or qtype == Q5_0 or with_min):
+            if wide and r1 - r0 == 4 and (qtype == Q8_0 or qtype == Q4_0 or qtype == Q5_0 or with_min):
                 while t + simd.QUAD_TOKENS <= t1:
                     rows4_idot_b32(w, qtype, r0, xq, xd, xs, t, out)
                     t += simd.QUAD_TOKENS
             while t + TOKENS <= t1:
                 r = r0
-                while r + 2 <= r1 and qtype in (Q6_K, Q8_0):
+                while wide and r + 2 <= r1 and qtype in (Q6_K, Q8_0):
                     if qtype == Q6_K:
                         simd.q6_k_rows2(w, r, xq, xd, bsum, t, out)
                     else:
@@ -497,7 +501,7 @@ def _imatmul(w, qtype, x, out):  # W uint8[rows, row_bytes], x f32[n, cols] -> o
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
+def _imatmul_packed(p, x, out, wide=True):  # _imatmul for a packed Q4_K matrix (PACKED8)
     n = x.shape[0]
     xq, xd, bsum = _quantize_rows(x, True)
     bs32 = _sums32(bsum)
@@ -508,10 +512,11 @@ def _imatmul_packed(p, x, out):  # _imatmul for a packed Q4_K matrix (PACKED8)
         g0 = 2 * task
         t = 0
         while t + TOKENS <= n:
-            if g0 + 1 < groups:
+            if wide and g0 + 1 < groups:
                 simd.q4_k_packed16_rows(p, g0, xq, xd, bs32, t, out)
             else:
-                simd.q4_k_packed_rows(p, g0, xq, xd, bs32, t, out)
+                for gi in range(g0, min(g0 + 2, groups)):
+                    simd.q4_k_packed_rows(p, gi, xq, xd, bs32, t, out)
             t += TOKENS
         while t < n:
             for gi in range(g0, min(g0 + 2, groups)):
@@ -584,13 +589,13 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
     global _pool
     qtype = code & 255
     if code & PACKED8:
-        _imatmul_packed(w, x, out)
+        _imatmul_packed(w, x, out, code & PREFILL_ROWS == 0)
         return
     if code & PACKED4:
         _imatmul_q4_0_packed(w, x, out)
         return
     if integer_prefill(code):
-        _imatmul(w, qtype, x, out)
+        _imatmul(w, qtype, x, out, code & PREFILL_ROWS == 0)
         return
     act = activation_rounding(code)
     if act != ACT_F32:

@@ -24,6 +24,7 @@ else:
     from .portable import q4_0_packed, q4_0_packed_rows, q4_k_packed, q4_k_packed_rows  # noqa: F401
 
 NAME = "aarch64 NEON + dotprod" if HAVE_DOTPROD else "aarch64 NEON"
+WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothing for tuning.py to pick
 INTEGER_PREFILL = True
 PACKS_Q4_K = HAVE_DOTPROD
 PACKS_Q4_0 = HAVE_DOTPROD  # 4-row groups (neon.q4_0_packed); rows % 4 != 0 stay rows

@@ -18,6 +18,7 @@ from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_GROUP, 
 from .llvm_ir import TOKENS
 
 NAME = "portable loops"
+WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothing for tuning.py to pick
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
 PACKS_Q4_0 = False

@@ -12,6 +12,7 @@ from .x86_avx512 import (HAVE_AVX512_VNNI, QUAD_TOKENS, q4_k_packed16_rows, q6_k
                          q4_0_row4, q5_0_row4)
 
 NAME = ("x86 AVX-512 VNNI" if HAVE_AVX512_VNNI else "x86 AVX2 + VNNI" if HAVE_VNNI else "x86 AVX2")
+WIDE_FORMS = HAVE_AVX512_VNNI  # decode pairs / quads and prefill pairs / quads differ from rows: tuning.py picks
 INTEGER_PREFILL = True
 PACKS_Q4_K = True  # Q4_K matrices packed 8 rows a group at load (kernels/repack.py)
 PACKS_Q4_0 = False  # the 4-row Q4_0 layout is for NEON's lane-indexed sdot
