@@ -341,7 +341,7 @@ def child_env(threads: int, extra: dict | None = None) -> dict:
     return env
 
 
-def run_worker(engine: str, path: Path, threads: int, spec: dict) -> dict:
+def run_worker(engine: str, path: Path, threads: int, spec: dict, env: dict | None = None) -> dict:
     """One measurement in a subprocess; "others" in the result is the CPU time other processes
     used meanwhile, in CPUs (busy CPU time of the machine minus the worker's own, per second)."""
     hz = os.sysconf("SC_CLK_TCK")
@@ -349,7 +349,7 @@ def run_worker(engine: str, path: Path, threads: int, spec: dict) -> dict:
     i0, t0 = cpu_sample()
     wall = time.perf_counter()
     r = subprocess.run([sys.executable, __file__, "--worker", engine, str(path), "--threads", str(threads),
-                        "--spec", json.dumps(spec)], capture_output=True, text=True, env=child_env(threads))
+                        "--spec", json.dumps(spec)], capture_output=True, text=True, env=child_env(threads, env))
     wall = time.perf_counter() - wall
     i1, t1 = cpu_sample()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -362,7 +362,7 @@ def run_worker(engine: str, path: Path, threads: int, spec: dict) -> dict:
     return out
 
 
-def measure(engine: str, path: Path, args, spec: dict, threads: int | None = None) -> dict:
+def measure(engine: str, path: Path, args, spec: dict, threads: int | None = None, env: dict | None = None) -> dict:
     """run_worker on a quiet machine: wait for --min-idle, and redo a run during which other
     processes used more than --max-others CPUs (at most --tries runs; keeps the quietest)."""
     threads = args.threads if threads is None else threads
@@ -370,7 +370,7 @@ def measure(engine: str, path: Path, args, spec: dict, threads: int | None = Non
     best = None
     for attempt in range(args.tries):
         idle = wait_until_quiet(args.min_idle, args.max_wait)
-        r = run_worker(engine, path, threads, spec)
+        r = run_worker(engine, path, threads, spec, env)
         r["idle_before"] = idle
         print(f"    {engine} {path.name}: other processes used {r['others']:.2f} CPUs", file=sys.stderr)
         if best is None or r["others"] < best["others"]:
@@ -767,6 +767,46 @@ def report(run: Run, load: float, total_s: float) -> None:
         print("\n(--quick: tiny prompts and decodes, one round — a check of the script, not a benchmark)")
 
 
+# --variants: lfm2q alone, every kernel form forced in turn (lfm2q/tuning.py), beside its own pick
+VARIANTS = {"groups": "decode=groups,prefill=groups", "rows": "decode=rows,prefill=rows", "tuned": None}
+
+
+def run_variants(run: Run) -> None:
+    """Per file: pp and tg with each form forced (LFM2Q_KERNELS) and with the tuner's picks,
+    engines' rounds alternating as in the tables; then whether the pick is the fastest."""
+    sz, args = run.sizes, run.args
+    spec = {"n_ctx": N_CTX, "measures": sz.short_pair()}
+    print(system_line())
+    print()
+    print(f"### lfm2q's kernel forms, {args.threads} threads, median of {args.rounds} rounds, tokens/s")
+    print("groups: 512-bit row pairs / quads (decode and prefill); rows: row by row (AVX2); tuned: what "
+          "lfm2q picks per matrix shape at a model's first load (the default). The same numbers either way.")
+    print()
+    print(f"| file | form | {sz.pp_short} | {sz.tg} |")
+    print("|---|---|---:|---:|")
+    verdicts = []
+    for (shape, t), path in run.files.items():
+        rs = {v: [] for v in VARIANTS}
+        for rnd in range(args.rounds):
+            for v, forced in VARIANTS.items():
+                print(f"{shape} {t} round {rnd + 1}/{args.rounds}: {v} …", file=sys.stderr)
+                env = {"LFM2Q_KERNELS": forced} if forced else {"LFM2Q_KERNELS": ""}
+                rs[v].append(measure("lfm2q", path, args, spec, env=env))
+        best = {}
+        for key in (sz.pp_short, sz.tg):
+            vals = {v: med(r, key) for v, r in rs.items()}
+            best[key] = vals
+        for v in VARIANTS:
+            print(f"| {shape.upper()} {t.upper()} | {v} | {best[sz.pp_short][v]:.1f} | {best[sz.tg][v]:.1f} |")
+        for key, vals in best.items():
+            top = max(vals["groups"], vals["rows"])
+            verdicts.append((f"{shape.upper()} {t.upper()} {key}", vals["tuned"] / top))
+    print()
+    print("tuned / the faster forced form (1.00 = the pick is the fastest; within ±3% is run-to-run noise):")
+    for name, r in verdicts:
+        print(f"- {name}: {r:.2f}" + ("" if r >= 0.97 else "  (the pick is slower)"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -793,6 +833,8 @@ def main() -> None:
                     help="both engines' K and V cache type (first-token runs keep f16)")
     ap.add_argument("--no-keep", action="store_true",
                     help="skip the context targets' measurement (lfm2q's alternating steps, 350M files)")
+    ap.add_argument("--variants", action="store_true",
+                    help="lfm2q only: each kernel form forced in turn beside the tuner's pick, per file")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--first-token", nargs=2, metavar=("ENGINE", "GGUF"), help=argparse.SUPPRESS)
@@ -830,6 +872,9 @@ def main() -> None:
         print(f"warning: load average {load:.2f} >= 1 — timings are unreliable on a busy machine",
               file=sys.stderr)
     t0 = time.monotonic()
+    if args.variants:
+        run_variants(run)
+        return
     warm_kernels(run)
     run_tables(run)
     if "350m" in shapes and not args.no_keep:
