@@ -21,6 +21,7 @@ NAME = "portable loops"
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
 PACKS_Q4_0 = False
+PACKS_Q4_0_4X8 = False
 Q8_0_DECODE_PAIRS = False
 Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
 Q4_1_Q5_INTEGER = False  # so do Q4_1, Q5_0 and Q5_1
@@ -243,3 +244,51 @@ def q4_0_packed(p, gi, xq, xd, out):
 def q4_0_packed_rows(p, gi, xq, xd, t, out):  # out[t + i, 4gi : 4gi + 4], i < TOKENS
     for i in range(TOKENS):
         q4_0_packed(p, gi, xq[t + i], xd[t + i], out[t + i])
+
+
+@njit(**_J)
+def _q4_0_4x8_sum(g, base, r, xq, xo):
+    """Row r's exact sum over one block of a 4x8 group (repack.pack_q4_0_4x8) . xq[xo:xo + 32]."""
+    s = 0
+    for h in range(2):
+        at = base + 16 * (2 * h + r // 2) + 8 * (r % 2)
+        for j in range(8):
+            v = np.int32(g[at + j] ^ np.uint8(0x88))  # the file's byte 8h + j
+            s += ((v & 15) - 8) * np.int32(xq[xo + 8 * h + j])
+            s += ((v >> 4) - 8) * np.int32(xq[xo + 16 + 8 * h + j])
+    return s
+
+
+@njit(**_J)
+def q4_0_4x8_packed(p, gi, xq, xd, out):
+    """out[4gi + r] for r < 4: the rows of packed Q4_0 group gi (repack.py's 4x8 layout) . x
+    in Q8_0: each block's exact sum, then q4_0_packed's steps."""
+    g = p[gi]
+    for r in range(Q4_0_GROUP):
+        acc = np.float32(0.0)
+        for k in range(g.shape[0] // Q4_0_P_BYTES):
+            base = k * Q4_0_P_BYTES
+            s = _q4_0_4x8_sum(g, base, r, xq, 32 * k)
+            acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xd[k]) * np.float32(s)
+        out[Q4_0_GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out):
+    """out[t + i, 4gi : 4gi + 4] for i < TOKENS (t even), from x's positions in pairs
+    (repack.pair_positions_q8_0): q4_0_4x8_packed's steps, reading the pairs' layout."""
+    g = p[gi]
+    nb = g.shape[0] // Q4_0_P_BYTES
+    xq = np.empty(32, np.int8)
+    for i in range(TOKENS):
+        pair, j = (t + i) // 2, (t + i) % 2
+        for r in range(Q4_0_GROUP):
+            acc = np.float32(0.0)
+            for k in range(nb):
+                for c in range(4):
+                    for e in range(8):
+                        xq[8 * c + e] = xi[pair, 64 * k + 16 * c + 8 * j + e]
+                base = k * Q4_0_P_BYTES
+                s = _q4_0_4x8_sum(g, base, r, xq, 0)
+                acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xdi[pair, 4 * k + 2 * j]) * np.float32(s)
+            out[t + i, Q4_0_GROUP * gi + r] = acc
