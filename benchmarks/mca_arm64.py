@@ -264,7 +264,7 @@ def llama_inline_loop(src: Path, fn: str, label: str = "3") -> list[str]:
         last = next(i for i in range(first, len(lines)) if lines[i].startswith(f"bgt {label}b"))
     except StopIteration:
         return []
-    out = []
+    out = [f"{label}:"]  # (the branch back names it)
     for s in lines[first + 1:last + 1]:
         s = s.replace("\\n", "").strip()
         if s.startswith(".inst"):

@@ -32,7 +32,7 @@ from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
 from lfm2q.kernels.isa import ARCH
 from lfm2q.kernels.kquants import _scales_mins
 from lfm2q.kernels.repack import (Q4_0_P_BYTES, pack_q4_0_4x8, pack_q4_0x4, packed_shape, pair_positions_np,
-                                  pair_positions_q8_0, unpack_q4_0_4x8_np, unpack_q4_0x4_np)
+                                  pair_positions_q8_0, twin_chunks_q8_0, unpack_q4_0_4x8_np, unpack_q4_0x4_np)
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
@@ -86,8 +86,9 @@ def test_the_i8mm_kernels_use_smmla_for_prompts_and_sdot_for_decode(assembly):
     assert not any(i.split()[0] in ("zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2", "ext", "tbl", "ins", "mov",
                                     "addv", "addp", "faddp") or i.startswith("dup") for i in body), body
     assert any(i.startswith("scvtf") and i.endswith("#4") for i in body)
-    body = mca.loop_body(n2["q4_0_4x8_packed"])  # decode on the same bytes: 8 sdot and one addp a block
+    body = mca.loop_body(n2["q4_0_4x8_packed"])  # decode on the same bytes: 8 sdot and one addp a block,
     assert sum(i.startswith("sdot") for i in body) == 16 and sum(i.startswith("addp") for i in body) == 2
+    assert not any(i.startswith(("ld1r", "dup")) for i in body), body  # x's twin chunks: plain loads
     assert not any("smmla" in i for i in body)
     assert "smmla" not in n2["q4_0_row"]  # the row kernels stay as on the Cortex-A76
 
@@ -293,6 +294,10 @@ def test_prompt_positions_pair_in_8_byte_chunks():
             if p >= 0 and n >= 2:
                 assert xi[p, 64 * k + 16 * c + 8 * j + e] == xq[2 * p + j, 32 * k + 8 * c + e]
                 assert xdi[p, 4 * k + 2 * j] == xdi[p, 4 * k + 2 * j + 1] == xd[2 * p + j, k]
+        # decode's twin chunks: a position paired with itself
+        xt = np.full(320, 99, np.int8)
+        twin_chunks_q8_0(xq[n - 1], xt)
+        np.testing.assert_array_equal(xt, pair_positions_np(xq[[n - 1, n - 1]], xd[[n - 1, n - 1]])[0][0])
 
 
 if ARCH == "aarch64":
@@ -357,8 +362,10 @@ if ARCH == "aarch64":
     if neon.HAVE_I8MM:  # (smmla and its kernels compile only where the CPU has it)
         @njit(error_model="numpy", fastmath=False)
         def _neon_4x8(p, xq, xd, out):
+            xt = np.empty(2 * xq.shape[0], np.int8)
+            twin_chunks_q8_0(xq, xt)
             for gi in range(p.shape[0]):
-                neon.q4_0_4x8_packed(p, gi, xq, xd, out)
+                neon.q4_0_4x8_packed(p, gi, xt, xd, out)
 
         @njit(error_model="numpy", fastmath=False)
         def _neon_4x8_mmla(p, xi, xdi, out):  # out[t, r]: TOKENS positions a call

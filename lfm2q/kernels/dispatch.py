@@ -40,7 +40,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 from .prefetch import prefetch_rows_ahead
-from .repack import GROUP, Q4_0_GROUP, packed, pair_positions_q8_0
+from .repack import GROUP, Q4_0_GROUP, packed, pair_positions_q8_0, twin_chunks_q8_0
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -277,17 +277,17 @@ def _imatvec_q4_0_packed_serial(p, xq, xd, out):
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
-def _imatvec_q4_0_4x8_parallel(p, xq, xd, out):  # packed Q4_0 groups (PACKED4X8) . x in Q8_0
+def _imatvec_q4_0_4x8_parallel(p, xt, xd, out):  # packed Q4_0 groups (PACKED4X8) . x in Q8_0 (xt: twin chunks)
     for gi in prange(p.shape[0]):
         prefetch_rows_ahead(p, gi, gi + 1)
-        simd.q4_0_4x8_packed(p, gi, xq, xd, out)
+        simd.q4_0_4x8_packed(p, gi, xt, xd, out)
 
 
 @njit(error_model="numpy", fastmath=False, cache=True)
-def _imatvec_q4_0_4x8_serial(p, xq, xd, out):
+def _imatvec_q4_0_4x8_serial(p, xt, xd, out):
     for gi in range(p.shape[0]):
         prefetch_rows_ahead(p, gi, gi + 1)
-        simd.q4_0_4x8_packed(p, gi, xq, xd, out)
+        simd.q4_0_4x8_packed(p, gi, xt, xd, out)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -340,10 +340,12 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
             else:
                 _imatvec_q4_0_packed_parallel(w, xq, xd, out)
         elif SIMD_PACKS_Q4_0_4X8 and code & PACKED4X8:
+            xt = np.empty(2 * n, np.int8)
+            twin_chunks_q8_0(xq, xt)
             if serial:
-                _imatvec_q4_0_4x8_serial(w, xq, xd, out)
+                _imatvec_q4_0_4x8_serial(w, xt, xd, out)
             else:
-                _imatvec_q4_0_4x8_parallel(w, xq, xd, out)
+                _imatvec_q4_0_4x8_parallel(w, xt, xd, out)
         elif serial:
             _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
@@ -538,14 +540,15 @@ def _imatmul_q4_0_4x8(p, x, out):  # _imatmul for a Q4_0 matrix packed for smmla
     n = x.shape[0]
     xq, xd, _ = _quantize_rows(x, False)
     xi, xdi = pair_positions_q8_0(xq, xd)  # positions in pairs, once for every group
+    n4 = n - n % TOKENS
+    xt = np.empty((n - n4, 2 * x.shape[1]), np.int8)  # the last n % TOKENS: decode's kernel (the same bits)
+    for i in range(n - n4):
+        twin_chunks_q8_0(xq[n4 + i], xt[i])
     for gi in prange(p.shape[0]):  # a task is one group of 4 rows, TOKENS positions a call
-        t = 0
-        while t + TOKENS <= n:
+        for t in range(0, n4, TOKENS):
             simd.q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out)
-            t += TOKENS
-        while t < n:  # the last n % TOKENS positions: decode's kernel (the same bits)
-            simd.q4_0_4x8_packed(p, gi, xq[t], xd[t], out[t])
-            t += 1
+        for t in range(n4, n):
+            simd.q4_0_4x8_packed(p, gi, xt[t - n4], xd[t], out[t])
 
 
 @njit(error_model="numpy", nogil=True, cache=True)

@@ -683,11 +683,12 @@ def q4_0_packed_rows(typingctx, packed, gi, xq, xd, t, out):
 # Each 16 bytes of a packed block hold 8 bytes of each of 2 rows. Prompts: one `smmla` takes 2
 # positions' 8 activation bytes (repack.pair_positions_q8_0's vectors) times the 2 rows' 8
 # weights into a 2x2 tile of int32 lanes [p0 r0, p0 r1, p1 r0, p1 r1], 8 of them a block for 4
-# rows x 2 positions, every operand a plain load. Decode: `sdot` of a weight vector with 8
-# activation bytes loaded into both halves (ld1r) puts each row's sum in 2 lanes, and one addp
-# a block regroups them into 4 row lanes. As in the 4x4 kernel, the nibbles come out of the
-# XOR-0x88 bytes as 16 (q - 8), `scvtf #4` takes the 16 off exactly, and every lane (one row,
-# one position) then takes q4_0_row's float steps block for block: the same bits.
+# rows x 2 positions, every operand a plain load. Decode: `sdot` of a weight vector with the
+# same 8 activation bytes in both halves (repack.twin_chunks_q8_0, once per product) puts each
+# row's sum in 2 lanes, and one addp a block regroups them into 4 row lanes. As in the 4x4
+# kernel, the nibbles come out of the XOR-0x88 bytes as 16 (q - 8), `scvtf #4` takes the 16 off
+# exactly, and every lane (one row, one position) then takes q4_0_row's float steps block for
+# block: the same bits.
 
 def _q4_0_blocks(ir_, nb, block, n_accs, acc_ty):
     """Q4_0's two chains over nb blocks: block(k, accs) -> accs for pairs of blocks (2j chain
@@ -720,16 +721,16 @@ def _q4_0_4x8_packed(context, builder, sig, args):
     prow, nb, toks = _packed_operands(context, b, sig, args, Q4_0_P_BYTES, 4, 2)
     (xp, dp, op), = toks
     zero = ir.Constant(V4I32, [0] * 4)
-    V2I64, V4F16 = ir.VectorType(I64, 2), ir.VectorType(ir.HalfType(), 4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
 
     def block(k, accs):
         pk = b.mul(k, _c(Q4_0_P_BYTES))
         q = _q4_0_4x8_weights(ir_, prow, pk)
-        xo = b.mul(k, _c(32))
+        xo = b.mul(k, _c(64))
         sums = [zero, zero]  # rows 0-1, 2-3: each row's sum in two lanes
         for hi in range(2):
-            for h in range(2):  # x's elements 16 hi + 8h.. in both halves (ld1r)
-                x = b.bitcast(ir_.splat(ir_.load(xp, b.add(xo, _c(16 * hi + 8 * h)), I64), V2I64), V16I8)
+            for h in range(2):  # x's elements 16 hi + 8h.. in both halves
+                x = ir_.load(xp, b.add(xo, _c(16 * (2 * hi + h))), V16I8)
                 sums = [ir_.sdot(sums[qq], q[hi][h][qq], x) for qq in range(2)]
         s = ir_.addp(*sums)  # [r0, r1, r2, r3]
         d_rows = b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(Q4_0_P_D)), ir.VectorType(I16, 4)), V4F16), V4F32)
@@ -787,12 +788,13 @@ def _q4_0_4x8_mmla(context, builder, sig, args):
 
 
 @intrinsic
-def q4_0_4x8_packed(typingctx, packed, gi, xq, xd, out):
+def q4_0_4x8_packed(typingctx, packed, gi, xt, xd, out):
     """out[4gi : 4gi + 4] = rows 4gi.. . x, from packed uint8[rows/4, nb*72] (repack.py's
-    4x8 layout), with sdot; x in Q8_0 (xq int8[cols], xd f32[cols/32]); out f32[rows]."""
-    if not (_arrays(2, packed) and _arrays(1, xq, xd, out) and isinstance(gi, types.Integer)):
+    4x8 layout), with sdot; x in Q8_0, its quants as repack.twin_chunks_q8_0 makes them (xt
+    int8[2*cols]), xd f32[cols/32]; out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xt, xd, out) and isinstance(gi, types.Integer)):
         return None
-    return types.none(packed, gi, xq, xd, out), _q4_0_4x8_packed
+    return types.none(packed, gi, xt, xd, out), _q4_0_4x8_packed
 
 
 @intrinsic

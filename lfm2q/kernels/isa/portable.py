@@ -260,15 +260,20 @@ def _q4_0_4x8_sum(g, base, r, xq, xo):
 
 
 @njit(**_J)
-def q4_0_4x8_packed(p, gi, xq, xd, out):
+def q4_0_4x8_packed(p, gi, xt, xd, out):
     """out[4gi + r] for r < 4: the rows of packed Q4_0 group gi (repack.py's 4x8 layout) . x
-    in Q8_0: each block's exact sum, then q4_0_packed's steps."""
+    in Q8_0 (its quants as repack.twin_chunks_q8_0 makes them: xt int8[2*cols]): each block's
+    exact sum, then q4_0_packed's steps."""
     g = p[gi]
+    xq = np.empty(32, np.int8)
     for r in range(Q4_0_GROUP):
         acc = np.float32(0.0)
         for k in range(g.shape[0] // Q4_0_P_BYTES):
             base = k * Q4_0_P_BYTES
-            s = _q4_0_4x8_sum(g, base, r, xq, 32 * k)
+            for c in range(4):
+                for e in range(8):
+                    xq[8 * c + e] = xt[64 * k + 16 * c + e]
+            s = _q4_0_4x8_sum(g, base, r, xq, 0)
             acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xd[k]) * np.float32(s)
         out[Q4_0_GROUP * gi + r] = acc
 
