@@ -1,5 +1,6 @@
-"""Estimated cycles per 256 weights of the NEON kernels' inner loops on a Pi 5 (Cortex-A76) and a
-Pi 4 (Cortex-A72), from llvm-mca on their aarch64 assembly, cross-compiled on this machine.
+"""Estimated cycles per 256 weights of the NEON kernels' inner loops on a Pi 5 (Cortex-A76), a
+Pi 4 (Cortex-A72) and a Neoverse N2 (i8mm: smmla), from llvm-mca on their aarch64 assembly,
+cross-compiled on this machine.
 
     .venv/bin/python benchmarks/mca_arm64.py                 # the table (about a minute)
     .venv/bin/python benchmarks/mca_arm64.py --llama /tmp/llama.cpp   # + llama.cpp's loops
@@ -13,7 +14,9 @@ pipeline only: no cache misses, no memory bandwidth (which bounds decode on a Pi
 
 --llama DIR: a llama.cpp checkout (not vendored here; e.g. fetched to /tmp): its
 ggml_vec_dot_<type>_q8_<0|K> from ggml/src/ggml-cpu/arch/arm/quants.c, compiled with
-clang --target=aarch64-linux-gnu -mcpu=<cpu> -O3 -S, through the same loop extraction.
+clang --target=aarch64-linux-gnu -mcpu=<cpu> -O3 -S, through the same loop extraction; and
+its repacked GEMV (ggml-cpu/arch/arm/repack.cpp) the same way, its i8mm GEMM (inline assembly
+there) read from the source: the block loop of ggml_gemm_q4_0_4x8_q8_0.
 """
 from __future__ import annotations
 
@@ -28,14 +31,17 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CPUS = {"cortex-a76": "+neon,+dotprod,+fullfp16", "cortex-a72": "+neon,-dotprod,-fullfp16"}
+CPUS = {"cortex-a76": "+neon,+dotprod,+fullfp16,-i8mm", "cortex-a72": "+neon,-dotprod,-fullfp16,-i8mm",
+        "neoverse-n2": "+neon,+dotprod,+fullfp16,+i8mm"}
 # kernel -> (weights one call's loop iteration covers per position, positions per call)
 KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0_rows": (64, 4),
            "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
            "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4),
-           "q4_0_packed": (256, 1), "q4_0_packed_rows": (256, 4)}
-# lane-indexed sdot: no fallback form
+           "q4_0_packed": (256, 1), "q4_0_packed_rows": (256, 4),
+           "q4_0_4x8_packed": (256, 1), "q4_0_4x8_mmla_rows": (256, 4)}
+# lane-indexed sdot, smmla: no fallback form
 DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows", "q4_0_packed", "q4_0_packed_rows")
+I8MM_ONLY = ("q4_0_4x8_packed", "q4_0_4x8_mmla_rows")
 
 _EMIT = r"""
 import json, sys
@@ -48,7 +54,7 @@ llvm.get_host_cpu_name = lambda: cpu
 llvm.get_host_cpu_features = lambda: llvm.FeatureMap({f[1:]: f[0] == "+" for f in feats.split(",")})
 from numba import njit, types as T
 from lfm2q.kernels.isa import neon
-assert neon.HAVE_DOTPROD == ("+dotprod" in feats)
+assert neon.HAVE_DOTPROD == ("+dotprod" in feats) and neon.HAVE_I8MM == ("+i8mm" in feats)
 u8, i8, f32, i16 = (T.Array(t, 1, "C") for t in (T.uint8, T.int8, T.float32, T.int16))
 i8_2, f32_2, i16_2 = (T.Array(t, 2, "C") for t in (T.int8, T.float32, T.int16))
 out = {}
@@ -74,6 +80,12 @@ for name in sys.argv[3].split(","):
     elif name == "q4_0_packed":
         f = njit(fastmath=False)(lambda p, g, q, d, o: neon.q4_0_packed(p, g, q, d, o))
         sig = (u8_2, T.int64, i8, f32, f32)
+    elif name == "q4_0_4x8_packed":
+        f = njit(fastmath=False)(lambda p, g, q, d, o: neon.q4_0_4x8_packed(p, g, q, d, o))
+        sig = (u8_2, T.int64, i8, f32, f32)
+    elif name == "q4_0_4x8_mmla_rows":
+        f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_4x8_mmla_rows(p, g, q, d, t, o))
+        sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
     elif name == "q4_0_packed_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_packed_rows(p, g, q, d, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
@@ -81,7 +93,7 @@ for name in sys.argv[3].split(","):
         sig = (u8, i8_2, f32_2, i16_2, T.int64) if kq else (u8, i8_2, f32_2, T.int64)
     else:
         sig = (u8, i8, f32, i16) if kq else (u8, i8, f32)
-    if "packed" not in name:
+    if "packed" not in name and "mmla" not in name:
         f = wrap(getattr(neon, name), len(sig))
     f.compile(sig)
     out[name] = f.inspect_asm(sig)
@@ -92,7 +104,8 @@ json.dump(out, sys.stdout)
 def emit(cpu: str, features: str, kernels=None) -> dict[str, str]:
     """{kernel: aarch64 assembly of a function calling it} for that CPU, compiled in a child."""
     if kernels is None:
-        kernels = [k for k in KERNELS if "+dotprod" in features or k not in DOTPROD_ONLY]
+        kernels = [k for k in KERNELS if ("+dotprod" in features or k not in DOTPROD_ONLY)
+                   and ("+i8mm" in features or k not in I8MM_ONLY)]
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=cache,
                    PYTHONPATH=str(ROOT))
@@ -126,7 +139,7 @@ def _loops(asm: str) -> list[tuple[int, int, list[str]]]:
 
 
 def _simd_dots(body: list[str]) -> int:
-    return sum(s.split()[0] in ("sdot", "smull", "smull2", "smlal", "smlal2") for s in body if s)
+    return sum(s.split()[0] in ("sdot", "smmla", "smull", "smull2", "smlal", "smlal2") for s in body if s)
 
 
 def loop_body(asm: str) -> list[str]:
@@ -187,7 +200,8 @@ def loop_cycles(asm: str, cpu: str) -> float:
 # LLVM has no Cortex-A76 scheduling model (it times -mcpu=cortex-a76 with the Cortex-A57's,
 # which has one load pipe and 3-wide dispatch); the Neoverse N1 is the same core design
 # (Arm's "Ares": 4-wide decode, 2 load pipes, 2 128-bit SIMD pipes) and has one since LLVM 17.
-MCA_MODEL = {"cortex-a76": "neoverse-n1", "cortex-a72": "cortex-a72"}
+# The Neoverse N2 (Armv9: i8mm; 2 128-bit SIMD pipes, as the Cortex-A710) has its own model.
+MCA_MODEL = {"cortex-a76": "neoverse-n1", "cortex-a72": "cortex-a72", "neoverse-n2": "neoverse-n2"}
 
 
 def llvm_mca() -> str:
@@ -234,6 +248,32 @@ def llama_asm(src: Path, cpu: str, file: str = "quants.c") -> str | None:
         return out.read_text()
 
 
+def llama_inline_loop(src: Path, fn: str, label: str = "3") -> list[str]:
+    """The instructions of loop `label` ("3:" ... "bgt 3b") in the inline assembly of llama.cpp's
+    repack.cpp function fn, read from the source (its `.inst` words as the mnemonics their
+    comments give: the assembler of older toolchains lacks smmla)."""
+    g = src / "ggml" if (src / "ggml").is_dir() else src
+    text = (g / "src/ggml-cpu/arch/arm/repack.cpp").read_text()
+    start = text.find(f"void {fn}(")
+    if start < 0:
+        return []
+    body = text[start:text.find("\n}\n", start)]
+    lines = re.findall(r'^\s*"([^"]*)"', body, re.M)
+    try:
+        first = next(i for i, s in enumerate(lines) if s.startswith(f"{label}:"))
+        last = next(i for i in range(first, len(lines)) if lines[i].startswith(f"bgt {label}b"))
+    except StopIteration:
+        return []
+    out = [f"{label}:"]  # (the branch back names it)
+    for s in lines[first + 1:last + 1]:
+        s = s.replace("\\n", "").strip()
+        if s.startswith(".inst"):
+            s = s.split("//", 1)[1].strip()
+        if s:
+            out.append(s)
+    return out
+
+
 def function_asm(asm: str, name: str) -> str:
     m = re.search(rf"^{name}:[^\n]*\n(.*?)^\.Lfunc_end\d+:", asm, re.M | re.S)
     return m.group(1) if m else ""
@@ -247,7 +287,11 @@ LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64, 1), "q8_0_row": ("ggml_vec_d
 # repack.cpp's GEMV over its repacked layouts (dotprod only): the loop over super-blocks (or
 # blocks) of one group of rows, at depth 2 -> (row, function, weights per iteration, trips)
 LLAMA_REPACK = {"q4_k_packed": ("ggml_gemv_q4_K_8x4_q8_K", 2048, 4),
-                "q4_0_packed": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1)}
+                "q4_0_packed": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1),
+                "q4_0_4x8_packed": ("ggml_gemv_q4_0_4x8_q8_0", 128, 1)}
+# repack.cpp's i8mm GEMM (inline assembly): row -> (function, weights per position and
+# iteration of its block loop, positions): one block of 4 weight rows against 16 positions
+LLAMA_GEMM = {"q4_0_4x8_mmla_rows": ("ggml_gemm_q4_0_4x8_q8_0", 128, 16)}
 
 
 def main() -> None:
@@ -273,13 +317,18 @@ def main() -> None:
                 fn, lw, trips = LLAMA[name]
                 rows[name][cpu + " llama"] = 256 * clang_loop_cycles(function_asm(lasm, fn), cpu, trips) / lw
         for name, (fn, lw, trips) in LLAMA_REPACK.items() if rasm else ():
-            cyc = clang_loop_cycles(function_asm(rasm, fn), cpu, trips, 2)
-            rows.setdefault(name, {})[cpu + " llama"] = 256 * cyc / lw
+            if name in asm:
+                cyc = clang_loop_cycles(function_asm(rasm, fn), cpu, trips, 2)
+                rows.setdefault(name, {})[cpu + " llama"] = 256 * cyc / lw
+        for name, (fn, lw, positions) in LLAMA_GEMM.items() if args.llama and name in asm else ():
+            body = llama_inline_loop(args.llama, fn)
+            if body:
+                rows.setdefault(name, {})[cpu + " llama"] = 256 * mca_cycles(body, cpu) / (lw * positions)
     cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
     print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
-    print(f"{'kernel':12}" + "".join(f"{c:>20}" for c in cols))
+    print(f"{'kernel':20}" + "".join(f"{c:>20}" for c in cols))
     for name, r in rows.items():
-        print(f"{name:12}" + "".join(f"{r[c]:>20.1f}" if c in r else f"{'':>20}" for c in cols))
+        print(f"{name:20}" + "".join(f"{r[c]:>20.1f}" if c in r else f"{'':>20}" for c in cols))
 
 
 if __name__ == "__main__":

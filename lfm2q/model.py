@@ -19,8 +19,8 @@ from .cache import Snapshot, State
 from .errors import GenerationError
 from .gguf_model import Experts, GGUFFile, Lfm2Config, Weight
 from .kernels import EXACT, dequant_rows, matmul, matvec
-from .kernels.dispatch import integer_prefill, kinds_for, packable, packed_code, single_threaded_blas
-from .kernels.repack import packed, packed_shape
+from .kernels.dispatch import integer_prefill, kinds_for, pack, packable, packed_code, single_threaded_blas
+from .kernels.repack import packed_shape
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds activation memory on long prompts
 # Prompts up to this many tokens may run token by token through decode. Where prefill goes
@@ -194,9 +194,9 @@ def _exact(w: Weight) -> Weight:
 
 class _Packer:
     """Matrices in the layout their fastest kernel reads: Q4_K packed 8 rows at a time where the
-    AVX2 or NEON dotprod kernels run, Q4_0 4 rows at a time with NEON dotprod (kernels/repack.py,
-    dispatch.packable), their file pages released; others as they are. The packed copies share
-    one buffer in 2 MB pages (hugepages.py)."""
+    AVX2 or NEON dotprod kernels run, Q4_0 4 rows at a time with NEON dotprod, in 8-byte chunks
+    with i8mm (kernels/repack.py, dispatch.packable and pack), their file pages released; others
+    as they are. The packed copies share one buffer in 2 MB pages (hugepages.py)."""
 
     ALIGN = 64  # each copy starts on a cache line
 
@@ -222,10 +222,11 @@ class _Packer:
         if n <= self.free.size:
             out = self.free[:n].reshape(shape)
             self.free = self.free[min(self._aligned(n), self.free.size):]
-        out = packed(w.raw, w.qtype, out)
+        code = packed_code(w.kernel)
+        out = pack(w.raw, code, out)
         out.flags.writeable = False  # typed as the file's read-only views: one compiled kernel per block, not two
         self.f.release(name)
-        return replace(w, raw=out, kernel=packed_code(w.kernel))
+        return replace(w, raw=out, kernel=code)
 
 
 def _mm(w: Weight, x: np.ndarray) -> np.ndarray:  # x f32[n, cols] -> f32[n, rows]

@@ -46,11 +46,12 @@ def variants(code: int) -> list[str]:
     if not (dispatch.simd.WIDE_FORMS and dispatch.integer_decode(code)):
         return out  # (elsewhere the grouped forms are the row kernels in a loop: nothing to choose)
     if ((dispatch.Q8_0_DECODE_PAIRS and qtype == Q8_0)
-            or (dispatch.B32_DECODE_QUADS and qtype in (Q4_0, Q5_0) and not code & dispatch.PACKED4)):
+            or (dispatch.B32_DECODE_QUADS and qtype in (Q4_0, Q5_0)
+                and not code & (dispatch.PACKED4 | dispatch.PACKED4X8))):
         out.append("decode")
     if dispatch.integer_prefill(code) and (
             code & dispatch.PACKED8 or qtype in (Q8_0, Q6_K, Q5_0, Q4_1, Q5_1)
-            or (qtype == Q4_0 and not code & dispatch.PACKED4)):
+            or (qtype == Q4_0 and not code & (dispatch.PACKED4 | dispatch.PACKED4X8))):
         out.append("prefill")
     return out
 

@@ -54,6 +54,13 @@ def record(out: Path, models: list[str]) -> None:
                 m.generate(list(range(1, 40)), max_tokens=3)  # a prompt chunk, then decode steps
                 m.generate([1, 2], max_tokens=2)
     sigs = {(mod, name): list(d.signatures) for mod, name, d in _dispatchers() if d.signatures}
+    # Packed Q4_0 exists only on aarch64 (the backends' PACKS_Q4_0*): its prompt kernels, called
+    # from Python, never run here. They take the arrays of their Q4_K twin (packed weights, the
+    # activations, the output): its signatures.
+    twin = sigs.get(("lfm2q.kernels.dispatch", "_imatmul_packed"), [])
+    for name in ("_imatmul_q4_0_packed", "_imatmul_q4_0_4x8"):
+        if twin:
+            sigs.setdefault(("lfm2q.kernels.dispatch", name), list(twin))
     out.write_bytes(pickle.dumps(sigs))
     print(json.dumps({"functions": len(sigs), "signatures": sum(map(len, sigs.values()))}))
 

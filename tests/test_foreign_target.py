@@ -5,7 +5,8 @@ produce (and every KV cache type); tests/foreign_target.py then compiles each of
 process that numba believes is an aarch64 one (the code is never run). This keeps the fix for
 "x86 intrinsics compiled on aarch64" (LLVM aborts the process there) from rotting: a kernel
 that reaches an llvm.x86.* intrinsic on aarch64, or an instruction the target lacks (sdot on a
-Pi 4's Cortex-A72, which has no dotprod: SIGILL on the board), fails here on x86 too.
+Pi 4's Cortex-A72, which has no dotprod: SIGILL on the board; smmla without i8mm), fails here
+on x86 too. Three targets: a Pi 5, a Pi 4 and a Neoverse V2 (i8mm: the smmla Q4_0 prompts).
 """
 import json
 import os
@@ -68,12 +69,12 @@ def _cross(sigs: Path, cpu: str, tmp: Path) -> dict:
 @pytest.fixture(scope="module")
 def reports(signatures, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cross")
-    cpus = ["cortex-a76", "cortex-a72"]
-    with ThreadPoolExecutor(2) as pool:
+    cpus = list(TARGETS)
+    with ThreadPoolExecutor(len(cpus)) as pool:
         return dict(zip(cpus, pool.map(lambda c: _cross(signatures, c, tmp), cpus)))
 
 
-@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+@pytest.mark.parametrize("cpu", list(TARGETS))
 def test_every_engine_kernel_compiles_for_aarch64_without_x86_intrinsics(reports, cpu):
     r = reports[cpu]
     assert r["target"]["arch"] == "aarch64" and r["target"]["cpu"] == cpu
@@ -85,6 +86,7 @@ def test_every_engine_kernel_compiles_for_aarch64_without_x86_intrinsics(reports
     # attention, the embedding lookup.
     names = set(r["names"])
     assert "lfm2q.kernels.dispatch._imatmul" in names and "lfm2q.kernels.dispatch._imatmul_packed" in names
+    assert {"lfm2q.kernels.dispatch._imatmul_q4_0_packed", "lfm2q.kernels.dispatch._imatmul_q4_0_4x8"} <= names
     assert sum(n.startswith("lfm2q.blocks.") for n in names) >= 5
     assert any(n.startswith("lfm2q.kernels.lookup.") for n in names)
     assert r["signatures"] >= r["functions"] >= 15
@@ -98,7 +100,19 @@ def test_the_pi_4_build_has_no_dotprod_and_the_pi_5_build_uses_it_where_neon_ker
         assert a76["instructions"].get("sdot", 0) > 0
 
 
-@pytest.mark.parametrize("cpu", ["cortex-a76", "cortex-a72"])
+def test_smmla_only_in_the_i8mm_build(reports):
+    # The Neoverse V2 build multiplies Q4_0 prompts with smmla (and decodes with sdot); the Pi
+    # builds have none (SIGILL there): not the instruction, not the intrinsic.
+    v2 = reports["neoverse-v2"]
+    assert v2["instructions"].get("smmla", 0) > 0 and v2["instructions"].get("sdot", 0) > 0
+    assert "llvm.aarch64.neon.smmla.v4i32.v16i8" in v2["aarch64_intrinsics"]
+    assert v2["target"]["kernels"] == "aarch64 NEON + dotprod + i8mm"
+    for cpu in ("cortex-a76", "cortex-a72"):
+        assert "smmla" not in reports[cpu]["instructions"], cpu
+        assert not any("smmla" in name for name in reports[cpu]["aarch64_intrinsics"]), cpu
+
+
+@pytest.mark.parametrize("cpu", list(TARGETS))
 def test_f16_weights_and_the_fp16_cache_widen_with_neon_vector_converts(reports, cpu):
     # fcvtl: 4 fp16 lanes to 4 f32 in one instruction (baseline NEON, so the Pi 4 too), not a
     # table lookup or a scalar convert per element

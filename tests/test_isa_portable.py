@@ -10,7 +10,7 @@ from lfm2q.kernels.dispatch import dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 from lfm2q.kernels.isa import portable as P
 from lfm2q.kernels.isa.llvm_ir import TOKENS
-from lfm2q.kernels.repack import packed, packed_q4_k8
+from lfm2q.kernels.repack import packed, packed_q4_k8, pair_positions_q8_0, twin_chunks_q8_0
 from test_intdot import edge_weights, oracle
 
 ROW = {Q4_K: P.q4_k_row, Q5_K: P.q5_k_row, Q6_K: P.q6_k_row, Q8_0: P.q8_0_row, Q4_0: P.q4_0_row}
@@ -132,3 +132,30 @@ def test_packed_q4_0_groups_give_each_rows_product():
             P.q4_0_packed_rows(p, gi, xq, xd, 0, out)
         np.testing.assert_array_equal(out[0], dec, err_msg=name)
         assert np.isfinite(out).all()
+
+
+def test_q4_0_4x8_groups_give_the_4x4_groups_bits():
+    # The 8-byte-chunk layout (i8mm's) and its prompt form over the paired positions
+    # (repack.pair_positions_q8_0): the same sums and steps as the 4x4 layout's kernels, so
+    # the same bits; 3 groups, 7 blocks, 8 positions (4 pairs: two calls).
+    cols, rows, n = 224, 12, 2 * TOKENS
+    x = np.random.default_rng(12).standard_normal((n, cols)).astype(np.float32)
+    xq, xd, _ = activations(Q4_0, x)
+    xi, xdi = pair_positions_q8_0(xq, xd)
+    for name, w in edge_weights(Q4_0, rows, cols).items():
+        p4, p8 = packed(w, Q4_0), packed(w, Q4_0, chunk=8)
+        want = np.full((n, rows), np.nan, np.float32)
+        for t in range(n):
+            for gi in range(rows // 4):
+                P.q4_0_packed(p4, gi, xq[t], xd[t], want[t])
+        dec = np.full(rows, np.nan, np.float32)
+        xt = np.empty(2 * cols, np.int8)
+        twin_chunks_q8_0(xq[3], xt)
+        for gi in range(rows // 4):
+            P.q4_0_4x8_packed(p8, gi, xt, xd[3], dec)
+        np.testing.assert_array_equal(dec, want[3], err_msg=name)
+        out = np.full((n, rows), np.nan, np.float32)
+        for t in range(0, n, TOKENS):
+            for gi in range(rows // 4):
+                P.q4_0_4x8_mmla_rows(p8, gi, xi, xdi, t, out)
+        np.testing.assert_array_equal(out, want, err_msg=name)

@@ -12,7 +12,12 @@ steps in neon.py's order, bit for bit, on random rows and rows at the edges (eve
 against the portable kernels (intdot.py) within float rounding. Packed Q4_0 (4-row groups,
 kernels/repack.py): on any host its layout against the file's bytes; on aarch64 with dotprod
 its kernels against a NumPy oracle reading the packed bytes and against the row kernel, bit for
-bit, and a Q4_0 model's logits packed and unpacked (slow).
+bit, and a Q4_0 model's logits packed and unpacked (slow). Packed Q4_0 in 8-byte chunks (the
+i8mm layout, repack.pack_q4_0_4x8, and the prompt's positions in pairs for smmla): on any host
+both layouts against NumPy, and the assembly for a Neoverse N2 (smmla in the prompt loop, no
+shuffles there); on aarch64 with i8mm (qemu's `max`) the smmla and sdot kernels against an
+oracle reading the packed bytes and against the row kernel, bit for bit, alone and through
+dispatch.
 """
 import sys
 from pathlib import Path
@@ -26,7 +31,8 @@ from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
 from lfm2q.kernels.isa import ARCH
 from lfm2q.kernels.kquants import _scales_mins
-from lfm2q.kernels.repack import Q4_0_P_BYTES, pack_q4_0x4, packed_shape, unpack_q4_0x4_np
+from lfm2q.kernels.repack import (Q4_0_P_BYTES, pack_q4_0_4x8, pack_q4_0x4, packed_shape, pair_positions_np,
+                                  pair_positions_q8_0, twin_chunks_q8_0, unpack_q4_0_4x8_np, unpack_q4_0x4_np)
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
@@ -45,7 +51,8 @@ def assembly():
         sys.path.pop(0)
     kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
     packed = ("q4_k_packed", "q4_0_packed", "q4_0_packed_rows")
-    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, kernels + packed * ("+dotprod" in feats))
+    i8mm = ("q4_0_row", "q4_0_4x8_packed", "q4_0_4x8_mmla_rows")  # (the rest as on the A76)
+    return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, i8mm if "+i8mm" in feats else kernels + packed * ("+dotprod" in feats))
                        for cpu, feats in mca_arm64.CPUS.items()}
 
 
@@ -65,6 +72,25 @@ def test_kernels_use_sdot_only_where_the_cpu_has_dotprod(assembly):
         body = "\n".join(mca.loop_body(text))
         assert "sdot" not in text, name
         assert "smull" in body, name  # widening multiplies
+    for cpu in ("cortex-a76", "cortex-a72"):
+        assert not any("smmla" in text for text in asm[cpu].values()), cpu  # no i8mm there: SIGILL
+
+
+def test_the_i8mm_kernels_use_smmla_for_prompts_and_sdot_for_decode(assembly):
+    mca, asm = assembly
+    n2 = asm["neoverse-n2"]
+    body = mca.loop_body(n2["q4_0_4x8_mmla_rows"])
+    # 2 blocks x 2 position pairs x 2 row pairs x 4 chunks, every operand a plain load: no
+    # shuffle, lane move or table lookup in the loop, no horizontal sum, 16 (q - 8) off in the convert
+    assert sum(i.startswith("smmla") for i in body) == 32
+    assert not any(i.split()[0] in ("zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2", "ext", "tbl", "ins", "mov",
+                                    "addv", "addp", "faddp") or i.startswith("dup") for i in body), body
+    assert any(i.startswith("scvtf") and i.endswith("#4") for i in body)
+    body = mca.loop_body(n2["q4_0_4x8_packed"])  # decode on the same bytes: 8 sdot and one addp a block,
+    assert sum(i.startswith("sdot") for i in body) == 16 and sum(i.startswith("addp") for i in body) == 2
+    assert not any(i.startswith(("ld1r", "dup")) for i in body), body  # x's twin chunks: plain loads
+    assert not any("smmla" in i for i in body)
+    assert "smmla" not in n2["q4_0_row"]  # the row kernels stay as on the Cortex-A76
 
 
 # --- the numbers (aarch64) ------------------------------------------------------------------
@@ -229,6 +255,51 @@ def test_packed_q4_0_layout_holds_the_files_bytes():
         np.testing.assert_array_equal(unpack_q4_0x4_np(p), w, err_msg=wname)
 
 
+def test_packed_q4_0_4x8_layout_holds_the_files_bytes():
+    # Any host: the i8mm layout (8-byte chunks: vector m = 2h + q holds bytes 8h.. of rows 2q,
+    # 2q + 1, XOR 0x88, then the 4 scales), byte for byte, and back; 7 blocks, 3 groups.
+    rows, cols = 12, 32 * 7
+    for wname, w in edge_weights(Q4_0, rows, cols).items():
+        p = np.full(packed_shape(*w.shape, Q4_0), 0x5A, np.uint8)
+        pack_q4_0_4x8(w, p)
+        blocks = w.reshape(rows, 7, 18)
+        for gi in range(3):
+            for k in (0, 3, 6):
+                o = k * 72
+                for r in range(4):
+                    row = blocks[4 * gi + r, k]
+                    assert bytes(p[gi, o + 64 + 2 * r:o + 66 + 2 * r]) == bytes(row[:2]), wname
+                    for h in range(2):
+                        at = o + 16 * (2 * h + r // 2) + 8 * (r % 2)
+                        assert bytes(p[gi, at:at + 8]) == bytes(row[2 + 8 * h:10 + 8 * h] ^ 0x88), wname
+        np.testing.assert_array_equal(unpack_q4_0_4x8_np(p), w, err_msg=wname)
+        if wname == "random":
+            assert not np.array_equal(p, packed_q4_0(w))  # not the 4x4 layout
+
+
+def test_prompt_positions_pair_in_8_byte_chunks():
+    # Any host: pair_positions_q8_0 against its NumPy twin and against the layout written out
+    # (xi[p, 64k + 16c + 8j + e] = xq[2p + j, 32k + 8c + e], xdi[p, 4k + 2j + i] = xd[2p + j, k]),
+    # an odd position count (the last one has no pair) and 5 blocks.
+    rng = np.random.default_rng(4)
+    for n in (7, 2, 1):
+        xq = rng.integers(-128, 128, (n, 160)).astype(np.int8)
+        xd = rng.uniform(0.001, 0.05, (n, 5)).astype(np.float32)
+        xi, xdi = pair_positions_q8_0(xq, xd)
+        want_i, want_d = pair_positions_np(xq, xd)
+        assert xi.shape == (n // 2, 320) and xdi.shape == (n // 2, 20)
+        np.testing.assert_array_equal(xi, want_i)
+        np.testing.assert_array_equal(xdi, want_d)
+        for p, k, c, j, e in ((0, 0, 0, 0, 0), (n // 2 - 1, 4, 3, 1, 7), (0, 2, 1, 1, 3)):
+            if p >= 0 and n >= 2:
+                assert xi[p, 64 * k + 16 * c + 8 * j + e] == xq[2 * p + j, 32 * k + 8 * c + e]
+                assert xdi[p, 4 * k + 2 * j] == xdi[p, 4 * k + 2 * j + 1] == xd[2 * p + j, k]
+        # decode's twin chunks: a position paired with itself
+        xt = np.full(320, 99, np.int8)
+        twin_chunks_q8_0(xq[n - 1], xt)
+        np.testing.assert_array_equal(xt, pair_positions_np(xq[[n - 1, n - 1]], xd[[n - 1, n - 1]])[0][0])
+
+
 if ARCH == "aarch64":
     from lfm2q.kernels.isa import arm, neon
 
@@ -287,6 +358,20 @@ if ARCH == "aarch64":
         for t in range(0, xq.shape[0] - 3, 4):
             for gi in range(p.shape[0]):
                 neon.q4_0_packed_rows(p, gi, xq, xd, t, out)
+
+    if neon.HAVE_I8MM:  # (smmla and its kernels compile only where the CPU has it)
+        @njit(error_model="numpy", fastmath=False)
+        def _neon_4x8(p, xq, xd, out):
+            xt = np.empty(2 * xq.shape[0], np.int8)
+            twin_chunks_q8_0(xq, xt)
+            for gi in range(p.shape[0]):
+                neon.q4_0_4x8_packed(p, gi, xt, xd, out)
+
+        @njit(error_model="numpy", fastmath=False)
+        def _neon_4x8_mmla(p, xi, xdi, out):  # out[t, r]: TOKENS positions a call
+            for t in range(0, 2 * xi.shape[0] - 3, 4):
+                for gi in range(p.shape[0]):
+                    neon.q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out)
 
 
 def run(impl, w, qtype, xq, xd, bsum):
@@ -419,10 +504,16 @@ def test_nan_activations_reach_the_output():
 
 
 @on_arm
-def test_the_kernels_follow_the_cpus_dotprod():
+def test_the_kernels_follow_the_cpus_dotprod_and_i8mm():
     from lfm2q.cpu import target
     assert neon.HAVE_DOTPROD == ("dotprod" in target()[1])
     assert ("dotprod" in arm.NAME) == neon.HAVE_DOTPROD
+    assert neon.HAVE_I8MM == ("i8mm" in target()[1] and neon.HAVE_DOTPROD)
+    assert ("i8mm" in arm.NAME) == neon.HAVE_I8MM
+    # one Q4_0 layout: 8-byte chunks with i8mm, else 4-byte ones with dotprod
+    assert (arm.PACKS_Q4_0, arm.PACKS_Q4_0_4X8) == (neon.HAVE_DOTPROD and not neon.HAVE_I8MM, neon.HAVE_I8MM)
+    assert (arm.q4_0_4x8_mmla_rows is neon.q4_0_4x8_mmla_rows) == neon.HAVE_I8MM
+    assert ("smmla" in dispatch.kernel_name(Q4_0)) == neon.HAVE_I8MM
 
 
 @on_arm
@@ -469,7 +560,7 @@ def test_packed_q4_0_kernel_gives_the_oracles_and_the_row_kernels_bits():
     # 3 and 5 groups; 8, 7 (an odd last block: chain 0) and 40 blocks; extreme bytes and
     # activations. Decode and the 4-position form, each against the oracle on the packed bytes
     # and the row kernel on the file's rows.
-    assert arm.PACKS_Q4_0 and arm.q4_0_packed is neon.q4_0_packed
+    assert arm.PACKS_Q4_0 == (not neon.HAVE_I8MM)  # (with i8mm the 4x8 layout is the one packed)
     for rows, cols in ((12, 256), (20, 224), (12, 1280)):
         for wname, w in edge_weights(Q4_0, rows, cols).items():
             p = packed_q4_0(w)
@@ -491,17 +582,20 @@ def test_packed_q4_0_kernel_gives_the_oracles_and_the_row_kernels_bits():
 @on_arm
 @needs_dotprod
 def test_packed_q4_0_matrices_through_dispatch_give_the_row_kernels_bits():
-    # matvec (serial and parallel) and matmul (TOKENS-position calls and a tail) over a packed
-    # matrix; packable: Q4_0 in whole groups of 4 rows only, never with f32 activations.
+    # matvec (serial and parallel) and matmul (TOKENS-position calls and a tail of 3) over a
+    # packed matrix, in the layout this CPU's backend packs (4x8 with i8mm: smmla prompts);
+    # packable: Q4_0 in whole groups of 4 rows only, never with f32 activations.
     assert dispatch.packable(Q4_0, 20) and not dispatch.packable(Q4_0, 18)
     assert not dispatch.packable(Q4_0 | dispatch.EXACT, 20)
-    assert dispatch.packed_code(Q4_0) == Q4_0 | dispatch.PACKED4
-    assert "4-row packed" in dispatch.kernel_name(Q4_0)
     code = dispatch.packed_code(Q4_0)
+    assert code == Q4_0 | (dispatch.PACKED4X8 if neon.HAVE_I8MM else dispatch.PACKED4)
+    assert "4-row packed" in dispatch.kernel_name(Q4_0)
     for rows, cols in ((20, 224), (1024, 480)):  # 5 groups on one thread; 256 groups, parallel
         assert (rows * cols // 32 * 18 >= dispatch.PARALLEL_MIN_BYTES) == (rows == 1024)
         for wname, w in edge_weights(Q4_0, rows, cols).items():
-            _check_packed(packed_q4_0(w), code, w, Q4_0, wname)
+            p = dispatch.pack(w, code)
+            np.testing.assert_array_equal(p, pack_4x8(w) if neon.HAVE_I8MM else packed_q4_0(w))
+            _check_packed(p, code, w, Q4_0, wname)
 
 
 @on_arm
@@ -529,10 +623,88 @@ def test_a_q4_0_model_gives_the_same_logits_packed_and_unpacked(request, tmp_pat
         return mats, m.logits(ids), np.stack([session.eval([t]).copy() for t in ids[:3]])
 
     mats, prompt, decode = run_model()
-    assert any(w.kernel & dispatch.PACKED4 for w in mats)
+    layouts = dispatch.PACKED4 | dispatch.PACKED4X8
+    assert any(w.kernel & (dispatch.PACKED4X8 if neon.HAVE_I8MM else dispatch.PACKED4) for w in mats)
     monkeypatch.setattr(dispatch, "SIMD_PACKS_Q4_0", False)
+    monkeypatch.setattr(dispatch, "SIMD_PACKS_Q4_0_4X8", False)
     mats0, prompt0, decode0 = run_model()
-    assert not any(w.kernel & dispatch.PACKED4 for w in mats0)
+    assert not any(w.kernel & layouts for w in mats0)
     np.testing.assert_array_equal(prompt, prompt0)
     np.testing.assert_array_equal(decode, decode0)
     np.testing.assert_array_equal(decode, prompt[:3])
+
+
+# --- Q4_0 packed in 8-byte chunks (i8mm: smmla prompts, sdot decode) --------------------------
+
+needs_i8mm = pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_I8MM,
+                                reason="without i8mm Q4_0 is not packed in 8-byte chunks")
+
+
+def pack_4x8(w):
+    p = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
+    pack_q4_0_4x8(w, p)
+    return p
+
+
+def oracle_packed_q4_0_4x8_bits(p, xq, xd):
+    """f32[rows]: the 4x8 kernels' result from the packed bytes alone (repack.py's layout read
+    independently of pack_q4_0_4x8): vector 2h + q holds bytes 8h.. of rows 2q, 2q + 1."""
+    groups, nb = p.shape[0], p.shape[1] // Q4_0_P_BYTES
+    b = p.reshape(groups, nb, Q4_0_P_BYTES)
+    qs = b[:, :, :64].reshape(groups, nb, 2, 4, 8).astype(np.int64)  # [group, block, h, row 2q + i, byte e]
+    lo, hi = ((v ^ 8) - 8 for v in (qs & 15, qs >> 4))  # signed nibbles: q_lo - 8, q_hi - 8
+    x = xq.astype(np.int64).reshape(nb, 2, 2, 8)  # [block, low / high, h, e]
+    s = np.einsum("gkhre,khe->grk", lo, x[:, 0]) + np.einsum("gkhre,khe->grk", hi, x[:, 1])
+    d = fp16(b[:, :, 64:].reshape(groups, nb, 4, 2)).transpose(0, 2, 1)
+    return q4_0_float_steps(s.reshape(groups * 4, nb), d.reshape(groups * 4, nb), xd)
+
+
+@on_arm
+@needs_i8mm
+def test_q4_0_4x8_kernels_give_the_oracles_and_the_row_kernels_bits():
+    # 3 and 5 groups; 8, 7 (an odd last block: chain 0) and 40 blocks; extreme bytes and
+    # activations. Decode (sdot) against the oracle on the packed bytes and the row kernel on
+    # the file's rows; the smmla form on 8 positions (4 pairs) against the row kernel.
+    assert arm.PACKS_Q4_0_4X8 and arm.q4_0_4x8_packed is neon.q4_0_4x8_packed
+    for rows, cols in ((12, 256), (20, 224), (12, 1280)):
+        for wname, w in edge_weights(Q4_0, rows, cols).items():
+            p = pack_4x8(w)
+            for xname, (xq, xd, bsum) in activations(cols, 32, cols).items():
+                err = f"{rows}x{cols} {wname} x {xname}"
+                got = np.full(rows, np.nan, np.float32)
+                _neon_4x8(p, xq, xd, got)
+                np.testing.assert_array_equal(got, oracle_packed_q4_0_4x8_bits(p, xq, xd), err_msg=err)
+                np.testing.assert_array_equal(got, run(_neon, w, Q4_0, xq, xd, bsum), err_msg=err)
+            xs = [a for a in activations(cols, 32, cols + 1).values()]
+            xq, xd = np.stack([a[0] for a in xs] * 2), np.stack([a[1] for a in xs] * 2)  # 8 positions
+            xq[5] = xq[2][::-1]  # a pair of different rows in every pair
+            out = np.full((8, rows), np.nan, np.float32)
+            _neon_4x8_mmla(p, *pair_positions_q8_0(xq, xd), out)
+            want = np.stack([oracle_packed_q4_0_4x8_bits(p, xq[t], xd[t]) for t in range(8)])
+            np.testing.assert_array_equal(out, want, err_msg=f"prefill {rows}x{cols} {wname}")
+            none = np.zeros(cols // 16, np.int16)  # (Q4_0 has no sums per 16)
+            rows_bits = np.stack([run(_neon, w, Q4_0, xq[t], xd[t], none) for t in range(8)])
+            np.testing.assert_array_equal(out, rows_bits, err_msg=f"prefill {rows}x{cols} {wname}")
+
+
+@on_arm
+@needs_i8mm
+def test_q4_0_4x8_prefill_through_dispatch_for_any_position_count():
+    # matmul over a 4x8-packed matrix for 1-6 and 9 positions (no smmla call, one, one and a
+    # tail of 1-2 decode-kernel positions, two and a tail): the row kernel's bits; rows not a
+    # multiple of 4 stay unpacked (and give the same bits through the row kernels).
+    code = dispatch.packed_code(Q4_0)
+    cols = 32 * 5
+    w = weights(Q4_0, 24, cols, seed=6)
+    p = dispatch.pack(w, code)
+    for n in (1, 2, 3, 4, 5, 6, 9):
+        xs = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+        want = np.stack([run(_neon, w, Q4_0, *quantized(x, Q4_0)) for x in xs])
+        out = np.full((n, 24), np.nan, np.float32)
+        dispatch.matmul(p, code, xs, out)
+        np.testing.assert_array_equal(out, want, err_msg=f"{n} positions")
+    w18 = w[:18]
+    assert not dispatch.packable(Q4_0, 18)
+    out = np.full((9, 18), np.nan, np.float32)
+    dispatch.matmul(w18, Q4_0, xs, out)
+    np.testing.assert_array_equal(out, want[:, :18])

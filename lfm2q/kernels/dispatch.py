@@ -40,7 +40,7 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 from .prefetch import prefetch_rows_ahead
-from .repack import GROUP, Q4_0_GROUP
+from .repack import GROUP, Q4_0_GROUP, packed, pair_positions_q8_0, twin_chunks_q8_0
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -107,10 +107,11 @@ PARALLEL_MIN_BYTES = 256 * 1024
 EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all below 256)
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
 PACKED4 = 1024  # flag in a kernel code: a Q4_0 matrix packed 4 rows at a time (repack.pack_q4_0x4)
+PACKED4X8 = 2048  # the same in 8-byte chunks, for smmla (repack.pack_q4_0_4x8)
 # Variant flags in a kernel code (lfm2q/tuning.py picks them per matrix shape by measuring): the
 # same bits either way, only the speed differs.
-DECODE_ROWS = 2048  # decode row by row, not in the backend's row pairs / quads (AVX2, not 512-bit)
-PREFILL_ROWS = 4096  # prefill row by row (group by group), not in 512-bit pairs / quads
+DECODE_ROWS = 4096  # decode row by row, not in the backend's row pairs / quads (AVX2, not 512-bit)
+PREFILL_ROWS = 8192  # prefill row by row (group by group), not in 512-bit pairs / quads
 ALL_KINDS = (True, True, True, True)  # matvec's default `kinds` (see kinds_for): every kernel
 
 
@@ -126,6 +127,7 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
 SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
+SIMD_PACKS_Q4_0_4X8 = simd.PACKS_Q4_0_4X8  # (at most one of the two Q4_0 layouts)
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 B32_DECODE_QUADS = simd.B32_DECODE_QUADS  # decode takes Q4_0 and Q5_0 rows four at a time
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
@@ -297,6 +299,20 @@ def _imatvec_q4_0_packed_serial(p, xq, xd, out):
         simd.q4_0_packed(p, gi, xq, xd, out)
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatvec_q4_0_4x8_parallel(p, xt, xd, out):  # packed Q4_0 groups (PACKED4X8) . x in Q8_0 (xt: twin chunks)
+    for gi in prange(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_0_4x8_packed(p, gi, xt, xd, out)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_q4_0_4x8_serial(p, xt, xd, out):
+    for gi in range(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_0_4x8_packed(p, gi, xt, xd, out)
+
+
 @njit(error_model="numpy", fastmath=True, cache=True)
 def matvec(w, code, x, out, kinds=ALL_KINDS):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
     """kinds: which kernels to compile, `kinds_for` the model's kernel codes (default: all).
@@ -346,6 +362,13 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
                 _imatvec_q4_0_packed_serial(w, xq, xd, out)
             else:
                 _imatvec_q4_0_packed_parallel(w, xq, xd, out)
+        elif SIMD_PACKS_Q4_0_4X8 and code & PACKED4X8:
+            xt = np.empty(2 * n, np.int8)
+            twin_chunks_q8_0(xq, xt)
+            if serial:
+                _imatvec_q4_0_4x8_serial(w, xt, xd, out)
+            else:
+                _imatvec_q4_0_4x8_parallel(w, xt, xd, out)
         elif serial:
             _imatvec_b32_serial(w, qtype, xq, xd, out)
         else:
@@ -538,6 +561,22 @@ def _imatmul_q4_0_packed(p, x, out):  # _imatmul for a packed Q4_0 matrix (PACKE
             t += 1
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatmul_q4_0_4x8(p, x, out):  # _imatmul for a Q4_0 matrix packed for smmla (PACKED4X8)
+    n = x.shape[0]
+    xq, xd, _ = _quantize_rows(x, False)
+    xi, xdi = pair_positions_q8_0(xq, xd)  # positions in pairs, once for every group
+    n4 = n - n % TOKENS
+    xt = np.empty((n - n4, 2 * x.shape[1]), np.int8)  # the last n % TOKENS: decode's kernel (the same bits)
+    for i in range(n - n4):
+        twin_chunks_q8_0(xq[n4 + i], xt[i])
+    for gi in prange(p.shape[0]):  # a task is one group of 4 rows, TOKENS positions a call
+        for t in range(0, n4, TOKENS):
+            simd.q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out)
+        for t in range(n4, n):
+            simd.q4_0_4x8_packed(p, gi, xt[t - n4], xd[t], out[t])
+
+
 @njit(error_model="numpy", nogil=True, cache=True)
 def _dequant_range(w, qtype, r0, out):  # out f32[n, cols] = W[r0 : r0+n]; runs without the GIL
     for i in range(out.shape[0]):
@@ -571,12 +610,19 @@ def packable(code: int, rows: int) -> bool:
     Q4_0 where the backend packs that type, f32 activations not asked for, whole groups of rows
     (8 for Q4_K, 4 for Q4_0)."""
     return ((SIMD_PACKS_Q4_K and code == Q4_K and rows % GROUP == 0)
-            or (SIMD_PACKS_Q4_0 and code == Q4_0 and rows % Q4_0_GROUP == 0))
+            or ((SIMD_PACKS_Q4_0 or SIMD_PACKS_Q4_0_4X8) and code == Q4_0 and rows % Q4_0_GROUP == 0))
 
 
 def packed_code(code: int) -> int:
     """The kernel code of a packable matrix's packed copy."""
-    return code | (PACKED4 if code & 255 == Q4_0 else PACKED8)
+    if code & 255 == Q4_0:
+        return code | (PACKED4X8 if SIMD_PACKS_Q4_0_4X8 else PACKED4)
+    return code | PACKED8
+
+
+def pack(w: np.ndarray, code: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The packed copy of a packable matrix w in the layout of its packed kernel code (packed_code)."""
+    return packed(w, code & 255, out, chunk=8 if code & PACKED4X8 else 4)
 
 
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
@@ -593,6 +639,9 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
         return
     if code & PACKED4:
         _imatmul_q4_0_packed(w, x, out)
+        return
+    if code & PACKED4X8:
+        _imatmul_q4_0_4x8(w, x, out)
         return
     if integer_prefill(code):
         _imatmul(w, qtype, x, out, code & PREFILL_ROWS == 0)
@@ -628,6 +677,8 @@ def kernel_name(qtype: int) -> str:
         return f"integer rows x Q8_K ({name})"
     if qtype == Q4_0 and SIMD_PACKS_Q4_0:
         return f"integer, 4-row packed groups x Q8_0 ({name})"
+    if qtype == Q4_0 and SIMD_PACKS_Q4_0_4X8:
+        return f"integer, 4-row packed groups x Q8_0, 8-byte chunks: smmla prompts, sdot decode ({name})"
     if qtype == Q8_0 or (qtype == Q4_0 and Q4_0_INTEGER) or (qtype == Q5_0 and Q4_1_Q5_INTEGER):
         return f"integer rows x Q8_0 ({name})" + (", row pairs" if qtype == Q8_0 and Q8_0_DECODE_PAIRS else "")
     if qtype in (Q4_1, Q5_1) and Q4_1_Q5_INTEGER:

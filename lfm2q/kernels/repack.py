@@ -1,6 +1,7 @@
 """Matrices packed a few rows at a time at load time, for the packed kernels: Q4_K in groups of
 8 rows (isa/x86_avx2.q4_k_packed, isa/neon.q4_k_packed, isa/portable.q4_k_packed), and Q4_0
-in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below).
+in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below), in
+8-byte chunks where it also has i8mm (isa/neon.q4_0_4x8_*: smmla for prompts).
 
 In a GGUF file each Q4_K row is its own run of 144-byte super-blocks, and a row kernel sums
 one row at a time with the 8 lanes of a vector. Packed, one 32-byte vector holds the same 4
@@ -107,6 +108,99 @@ def unpack_q4_0x4_np(p: np.ndarray) -> np.ndarray:
     return out.reshape(groups * Q4_0_GROUP, nb * Q4_0_BYTES)
 
 
+# --- Q4_0, 4 rows a group in 8-byte chunks (NEON i8mm) -----------------------------------------
+# `smmla v.4s, a.16b, b.16b` multiplies a 2x8 int8 matrix (a's bytes 0-7, 8-15) by the
+# transpose of another (b's) into 2x2 int32 lanes: lane 2i + j += a row i . b row j. With a =
+# 8 quants of 2 positions and b = the same 8 quants' weights of 2 rows, one instruction does 2
+# rows x 2 positions x 8 weights. So each 16-byte vector of a block holds 8 bytes of each of 2
+# rows (llama.cpp's block_q4_0x4 with blck_size_interleave 8), read with plain loads:
+#
+# Per block k of a group (Q4_0_P_BYTES = 72, as the 4x4 layout; d at the same place):
+#   [0, 64)   vector m < 4 at 16m: bytes 8h..8h+7 of rows 2q and 2q + 1 (h = m // 2, q = m % 2),
+#             row 2q's at 16m, row 2q + 1's at 16m + 8, each XOR 0x88 (as above)
+#   [64, 72)  d of row r (fp16) at 64 + 2r
+# A vector's low nibbles are elements 8h..8h+7 of its 2 rows, its high nibbles 16+8h..16+8h+7.
+# Decode reads the same bytes with sdot, against x's 8-byte chunks each twice (twin_chunks_q8_0).
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def pack_q4_0_4x8(w, out):
+    """Q4_0 matrix w uint8[rows, nb*18] (rows a multiple of 4) -> out uint8[rows/4, nb*72]."""
+    nb = w.shape[1] // Q4_0_BYTES
+    for gi in prange(w.shape[0] // Q4_0_GROUP):
+        dst = out[gi]
+        for r in range(Q4_0_GROUP):
+            row = w[gi * Q4_0_GROUP + r]
+            for k in range(nb):
+                o = k * Q4_0_BYTES
+                p = k * Q4_0_P_BYTES
+                for h in range(2):
+                    at = p + 16 * (2 * h + r // 2) + 8 * (r % 2)
+                    for j in range(8):
+                        dst[at + j] = row[o + 2 + 8 * h + j] ^ np.uint8(0x88)
+                dst[p + Q4_0_P_D + 2 * r] = row[o]
+                dst[p + Q4_0_P_D + 2 * r + 1] = row[o + 1]
+
+
+def unpack_q4_0_4x8_np(p: np.ndarray) -> np.ndarray:
+    """NumPy inverse of pack_q4_0_4x8 (tests): packed uint8[rows/4, nb*72] -> uint8[rows, nb*18]."""
+    groups, nb = p.shape[0], p.shape[1] // Q4_0_P_BYTES
+    b = p.reshape(groups, nb, Q4_0_P_BYTES)
+    qs = b[:, :, :64].reshape(groups, nb, 2, 2, 2, 8) ^ 0x88  # [group, block, h, pair q, row in pair, byte]
+    qs = qs.transpose(0, 3, 4, 1, 2, 5).reshape(groups, Q4_0_GROUP, nb, 16)  # row 2q + i, bytes 8h + j
+    d = b[:, :, 64:].reshape(groups, nb, Q4_0_GROUP, 2).transpose(0, 2, 1, 3)
+    out = np.concatenate([d, qs], axis=-1)
+    return out.reshape(groups * Q4_0_GROUP, nb * Q4_0_BYTES)
+
+
+# The activations of a prompt for the smmla kernels, once per matrix product: positions in
+# pairs (2p, 2p + 1), each block's 8-byte chunks of the two interleaved, so that every smmla
+# operand is one plain load (the 2 positions x 8 quants the weights' vectors meet):
+#   xi[p, 64k + 16c + 8j + e] = xq[2p + j, 32k + 8c + e]        (c < 4 chunks, e < 8)
+#   xdi[p, 4k + 2j + i]       = xd[2p + j, k]                   (i < 2: each scale twice, the
+#                                                                lanes of a 2x2 smmla tile)
+# An odd last position has no pair (the kernels take it alone, from xq and xd).
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def pair_positions_q8_0(xq, xd):
+    """xq int8[n, cols], xd f32[n, cols/32] (Q8_0 rows) -> (xi int8[n//2, 2*cols], xdi
+    f32[n//2, 4*cols/32]): the layout above."""
+    pairs, cols = xq.shape[0] // 2, xq.shape[1]
+    nb = xd.shape[1]
+    xi = np.empty((pairs, 2 * cols), np.int8)
+    xdi = np.empty((pairs, 4 * nb), np.float32)
+    for p in prange(pairs):
+        for j in range(2):
+            src, dsrc = xq[2 * p + j], xd[2 * p + j]
+            for k in range(nb):
+                for c in range(4):
+                    for e in range(8):
+                        xi[p, 64 * k + 16 * c + 8 * j + e] = src[32 * k + 8 * c + e]
+                xdi[p, 4 * k + 2 * j] = dsrc[k]
+                xdi[p, 4 * k + 2 * j + 1] = dsrc[k]
+    return xi, xdi
+
+
+@njit(error_model="numpy", cache=True)
+def twin_chunks_q8_0(xq, out):
+    """xq int8[cols] (one position) -> out int8[2*cols]: the position paired with itself in
+    pair_positions_q8_0's layout, each 8-byte chunk twice (out[16c + 8j + e] = xq[8c + e]), so
+    that decode's sdot meets the 2 rows of a weight vector with plain loads (no ld1r, which
+    takes a SIMD pipe too: llvm-mca on the Neoverse N2, 28.2 -> 24.2 cycles per 256 weights)."""
+    for c in range(xq.shape[0] // 8):
+        for j in range(2):
+            for e in range(8):
+                out[16 * c + 8 * j + e] = xq[8 * c + e]
+
+
+def pair_positions_np(xq: np.ndarray, xd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of pair_positions_q8_0 (tests)."""
+    pairs, cols = xq.shape[0] // 2, xq.shape[1]
+    nb = cols // 32
+    x = xq[:2 * pairs].reshape(pairs, 2, nb, 4, 8).transpose(0, 2, 3, 1, 4)  # [p, k, c, j, e]
+    d = np.repeat(xd[:2 * pairs].reshape(pairs, 2, nb).transpose(0, 2, 1), 2, axis=-1)  # [p, k, 2j + i]
+    return np.ascontiguousarray(x.reshape(pairs, 2 * cols)), np.ascontiguousarray(d.reshape(pairs, 4 * nb))
+
+
 # --- any packed type ---------------------------------------------------------------------------
 
 def packed_shape(rows: int, row_bytes: int, qtype: int = Q4_K) -> tuple[int, int]:
@@ -117,12 +211,13 @@ def packed_shape(rows: int, row_bytes: int, qtype: int = Q4_K) -> tuple[int, int
     return rows // GROUP, row_bytes // Q4_K_BYTES * P_BYTES
 
 
-def packed(w, qtype, out=None):
-    """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array."""
+def packed(w, qtype, out=None, chunk=4):
+    """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array;
+    Q4_0 in 4-byte chunks (pack_q4_0x4, for sdot) or 8-byte ones (pack_q4_0_4x8, for smmla)."""
     if qtype == Q4_0:
         if out is None:
             out = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
-        pack_q4_0x4(w, out)
+        (pack_q4_0_4x8 if chunk == 8 else pack_q4_0x4)(w, out)
         return out
     return packed_q4_k8(w, out)
 

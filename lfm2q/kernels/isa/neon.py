@@ -47,11 +47,14 @@ from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_P_BYTES, Q4_0_P_D
-from .llvm_ir import (F32, I8, I16, I32, I64, IR, V16I8, _arrays, _data, _n_blocks, _offset, _result, _row_ptr,
-                      _token_rows, _tokens, _typed)
+from .llvm_ir import (F32, I8, I16, I32, I64, IR, TOKENS, V16I8, _arrays, _data, _n_blocks, _offset, _result,
+                      _row_ptr, _token_rows, _tokens, _typed)
 
 _FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
 HAVE_DOTPROD = "dotprod" in _FEATURES
+# smmla (FEAT_I8MM: Neoverse N2 / V1 / V2, Cortex-A510 / A710 / X2 and later, Apple M2+, Graviton 3+):
+# the i8mm kernels decode with sdot too, and every core with i8mm has dotprod
+HAVE_I8MM = HAVE_DOTPROD and "i8mm" in _FEATURES
 
 V8I8, V8I16, V4I16, V4I32, V4F32 = (ir.VectorType(I8, 8), ir.VectorType(I16, 8), ir.VectorType(I16, 4),
                                     ir.VectorType(I32, 4), ir.VectorType(F32, 4))
@@ -63,6 +66,10 @@ class _IR(IR):
 
     def sdot(self, acc, a, b):  # acc.4s + sums of 4 int8 products per lane
         fn = self.fn("llvm.aarch64.neon.sdot.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
+        return self.b.call(fn, [acc, a, b])
+
+    def smmla(self, acc, a, b):  # acc.4s + a (2x8 int8) times b (2x8) transposed: lane 2i + j += a_i . b_j
+        fn = self.fn("llvm.aarch64.neon.smmla.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
         return self.b.call(fn, [acc, a, b])
 
     def smull(self, a, b):  # <8 x i8> * <8 x i8> -> <8 x i16>, exact
@@ -670,3 +677,131 @@ def q4_0_packed_rows(typingctx, packed, gi, xq, xd, t, out):
     if not (_arrays(2, packed, xq, xd, out) and isinstance(gi, types.Integer) and isinstance(t, types.Integer)):
         return None
     return types.none(packed, gi, xq, xd, t, out), _q4_0_packed
+
+
+# --- Q4_0 rows packed 4 at a time in 8-byte chunks (repack.pack_q4_0_4x8), with i8mm ---------
+# Each 16 bytes of a packed block hold 8 bytes of each of 2 rows. Prompts: one `smmla` takes 2
+# positions' 8 activation bytes (repack.pair_positions_q8_0's vectors) times the 2 rows' 8
+# weights into a 2x2 tile of int32 lanes [p0 r0, p0 r1, p1 r0, p1 r1], 8 of them a block for 4
+# rows x 2 positions, every operand a plain load. Decode: `sdot` of a weight vector with the
+# same 8 activation bytes in both halves (repack.twin_chunks_q8_0, once per product) puts each
+# row's sum in 2 lanes, and one addp a block regroups them into 4 row lanes. As in the 4x4
+# kernel, the nibbles come out of the XOR-0x88 bytes as 16 (q - 8), `scvtf #4` takes the 16 off
+# exactly, and every lane (one row, one position) then takes q4_0_row's float steps block for
+# block: the same bits.
+
+def _q4_0_blocks(ir_, nb, block, n_accs, acc_ty):
+    """Q4_0's two chains over nb blocks: block(k, accs) -> accs for pairs of blocks (2j chain
+    0, 2j + 1 chain 1), an odd last one in chain 0; returns (chain 0, chain 1) accumulators."""
+    b = ir_.b
+    half = b.udiv(nb, _c(2))
+
+    def pair(j, *accs):
+        k = b.mul(j, _c(2))
+        return block(k, accs[:n_accs]) + block(b.add(k, _c(1)), accs[n_accs:])
+
+    accs = ir_.loop(half, pair, *[ir.Constant(acc_ty, [0.0] * acc_ty.count)] * (2 * n_accs))
+    tail = ir_.loop(b.sub(nb, b.mul(half, _c(2))),
+                    lambda j, *acc: block(b.add(b.mul(half, _c(2)), j), acc), *accs[:n_accs])
+    return tail, accs[n_accs:]
+
+
+def _q4_0_4x8_weights(ir_, prow, pk):
+    """Block pk's 4 vectors as [low / high nibbles][h][row pair q], each 16 (q - 8)."""
+    b = ir_.b
+    s4, top = ir_.vconst(4), ir_.vconst(-16)  # 0xF0
+    v = [ir_.load(prow, b.add(pk, _c(16 * m)), V16I8) for m in range(4)]  # m = 2h + q
+    return [[[b.shl(v[2 * h + q], s4) for q in range(2)] for h in range(2)],
+            [[b.and_(v[2 * h + q], top) for q in range(2)] for h in range(2)]]
+
+
+def _q4_0_4x8_packed(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    prow, nb, toks = _packed_operands(context, b, sig, args, Q4_0_P_BYTES, 4, 2)
+    (xp, dp, op), = toks
+    zero = ir.Constant(V4I32, [0] * 4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
+
+    def block(k, accs):
+        pk = b.mul(k, _c(Q4_0_P_BYTES))
+        q = _q4_0_4x8_weights(ir_, prow, pk)
+        xo = b.mul(k, _c(64))
+        sums = [zero, zero]  # rows 0-1, 2-3: each row's sum in two lanes
+        for hi in range(2):
+            for h in range(2):  # x's elements 16 hi + 8h.. in both halves
+                x = ir_.load(xp, b.add(xo, _c(16 * (2 * hi + h))), V16I8)
+                sums = [ir_.sdot(sums[qq], q[hi][h][qq], x) for qq in range(2)]
+        s = ir_.addp(*sums)  # [r0, r1, r2, r3]
+        d_rows = b.fpext(b.bitcast(ir_.load(prow, b.add(pk, _c(Q4_0_P_D)), ir.VectorType(I16, 4)), V4F16), V4F32)
+        dd = b.fmul(d_rows, ir_.splat(b.load(b.gep(dp, [k])), V4F32))
+        return [ir_.fma(ir_.cvt_fixed(s, 4), dd, accs[0])]
+
+    (a0,), (a1,) = _q4_0_blocks(ir_, nb, block, 1, V4F32)
+    b.store(b.fadd(a0, a1), b.bitcast(op, V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+def _q4_0_4x8_mmla(context, builder, sig, args):
+    """TOKENS positions t.. (TOKENS / 2 pairs of repack.pair_positions_q8_0's rows t / 2..)."""
+    ir_ = _IR(builder)
+    b = builder
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(Q4_0_P_BYTES))
+    t = args[4]
+    pairs = [[_row_ptr(context, b, ty, v, b.add(b.udiv(t, _c(2)), _c(p))) for ty, v in zip(sig.args[2:4], args[2:4])]
+             for p in range(TOKENS // 2)]
+    zero = ir.Constant(V4I32, [0] * 4)
+    V2I32, V4F16 = ir.VectorType(I32, 2), ir.VectorType(ir.HalfType(), 4)
+
+    def block(k, accs):  # accs: [pair p][row pair q] tiles [p0 rq0, p0 rq1, p1 rq0, p1 rq1]
+        pk = b.mul(k, _c(Q4_0_P_BYTES))
+        q = _q4_0_4x8_weights(ir_, prow, pk)
+        # [d_2q, d_2q+1] twice, the tiles' weight scales (ld1r of two fp16)
+        d = [b.fpext(b.bitcast(ir_.splat(ir_.load(prow, b.add(pk, _c(Q4_0_P_D + 4 * qq)), I32), V2I32), V4F16),
+                     V4F32) for qq in range(2)]
+        out = []
+        for p, (xp, dp) in enumerate(pairs):
+            xo = b.mul(k, _c(64))
+            x = [ir_.load(xp, b.add(xo, _c(16 * c)), V16I8) for c in range(4)]  # elements 8c.. of both
+            xd = b.load(b.bitcast(b.gep(dp, [b.mul(k, _c(4))]), V4F32.as_pointer()), align=4)
+            for qq in range(2):
+                s = zero
+                for c in range(4):  # elements 8c..: low nibbles of h = c for c < 2, high of h = c - 2
+                    s = ir_.smmla(s, x[c], q[c // 2][c % 2][qq])
+                out.append(ir_.fma(ir_.cvt_fixed(s, 4), b.fmul(d[qq], xd), accs[2 * p + qq]))
+        return out
+
+    n = TOKENS  # tiles: TOKENS / 2 pairs x 2 row pairs
+    chain0, chain1 = _q4_0_blocks(ir_, nb, block, n, V4F32)
+    out_ty, out = sig.args[-1], args[-1]
+    col = b.mul(args[1], _c(4))
+    for p in range(TOKENS // 2):
+        tiles = [b.fadd(chain0[2 * p + qq], chain1[2 * p + qq]) for qq in range(2)]
+        for j in range(2):  # position 2p + j: lanes 2j, 2j + 1 of both tiles (rows 0-1, 2-3)
+            row = b.shuffle_vector(tiles[0], tiles[1], ir.Constant(ir.VectorType(I32, 4), [2 * j, 2 * j + 1,
+                                                                                       4 + 2 * j, 5 + 2 * j]))
+            ptr = b.gep(_row_ptr(context, b, out_ty, out, b.add(t, _c(2 * p + j))), [col])
+            b.store(row, b.bitcast(ptr, V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_0_4x8_packed(typingctx, packed, gi, xt, xd, out):
+    """out[4gi : 4gi + 4] = rows 4gi.. . x, from packed uint8[rows/4, nb*72] (repack.py's
+    4x8 layout), with sdot; x in Q8_0, its quants as repack.twin_chunks_q8_0 makes them (xt
+    int8[2*cols]), xd f32[cols/32]; out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xt, xd, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xt, xd, out), _q4_0_4x8_packed
+
+
+@intrinsic
+def q4_0_4x8_mmla_rows(typingctx, packed, gi, xi, xdi, t, out):
+    """out[t + i, 4gi : 4gi + 4] for i < TOKENS (t even), with smmla: x's positions in pairs
+    as repack.pair_positions_q8_0 makes them (xi int8[n/2, 2*cols], xdi f32[n/2, 4*cols/32]);
+    out f32[n, rows]."""
+    if not (_arrays(2, packed, xi, xdi, out) and isinstance(gi, types.Integer) and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xi, xdi, t, out), _q4_0_4x8_mmla

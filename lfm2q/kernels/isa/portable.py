@@ -22,6 +22,7 @@ WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothi
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
 PACKS_Q4_0 = False
+PACKS_Q4_0_4X8 = False
 Q8_0_DECODE_PAIRS = False
 B32_DECODE_QUADS = False  # decode rows one by one (the row4 loops below only fill the interface)
 Q4_0_INTEGER = False  # Q4_0 stays on its float kernel: these loops are no faster
@@ -264,3 +265,56 @@ def q4_0_row4(w, r, xq, xd, out):  # decode: out[r : r + 4] (unused: B32_DECODE_
 def q5_0_row4(w, r, xq, xd, out):
     for rr in range(r, r + 4):
         out[rr] = idot_q5_0(w, rr, xq, xd)
+
+
+@njit(**_J)
+def _q4_0_4x8_sum(g, base, r, xq, xo):
+    """Row r's exact sum over one block of a 4x8 group (repack.pack_q4_0_4x8) . xq[xo:xo + 32]."""
+    s = 0
+    for h in range(2):
+        at = base + 16 * (2 * h + r // 2) + 8 * (r % 2)
+        for j in range(8):
+            v = np.int32(g[at + j] ^ np.uint8(0x88))  # the file's byte 8h + j
+            s += ((v & 15) - 8) * np.int32(xq[xo + 8 * h + j])
+            s += ((v >> 4) - 8) * np.int32(xq[xo + 16 + 8 * h + j])
+    return s
+
+
+@njit(**_J)
+def q4_0_4x8_packed(p, gi, xt, xd, out):
+    """out[4gi + r] for r < 4: the rows of packed Q4_0 group gi (repack.py's 4x8 layout) . x
+    in Q8_0 (its quants as repack.twin_chunks_q8_0 makes them: xt int8[2*cols]): each block's
+    exact sum, then q4_0_packed's steps."""
+    g = p[gi]
+    xq = np.empty(32, np.int8)
+    for r in range(Q4_0_GROUP):
+        acc = np.float32(0.0)
+        for k in range(g.shape[0] // Q4_0_P_BYTES):
+            base = k * Q4_0_P_BYTES
+            for c in range(4):
+                for e in range(8):
+                    xq[8 * c + e] = xt[64 * k + 16 * c + e]
+            s = _q4_0_4x8_sum(g, base, r, xq, 0)
+            acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xd[k]) * np.float32(s)
+        out[Q4_0_GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out):
+    """out[t + i, 4gi : 4gi + 4] for i < TOKENS (t even), from x's positions in pairs
+    (repack.pair_positions_q8_0): q4_0_4x8_packed's steps, reading the pairs' layout."""
+    g = p[gi]
+    nb = g.shape[0] // Q4_0_P_BYTES
+    xq = np.empty(32, np.int8)
+    for i in range(TOKENS):
+        pair, j = (t + i) // 2, (t + i) % 2
+        for r in range(Q4_0_GROUP):
+            acc = np.float32(0.0)
+            for k in range(nb):
+                for c in range(4):
+                    for e in range(8):
+                        xq[8 * c + e] = xi[pair, 64 * k + 16 * c + 8 * j + e]
+                base = k * Q4_0_P_BYTES
+                s = _q4_0_4x8_sum(g, base, r, xq, 0)
+                acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xdi[pair, 4 * k + 2 * j]) * np.float32(s)
+            out[t + i, Q4_0_GROUP * gi + r] = acc
