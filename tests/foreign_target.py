@@ -8,7 +8,7 @@ hands LLVM an aarch64 target machine. The compiled code is never called.
     python foreign_target.py record SIGS.pkl MODEL.gguf...
         on this host: run each model (prefill, decode; every KV cache type) and record every
         signature each lfm2q kernel was compiled for
-    python foreign_target.py cross SIGS.pkl --cpu cortex-a76 --features +neon,+dotprod [--asm DIR]
+    python foreign_target.py cross SIGS.pkl --cpu cortex-a76 --features +neon,+dotprod [--asm DIR] [--only RE]
         in a fresh process, as an aarch64 one: compile each recorded signature; print a JSON
         report (functions, signatures, intrinsics and instructions seen); exit 1 if an
         llvm.x86.* intrinsic survives or an instruction the features lack appears
@@ -91,7 +91,8 @@ NEEDS_FEATURE = {"sdot": "dotprod", "udot": "dotprod", "smmla": "i8mm", "ummla":
 COUNTED = ("fcvtl", "fcvtl2")
 
 
-def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: str = "aarch64") -> int:
+def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: str = "aarch64",
+          only: str | None = None) -> int:
     _pretend(arch, cpu, features)
     import numba  # noqa: F401  (after _pretend: its codegen is made for the foreign target)
     import importlib
@@ -106,6 +107,8 @@ def cross(sigs_path: Path, cpu: str, features: str, asm_dir: Path | None, arch: 
     if asm_dir:
         asm_dir.mkdir(parents=True, exist_ok=True)
     for (mod_name, name), sig_list in sorted(sigs.items()):
+        if only and not re.search(only, f"{mod_name}.{name}"):
+            continue
         try:
             disp = getattr(importlib.import_module(mod_name), name)
         except (ImportError, AttributeError) as e:
@@ -155,8 +158,9 @@ def main(argv: list[str]) -> int:
         ap.add_argument("--cpu", required=True)
         ap.add_argument("--features", required=True)
         ap.add_argument("--asm", type=Path)
+        ap.add_argument("--only", help="compile only the functions whose module.name this regex finds")
         a = ap.parse_args(argv[1:])
-        return cross(a.sigs, a.cpu, a.features, a.asm)
+        return cross(a.sigs, a.cpu, a.features, a.asm, only=a.only)
     print(__doc__, file=sys.stderr)
     return 2
 
