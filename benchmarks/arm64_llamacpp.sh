@@ -13,7 +13,7 @@
 # disabled), and run in the rootfs of tests/arm64 (setup.sh). Build once, into
 # ~/.cache/lfm2q-arm64/llama.cpp-VERSION; ~10 min on 2 cores.
 # Default models: the bench's 350M-shape Q4_0 and Q4_K_M files (benchmarks/bench_compare.py
-# makes them). Output: one table per CPU, to stdout. BUILD_ONLY=1 stops after the builds; JOBS=N
+# makes them). CPUS="cortex-a76" runs one CPU only. Output: one table per CPU, to stdout. BUILD_ONLY=1 stops after the builds; JOBS=N
 # sets the build's parallelism.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,14 +58,15 @@ build() {  # build CPU ARCHFLAGS: $cache/CPU/bin/llama-bench
   rm -rf "$out.build"
 }
 
-build cortex-a76 armv8.2-a+dotprod+fp16
-build cortex-a72 armv8-a+crc
+read -r -a cpus <<< "${CPUS:-cortex-a76 cortex-a72}"
+declare -A arch=([cortex-a76]=armv8.2-a+dotprod+fp16 [cortex-a72]=armv8-a+crc)
+for cpu in "${cpus[@]}"; do build "$cpu" "${arch[$cpu]}"; done
 [ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 bash "$src/tests/arm64/setup.sh"  # (re)copies this checkout into the rootfs
 
 # the binaries and models go into the rootfs (its /tmp), lfm2q is the checkout setup.sh copied
 mkdir -p "$ARM64_ROOT/tmp/bench"
-for cpu in cortex-a76 cortex-a72; do cp "$cache/$cpu/bin/llama-bench" "$ARM64_ROOT/tmp/bench/llama-bench-$cpu"; done
+for cpu in "${cpus[@]}"; do cp "$cache/$cpu/bin/llama-bench" "$ARM64_ROOT/tmp/bench/llama-bench-$cpu"; done
 for m in "${models[@]}"; do cp -u "$m" "$ARM64_ROOT/tmp/bench/"; done
 
 one_cpu() {  # one_cpu CPU: lfm2q bench and llama-bench on every model, one thread
@@ -79,6 +80,6 @@ one_cpu() {  # one_cpu CPU: lfm2q bench and llama-bench on every model, one thre
   done
 }
 
-for cpu in cortex-a76 cortex-a72; do one_cpu "$cpu" > "$ARM64_LOGS/bench-$cpu.log" 2>&1 & done
+for cpu in "${cpus[@]}"; do one_cpu "$cpu" > "$ARM64_LOGS/bench-$cpu.log" 2>&1 & done
 wait
-cat "$ARM64_LOGS"/bench-cortex-a76.log "$ARM64_LOGS"/bench-cortex-a72.log
+for cpu in "${cpus[@]}"; do cat "$ARM64_LOGS/bench-$cpu.log"; done
