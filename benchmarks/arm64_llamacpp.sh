@@ -73,8 +73,8 @@ one_cpu() {  # one_cpu CPU: lfm2q bench and llama-bench on every model, one thre
   local cpu=$1 env="cd $SRC_IN && export XDG_CACHE_HOME=/root/.cache/cpu-$1 NUMBA_NUM_THREADS=1"
   for m in "${models[@]}"; do
     local f=/tmp/bench/$(basename "$m")
-    echo "== $cpu $(basename "$m")"
-    "$here/../tests/arm64/run.sh" --cpu "$cpu" -- "$env; lfm2q bench $f -p 8 -n 4 -r 1 -t 1 >/dev/null 2>&1; \
+    echo "== $cpu $(basename "$m")"  # (the first bench compiles: prompts of $PP tokens take the prefill kernels)
+    "$here/../tests/arm64/run.sh" --cpu "$cpu" -- "$env; lfm2q bench $f -p $PP -n 4 -r 1 -t 1 >/dev/null 2>&1; \
         lfm2q bench $f -p $PP -n $TG -r 1 -t 1"
     "$here/../tests/arm64/run.sh" --cpu "$cpu" -- "/tmp/bench/llama-bench-$cpu -m $f -p $PP -n $TG -r 1 -t 1"
   done

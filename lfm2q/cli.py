@@ -594,7 +594,7 @@ def tune(
     console.print(f"{d['kernels']} · LLVM {d['cpu']} · {numba.get_num_threads()} threads")
     rows = t.table()
     if not rows:
-        console.print("nothing to choose on this CPU: its kernels have one form each")
+        console.print("nothing to choose: on this CPU no matrix of this model has two kernel forms worth timing")
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
     for col, justify in (("matrix", "left"), ("op", "left"), ("groups µs", "right"), ("rows µs", "right"),

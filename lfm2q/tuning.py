@@ -172,8 +172,8 @@ class Tuner:
         if base != w.kernel:
             w = replace(w, kernel=base)
         ops = [op for op in variants(w.kernel) if op in ops]
-        if not ops:
-            return w
+        if not ops or w.raw.nbytes < dispatch.PARALLEL_MIN_BYTES:
+            return w  # a small matrix decodes on one thread, row by row, whatever the flags
         todo = [op for op in ops if op not in self.force]
         key = _key(w, self.threads)
         choice = self.choices.get(key)

@@ -53,6 +53,16 @@ def record(out: Path, models: list[str]) -> None:
                     continue  # e.g. a q8_0 cache for a head size not in 32-blocks
                 m.generate(list(range(1, 40)), max_tokens=3)  # a prompt chunk, then decode steps
                 m.generate([1, 2], max_tokens=2)
+    # With a warm cache a caller's code comes with its callees' inside, and the callees' own
+    # dispatchers stay empty: call the F16 row kernels once so that they are recorded.
+    import numpy as np
+
+    from lfm2q.kernels import floats
+
+    w16, x, row = np.zeros((1, 64), np.uint8), np.zeros(32, np.float32), np.zeros(32, np.float32)
+    w16.flags.writeable = False  # typed as the file's read-only views
+    floats.dot_f16(w16, 0, x)
+    floats.dequant_f16(w16, 0, row)
     sigs = {(mod, name): list(d.signatures) for mod, name, d in _dispatchers() if d.signatures}
     # Packed Q4_0 exists only on aarch64 (the backends' PACKS_Q4_0*): its prompt kernels, called
     # from Python, never run here. They take the arrays of their Q4_K twin (packed weights, the
@@ -60,7 +70,7 @@ def record(out: Path, models: list[str]) -> None:
     twin = sigs.get(("lfm2q.kernels.dispatch", "_imatmul_packed"), [])
     for name in ("_imatmul_q4_0_packed", "_imatmul_q4_0_4x8"):
         if twin:
-            sigs.setdefault(("lfm2q.kernels.dispatch", name), list(twin))
+            sigs.setdefault(("lfm2q.kernels.dispatch", name), [sig[:3] for sig in twin])  # (p, x, out)
     out.write_bytes(pickle.dumps(sigs))
     print(json.dumps({"functions": len(sigs), "signatures": sum(map(len, sigs.values()))}))
 
