@@ -81,9 +81,12 @@ Q4_0_GROUP, Q4_0_P_BYTES, Q4_0_P_D = 4, 72, 64
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
-def pack_q4_0x4(w, out):
-    """Q4_0 matrix w uint8[rows, nb*18] (rows a multiple of 4) -> out uint8[rows/4, nb*72]."""
+def _pack_q4_0(w, out, chunk):
+    """Q4_0 matrix w uint8[rows, nb*18] (rows a multiple of 4) -> out uint8[rows/4, nb*72]: each
+    block's 16 quant bytes in chunks of `chunk` bytes (4 or 8), chunk m of row r in 16-byte
+    vector m * chunk/4 + r // (16/chunk), at (r % (16/chunk)) * chunk; XOR 0x88; then the 4 d."""
     nb = w.shape[1] // Q4_0_BYTES
+    per = 16 // chunk  # rows per 16-byte vector
     for gi in prange(w.shape[0] // Q4_0_GROUP):
         dst = out[gi]
         for r in range(Q4_0_GROUP):
@@ -91,11 +94,17 @@ def pack_q4_0x4(w, out):
             for k in range(nb):
                 o = k * Q4_0_BYTES
                 p = k * Q4_0_P_BYTES
-                for i in range(4):
-                    for j in range(4):
-                        dst[p + 16 * i + 4 * r + j] = row[o + 2 + 4 * i + j] ^ np.uint8(0x88)
+                for m in range(16 // chunk):
+                    at = p + 16 * (m * (chunk // 4) + r // per) + (r % per) * chunk
+                    for j in range(chunk):
+                        dst[at + j] = row[o + 2 + chunk * m + j] ^ np.uint8(0x88)
                 dst[p + Q4_0_P_D + 2 * r] = row[o]
                 dst[p + Q4_0_P_D + 2 * r + 1] = row[o + 1]
+
+
+def pack_q4_0x4(w, out):
+    """Q4_0 in 4-byte chunks: vector i holds bytes 4i..4i+3 of every row (lane-indexed sdot)."""
+    _pack_q4_0(w, out, 4)
 
 
 def unpack_q4_0x4_np(p: np.ndarray) -> np.ndarray:
@@ -122,23 +131,9 @@ def unpack_q4_0x4_np(p: np.ndarray) -> np.ndarray:
 # A vector's low nibbles are elements 8h..8h+7 of its 2 rows, its high nibbles 16+8h..16+8h+7.
 # Decode reads the same bytes with sdot, against x's 8-byte chunks each twice (twin_chunks_q8_0).
 
-@njit(error_model="numpy", parallel=True, cache=True)
 def pack_q4_0_4x8(w, out):
-    """Q4_0 matrix w uint8[rows, nb*18] (rows a multiple of 4) -> out uint8[rows/4, nb*72]."""
-    nb = w.shape[1] // Q4_0_BYTES
-    for gi in prange(w.shape[0] // Q4_0_GROUP):
-        dst = out[gi]
-        for r in range(Q4_0_GROUP):
-            row = w[gi * Q4_0_GROUP + r]
-            for k in range(nb):
-                o = k * Q4_0_BYTES
-                p = k * Q4_0_P_BYTES
-                for h in range(2):
-                    at = p + 16 * (2 * h + r // 2) + 8 * (r % 2)
-                    for j in range(8):
-                        dst[at + j] = row[o + 2 + 8 * h + j] ^ np.uint8(0x88)
-                dst[p + Q4_0_P_D + 2 * r] = row[o]
-                dst[p + Q4_0_P_D + 2 * r + 1] = row[o + 1]
+    """Q4_0 in 8-byte chunks (the layout above, for smmla)."""
+    _pack_q4_0(w, out, 8)
 
 
 def unpack_q4_0_4x8_np(p: np.ndarray) -> np.ndarray:
