@@ -134,9 +134,15 @@ class Weights:
         from .tuning import Tuner
 
         t = Tuner(numba.get_num_threads(), self.kinds, retune=retune)
+        peers: dict = {}  # matrices of one type, shape and code: decode is timed over all of them
+        for L in self.layers:
+            for k, m in vars(L).items():
+                if isinstance(m, Weight) and k != "ffn_gate_inp":
+                    peers.setdefault((m.qtype, m.rows, m.cols, m.kernel), []).append(m.raw)
         self.output = t.apply(self.output, ops=("decode",))
         for i, L in enumerate(self.layers):
-            new = {k: t.apply(m) for k, m in vars(L).items() if isinstance(m, Weight) and k != "ffn_gate_inp"}
+            new = {k: t.apply(m, peers=peers[(m.qtype, m.rows, m.cols, m.kernel)])
+                   for k, m in vars(L).items() if isinstance(m, Weight) and k != "ffn_gate_inp"}
             self.layers[i] = replace(L, **{k: m for k, m in new.items() if m is not getattr(L, k)})
         t.save()
         return t

@@ -57,7 +57,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "variants", lambda code: ["decode", "prefill"])  # on any CPU
     calls = []
 
-    def fake_measure(w, ops, kinds):  # decode: rows faster; prefill: groups faster
+    def fake_measure(w, ops, kinds, peers=()):  # decode: rows faster; prefill: groups faster
         calls.append((w.rows, tuple(ops)))
         t = {"decode": {"groups": 2e-6, "rows": 1e-6}, "prefill": {"groups": 1e-4, "rows": 3e-4}}
         return {op: t[op] for op in ops}
