@@ -790,12 +790,8 @@ def run_variants(run: Run) -> None:
         for rnd in range(args.rounds):
             for v, forced in VARIANTS.items():
                 print(f"{shape} {t} round {rnd + 1}/{args.rounds}: {v} …", file=sys.stderr)
-                env = {"LFM2Q_KERNELS": forced} if forced else {"LFM2Q_KERNELS": ""}
-                rs[v].append(measure("lfm2q", path, args, spec, env=env))
-        best = {}
-        for key in (sz.pp_short, sz.tg):
-            vals = {v: med(r, key) for v, r in rs.items()}
-            best[key] = vals
+                rs[v].append(measure("lfm2q", path, args, spec, env={"LFM2Q_KERNELS": forced or ""}))
+        best = {key: {v: med(r, key) for v, r in rs.items()} for key in (sz.pp_short, sz.tg)}
         for v in VARIANTS:
             print(f"| {shape.upper()} {t.upper()} | {v} | {best[sz.pp_short][v]:.1f} | {best[sz.tg][v]:.1f} |")
         for key, vals in best.items():

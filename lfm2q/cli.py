@@ -437,19 +437,12 @@ def _tuned_rows(f) -> list[tuple[str, str]]:
     import numba
 
     from .kernels import type_name
-    from .tuning import stored_for
+    from .tuning import stored_picks
 
-    seen, out = set(), []
-    for t in f.reader.tensors.values():
-        if len(t.shape) != 2 or (t.qtype, t.shape) in seen:
-            continue
-        seen.add((t.qtype, t.shape))
-        rows, cols = t.shape
-        picks = stored_for(t.qtype, rows, cols, numba.get_num_threads())
-        if picks:
-            out.append(("tuned", f"{type_name(t.qtype)} {rows}x{cols}: "
-                        + " · ".join(f"{op} {pick}" for op, pick in sorted(picks.items()))))
-    return out
+    shapes = dict.fromkeys((t.qtype, *t.shape) for t in f.reader.tensors.values() if len(t.shape) == 2)
+    return [("tuned", f"{type_name(q)} {rows}x{cols}: "
+             + " · ".join(f"{op} {pick}" for op, pick in sorted(picks.items())))
+            for (q, rows, cols), picks in stored_picks(shapes, numba.get_num_threads()).items()]
 
 
 # --- bench ---------------------------------------------------------------------------------

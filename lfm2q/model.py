@@ -115,16 +115,13 @@ class Weights:
                               conv=np.ascontiguousarray(f.vector(p + "shortconv.conv.weight")),
                               out_proj=weight(p + "shortconv.out_proj.weight"))
             self.layers.append(layer)
-        # (the router is F32 by llama.cpp's rule and small: it does not decide the prefill path)
-        matrices = [self.output] + [m for L in self.layers for k, m in vars(L).items()
-                                    if isinstance(m, (Weight, Experts)) and k != "ffn_gate_inp"]
+        matrices = [self.output] + [m for L in self.layers for _, m in _matrices(L, (Weight, Experts))]
         self.integer_prefill = all(integer_prefill(m.kernel) for m in matrices)  # AVX2 int kernels
         # the matvec kernels these matrices need (the router's too): numba compiles no other
         routers = [L.ffn_gate_inp for L in self.layers if L.ffn_gate_inp is not None]
         self.kinds = kinds_for(m.kernel for m in matrices + routers)
         self.tuner = self._tune() if not exact else None
         self.expert_pages = ExpertPages(f, self.layers, experts_resident) if c.n_expert else None
-
 
     def _tune(self, retune: bool = False):
         """Each matrix's kernel variants, measured on this CPU or read from the last
@@ -134,18 +131,25 @@ class Weights:
         from .tuning import Tuner
 
         t = Tuner(numba.get_num_threads(), self.kinds, retune=retune)
+        def shape(m):
+            return m.qtype, m.rows, m.cols, m.kernel
+
         peers: dict = {}  # matrices of one type, shape and code: decode is timed over all of them
         for L in self.layers:
-            for k, m in vars(L).items():
-                if isinstance(m, Weight) and k != "ffn_gate_inp":
-                    peers.setdefault((m.qtype, m.rows, m.cols, m.kernel), []).append(m.raw)
+            for _, m in _matrices(L, Weight):
+                peers.setdefault(shape(m), []).append(m.raw)
         self.output = t.apply(self.output, ops=("decode",))
         for i, L in enumerate(self.layers):
-            new = {k: t.apply(m, peers=peers[(m.qtype, m.rows, m.cols, m.kernel)])
-                   for k, m in vars(L).items() if isinstance(m, Weight) and k != "ffn_gate_inp"}
+            new = {k: t.apply(m, peers=peers[shape(m)]) for k, m in _matrices(L, Weight)}
             self.layers[i] = replace(L, **{k: m for k, m in new.items() if m is not getattr(L, k)})
         t.save()
         return t
+
+
+def _matrices(L: Layer, kinds) -> list:
+    """(name, matrix) of a layer's matrices of these classes, the MoE router left out (F32 by
+    llama.cpp's rule and small: neither the prefill path nor the tuner depends on it)."""
+    return [(k, m) for k, m in vars(L).items() if isinstance(m, kinds) and k != "ffn_gate_inp"]
 
 
 # Experts of a layer kept resident by default: twice the experts a token uses. A token reads

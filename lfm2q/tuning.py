@@ -85,10 +85,13 @@ def forced() -> dict[str, str]:
     return out
 
 
-def _key(w, threads: int) -> str:
+def _shape_key(qtype: int, rows: int, cols: int, threads: int) -> str:  # a store key, but its code
     d = describe()
-    return (f"{d['cpu']}|{','.join(d['features'])}|threads={threads}|{type_name(w.qtype)}"
-            f"|{w.rows}x{w.cols}|code={w.kernel}")
+    return f"{d['cpu']}|{','.join(d['features'])}|threads={threads}|{type_name(qtype)}|{rows}x{cols}|"
+
+
+def _key(w, threads: int) -> str:
+    return _shape_key(w.qtype, w.rows, w.cols, threads) + f"code={w.kernel}"
 
 
 def store_path() -> Path:
@@ -139,27 +142,23 @@ def measure(w, ops: list[str], kinds, peers=()) -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(w.cols).astype(np.float32)
     out = np.empty(w.rows, np.float32)
+    xs = rng.standard_normal((PREFILL_POSITIONS, w.cols)).astype(np.float32)
+    outs = np.empty((PREFILL_POSITIONS, w.rows), np.float32)
+
+    def form(op: str, choice: str):  # one call of op in this form: seconds are per matrix
+        code = w.kernel | (OPS[op] if choice == "rows" else 0)
+        if op == "decode":
+            return lambda: [dispatch.matvec(raw, code, x, out, kinds) for raw in raws]
+        return lambda: dispatch.matmul(w.raw, code, xs, outs)
+
     times = {}
     for op in ops:
-        flag = OPS[op]
-        if op == "decode":
-            def decode(code):
-                def run_all():
-                    for raw in raws:
-                        dispatch.matvec(raw, code, x, out, kinds)
-                return run_all
-            run = {c: decode(w.kernel | (flag if c == "rows" else 0)) for c in CHOICES}
-        else:
-            xs = rng.standard_normal((PREFILL_POSITIONS, w.cols)).astype(np.float32)
-            outs = np.empty((PREFILL_POSITIONS, w.rows), np.float32)
-            run = {c: (lambda code: lambda: dispatch.matmul(w.raw, code, xs, outs))(
-                w.kernel | (flag if c == "rows" else 0)) for c in CHOICES}
-        # alternate the forms, twice, so that a burst of other load hits both
+        per_call = len(raws) if op == "decode" else 1
         t = {c: [] for c in CHOICES}
-        for _ in range(2):
+        for _ in range(2):  # alternate the forms, twice, so that a burst of other load hits both
             for c in CHOICES:
-                t[c].append(_seconds(run[c]))
-        times[op] = {c: min(v) / (len(raws) if op == "decode" else 1) for c, v in t.items()}
+                t[c].append(_seconds(form(op, c)) / per_call)
+        times[op] = {c: min(v) for c, v in t.items()}
     return times
 
 
@@ -221,12 +220,14 @@ class Tuner:
         return rows
 
 
-def stored_for(qtype: int, rows: int, cols: int, threads: int) -> dict:
-    """The stored choice (op -> pick) for matrices of this type and shape on this CPU, from any
-    earlier load (`lfm2q info`); {} where none was measured."""
-    d = describe()
-    head = f"{d['cpu']}|{','.join(d['features'])}|threads={threads}|{type_name(qtype)}|{rows}x{cols}|"
-    for key, times in _read_store().items():
-        if key.startswith(head):
-            return {op: Choice(key, times).pick(op) for op in times}
-    return {}
+def stored_picks(shapes, threads: int) -> dict:
+    """(qtype, rows, cols) -> the stored choice (op -> pick) on this CPU from any earlier load
+    (`lfm2q info`), for each of these shapes that has one."""
+    store, out = _read_store(), {}
+    for shape in shapes:
+        head = _shape_key(*shape, threads)
+        for key, times in store.items():
+            if key.startswith(head):
+                out[shape] = {op: Choice(key, times).pick(op) for op in times}
+                break
+    return out

@@ -130,6 +130,7 @@ SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
 SIMD_PACKS_Q4_0_4X8 = simd.PACKS_Q4_0_4X8  # (at most one of the two Q4_0 layouts)
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 B32_DECODE_QUADS = simd.B32_DECODE_QUADS  # decode takes Q4_0 and Q5_0 rows four at a time
+B32_DECODE_GROUPS = Q8_0_DECODE_PAIRS or B32_DECODE_QUADS  # (one global: numba drops its branch where False)
 Q4_0_INTEGER = simd.Q4_0_INTEGER  # whether Q4_0 has an integer kernel worth its float twin
 Q4_1_Q5_INTEGER = simd.Q4_1_Q5_INTEGER  # the same for Q4_1, Q5_0 and Q5_1
 
@@ -205,9 +206,20 @@ def _imatvec_k_serial(w, qtype, xq, xd, bsum, out):
         out[r] = row_idot_k(w, qtype, r, xq, xd, bsum)
 
 
+@njit(inline="always")
+def decode_group(qtype, grouped):  # rows per call of decode's grouped kernels (1: row by row)
+    if not grouped:
+        return 1
+    if qtype == Q8_0:
+        return 2 if Q8_0_DECODE_PAIRS else 1
+    return 4 if B32_DECODE_QUADS else 1
+
+
 @njit(error_model="numpy", fastmath=False, cache=True)  # see isa/x86_avx2.py: no fastmath
-def row4_idot_b32(w, qtype, r, xq, xd, out):  # decode: out[r : r + 4], rows of Q4_0 or Q5_0
-    if qtype == Q5_0:
+def group_idot_b32(w, qtype, r, xq, xd, out):  # decode: out[r : r + decode_group(qtype, True)]
+    if qtype == Q8_0:
+        simd.q8_0_row2(w, r, xq, xd, out)
+    elif qtype == Q5_0:
         simd.q5_0_row4(w, r, xq, xd, out)
     else:
         simd.q4_0_row4(w, r, xq, xd, out)
@@ -215,27 +227,19 @@ def row4_idot_b32(w, qtype, r, xq, xd, out):  # decode: out[r : r + 4], rows of 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatvec_b32_parallel(w, qtype, xq, xd, out, grouped=True):  # Q8_0 / Q4_0 / Q5_0 rows . x in Q8_0
-    if B32_DECODE_QUADS and grouped and qtype != Q8_0:  # Q4_0 / Q5_0 rows in quads (x86_avx512.q4_0_row4: the row kernel's bits)
-        rows = w.shape[0]
-        for task in prange(-(-rows // 4)):
-            r0 = 4 * task
-            prefetch_rows_ahead(w, r0, r0 + 4)
-            if r0 + 4 <= rows:
-                row4_idot_b32(w, qtype, r0, xq, xd, out)
+    rows = w.shape[0]
+    g = decode_group(qtype, grouped) if B32_DECODE_GROUPS else 1
+    if B32_DECODE_GROUPS and g > 1:  # Q8_0 rows in pairs (x86_avx512.q8_0_row2), Q4_0 / Q5_0 in quads
+        for task in prange(-(-rows // g)):  # (q4_0_row4): each row's kernel bits
+            r0 = g * task
+            prefetch_rows_ahead(w, r0, r0 + g)
+            if r0 + g <= rows:
+                group_idot_b32(w, qtype, r0, xq, xd, out)
             else:
                 for r in range(r0, rows):
                     out[r] = row_idot_b32(w, qtype, r, xq, xd)
-    elif Q8_0_DECODE_PAIRS and grouped and qtype == Q8_0:  # rows in pairs, as prefill (x86_avx512.q8_0_row2: the same bits)
-        rows = w.shape[0]
-        for task in prange(-(-rows // 2)):
-            r0 = 2 * task
-            prefetch_rows_ahead(w, r0, r0 + 2)
-            if r0 + 1 < rows:
-                simd.q8_0_row2(w, r0, xq, xd, out)
-            else:
-                out[r0] = row_idot_b32(w, qtype, r0, xq, xd)
     else:
-        for r in prange(w.shape[0]):
+        for r in prange(rows):
             prefetch_rows_ahead(w, r, r + 1)
             out[r] = row_idot_b32(w, qtype, r, xq, xd)
 

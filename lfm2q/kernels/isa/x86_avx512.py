@@ -437,9 +437,7 @@ def _b32_quads(block_bytes, block, with_min):
                     b.store(h, b.gep(op, [c(2 * j + m)]))
         return context.get_dummy_value()
 
-    if not HAVE_AVX512_VNNI:
-        return fallback
-    return quads
+    return quads if HAVE_AVX512_VNNI else fallback
 
 
 def _b32_decode4(block_bytes, block):
