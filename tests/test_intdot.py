@@ -208,6 +208,35 @@ def test_packed_q4_k_matrices_give_the_row_kernels_bits():
                                           err_msg=f"prefill {wname} x {xname}")
 
 
+@pytest.mark.skipif(not avx512.HAVE_AVX512_VNNI, reason="no AVX-512 VNNI here: Q4_0 matrices stay in rows")
+def test_packed_q4_0_matrices_give_the_row_kernels_bits():
+    # x86_avx512.q4_0_packed: 4 rows a 512-bit vector (repack.pack_q4_0x16), weights unsigned
+    # against x from -8 * its sums of 4; decode, prefill (TOKENS a call, then a tail), the
+    # quants at 0 / 15 and activations at -127 / +127, against the AVX2 row kernel.
+    from lfm2q.kernels.repack import unpack_q4_0x16_np
+    assert dispatch.packable(Q4_0, 20) and not dispatch.packable(Q4_0, 18)
+    assert dispatch.packed_code(Q4_0) == Q4_0 | dispatch.PACKED4
+    rows, cols, n = 20, 512, dispatch.TOKENS * 2 + 3
+    code = dispatch.packed_code(Q4_0)
+    for wname, w in edge_weights(Q4_0, rows, cols).items():
+        p = dispatch.pack(w, code)
+        np.testing.assert_array_equal(unpack_q4_0x16_np(p), w)
+        for xname, x1 in edge_vectors(cols).items():
+            got = np.full(rows, np.nan, np.float32)
+            dispatch.matvec(p, code, x1, got)
+            np.testing.assert_array_equal(got, run("avx2", w, Q4_0, x1), err_msg=f"decode {wname} x {xname}")
+            x = np.stack([x1 * (1 + t) for t in range(n)])
+            out = np.full((n, rows), np.nan, np.float32)
+            dispatch.matmul(p, code, x, out)
+            np.testing.assert_array_equal(out, np.stack([run("avx2", w, Q4_0, r) for r in x]),
+                                          err_msg=f"prefill {wname} x {xname}")
+    x = np.ones(cols, np.float32)
+    x[100] = np.nan
+    got = np.zeros(rows, np.float32)
+    dispatch.matvec(dispatch.pack(weights(Q4_0, rows, cols, seed=3), code), code, x, got)
+    assert np.isnan(got).all()
+
+
 _AVX2_ONLY = """
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])

@@ -128,6 +128,9 @@ SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
 SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
 SIMD_PACKS_Q4_0_4X8 = simd.PACKS_Q4_0_4X8  # (at most one of the two Q4_0 layouts)
+# the packed Q4_0 kernels' activations: x's Q8_0 quants as they are (NEON), or with each block's
+# sums of 4 after them (x86_avx512.q4_0_packed_x)
+Q4_0_PACKED_X = simd.Q4_0_PACK_CHUNK == 16
 Q8_0_DECODE_PAIRS = simd.Q8_0_DECODE_PAIRS
 B32_DECODE_QUADS = simd.B32_DECODE_QUADS  # decode takes Q4_0 and Q5_0 rows four at a time
 B32_DECODE_GROUPS = Q8_0_DECODE_PAIRS or B32_DECODE_QUADS  # (one global: numba drops its branch where False)
@@ -362,10 +365,14 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
         xd = np.empty(n // QK8_0, np.float32)
         quantize_q8_0(x, xq, xd)
         if SIMD_PACKS_Q4_0 and code & PACKED4:  # (a False global: numba drops the branch untyped)
+            xk = xq
+            if Q4_0_PACKED_X:
+                xk = np.empty(2 * n, np.int8)
+                simd.q4_0_packed_x(xq, xk)
             if serial:
-                _imatvec_q4_0_packed_serial(w, xq, xd, out)
+                _imatvec_q4_0_packed_serial(w, xk, xd, out)
             else:
-                _imatvec_q4_0_packed_parallel(w, xq, xd, out)
+                _imatvec_q4_0_packed_parallel(w, xk, xd, out)
         elif SIMD_PACKS_Q4_0_4X8 and code & PACKED4X8:
             xt = np.empty(2 * n, np.int8)
             twin_chunks_q8_0(xq, xt)
@@ -555,6 +562,11 @@ def _imatmul_packed(p, x, out, wide=True):  # _imatmul for a packed Q4_K matrix 
 def _imatmul_q4_0_packed(p, x, out):  # _imatmul for a packed Q4_0 matrix (PACKED4)
     n = x.shape[0]
     xq, xd, _ = _quantize_rows(x, False)
+    if Q4_0_PACKED_X:
+        xk = np.empty((n, 2 * x.shape[1]), np.int8)
+        for t in range(n):
+            simd.q4_0_packed_x(xq[t], xk[t])
+        xq = xk
     for gi in prange(p.shape[0]):  # a task is one group of 4 rows, TOKENS positions a call
         t = 0
         while t + TOKENS <= n:
@@ -626,7 +638,7 @@ def packed_code(code: int) -> int:
 
 def pack(w: np.ndarray, code: int, out: np.ndarray | None = None) -> np.ndarray:
     """The packed copy of a packable matrix w in the layout of its packed kernel code (packed_code)."""
-    return packed(w, code & 255, out, chunk=8 if code & PACKED4X8 else 4)
+    return packed(w, code & 255, out, chunk=8 if code & PACKED4X8 else simd.Q4_0_PACK_CHUNK)
 
 
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:

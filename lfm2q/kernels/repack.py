@@ -1,7 +1,8 @@
 """Matrices packed a few rows at a time at load time, for the packed kernels: Q4_K in groups of
 8 rows (isa/x86_avx2.q4_k_packed, isa/neon.q4_k_packed, isa/portable.q4_k_packed), and Q4_0
 in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below), in
-8-byte chunks where it also has i8mm (isa/neon.q4_0_4x8_*: smmla for prompts).
+8-byte chunks where it also has i8mm (isa/neon.q4_0_4x8_*: smmla for prompts), in 16-byte
+chunks with x86 AVX-512 VNNI (isa/x86_avx512.q4_0_packed).
 
 In a GGUF file each Q4_K row is its own run of 144-byte super-blocks, and a row kernel sums
 one row at a time with the 8 lanes of a vector. Packed, one 32-byte vector holds the same 4
@@ -131,6 +132,25 @@ def unpack_q4_0x4_np(p: np.ndarray) -> np.ndarray:
 # A vector's low nibbles are elements 8h..8h+7 of its 2 rows, its high nibbles 16+8h..16+8h+7.
 # Decode reads the same bytes with sdot, against x's 8-byte chunks each twice (twin_chunks_q8_0).
 
+# --- Q4_0, 4 rows a group in 16-byte chunks (x86 AVX-512 VNNI) --------------------------------
+# x86_avx512.q4_0_packed: one 64-byte vector a block, row r's 16 quant bytes in its 128-bit
+# quarter r (XOR 0x88 as above, d at the same place), so that a 16-byte activation broadcast
+# meets all 4 rows in one vpdpbusd and the 4 scales convert in one instruction.
+
+def pack_q4_0x16(w, out):
+    """Q4_0 in 16-byte chunks: bytes 16r..16r+15 of a block are row r's 16 quant bytes."""
+    _pack_q4_0(w, out, 16)
+
+
+def unpack_q4_0x16_np(p: np.ndarray) -> np.ndarray:
+    """NumPy inverse of pack_q4_0x16 (tests): packed uint8[rows/4, nb*72] -> uint8[rows, nb*18]."""
+    groups, nb = p.shape[0], p.shape[1] // Q4_0_P_BYTES
+    b = p.reshape(groups, nb, Q4_0_P_BYTES)
+    qs = (b[:, :, :64].reshape(groups, nb, Q4_0_GROUP, 16) ^ 0x88).transpose(0, 2, 1, 3)
+    d = b[:, :, 64:].reshape(groups, nb, Q4_0_GROUP, 2).transpose(0, 2, 1, 3)
+    return np.concatenate([d, qs], axis=-1).reshape(groups * Q4_0_GROUP, nb * Q4_0_BYTES)
+
+
 def pack_q4_0_4x8(w, out):
     """Q4_0 in 8-byte chunks (the layout above, for smmla)."""
     _pack_q4_0(w, out, 8)
@@ -208,11 +228,12 @@ def packed_shape(rows: int, row_bytes: int, qtype: int = Q4_K) -> tuple[int, int
 
 def packed(w, qtype, out=None, chunk=4):
     """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array;
-    Q4_0 in 4-byte chunks (pack_q4_0x4, for sdot) or 8-byte ones (pack_q4_0_4x8, for smmla)."""
+    Q4_0 in chunks of 4 bytes (pack_q4_0x4, for sdot), 8 (pack_q4_0_4x8, for smmla) or 16
+    (pack_q4_0x16, for AVX-512 VNNI)."""
     if qtype == Q4_0:
         if out is None:
             out = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
-        (pack_q4_0_4x8 if chunk == 8 else pack_q4_0x4)(w, out)
+        {4: pack_q4_0x4, 8: pack_q4_0_4x8, 16: pack_q4_0x16}[chunk](w, out)
         return out
     return packed_q4_k8(w, out)
 

@@ -42,6 +42,7 @@ PACKS_Q4_K = HAVE_DOTPROD
 # (neon.q4_0_packed), or with i8mm 8-byte chunks for smmla (neon.q4_0_4x8_*)
 PACKS_Q4_0 = HAVE_DOTPROD and not HAVE_I8MM
 PACKS_Q4_0_4X8 = HAVE_I8MM
+Q4_0_PACK_CHUNK = 4  # PACKS_Q4_0's layout (repack.pack_q4_0x4)
 Q8_0_DECODE_PAIRS = False
 B32_DECODE_QUADS = False  # decode rows one by one (q4_0_row4 below only fills the interface)
 Q4_0_INTEGER = True  # Q4_0 rows through neon.q4_0_row (sdot / widening multiplies)

@@ -141,6 +141,24 @@ def _token_rows(context, builder, sig, args, xs, t, col, count=None):
     return rows
 
 
+def _packed_operands(context, b, sig, args, block_bytes, group_rows, n_x):
+    """A packed kernel's operands (p, gi, n_x activation arrays, [t,] out): group gi's bytes,
+    its blocks (block_bytes each), and per token the activation pointers and the output's
+    pointer at the group's first row (one token, or TOKENS from position t)."""
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], c(block_bytes))
+    r0 = b.mul(args[1], c(group_rows))
+    xs = slice(2, 2 + n_x)
+    if sig.args[2].ndim == 1:  # one token
+        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[xs], args[xs])]
+                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
+    else:
+        toks = _token_rows(context, b, sig, args, xs, args[2 + n_x], r0)
+    return prow, nb, toks
+
+
 def _result(context, builder, sig, values):
     if len(values) == 1:
         return values[0]

@@ -47,8 +47,8 @@ from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
 from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_P_BYTES, Q4_0_P_D
-from .llvm_ir import (F32, I8, I16, I32, I64, IR, TOKENS, V16I8, _arrays, _data, _n_blocks, _offset, _result,
-                      _row_ptr, _token_rows, _tokens, _typed)
+from .llvm_ir import (F32, I8, I16, I32, I64, IR, TOKENS, V16I8, _arrays, _data, _n_blocks, _offset,
+                      _packed_operands, _result, _row_ptr, _token_rows, _tokens, _typed)
 
 _FEATURES = target()[1]  # what numba compiles for (lfm2q/cpu.py)
 HAVE_DOTPROD = "dotprod" in _FEATURES
@@ -504,23 +504,6 @@ def q4_0_row(typingctx, row, xq, xd):  # row uint8[cols/32*18], x in Q8_0
 @intrinsic
 def q4_0_rows(typingctx, row, xq, xd, t):
     return _typed(_q4_0, row, xq, xd, t=t)
-
-
-def _packed_operands(context, b, sig, args, block_bytes, group_rows, n_x):
-    """A packed kernel's operands (p, gi, n_x activation arrays, [t,] out): group gi's bytes,
-    its blocks (block_bytes each), and per token the activation pointers and the output's
-    pointer at the group's first row (one token, or TOKENS from position t)."""
-    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])  # group gi's packed bytes
-    a = context.make_array(sig.args[0])(context, b, args[0])
-    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(block_bytes))
-    r0 = b.mul(args[1], _c(group_rows))
-    xs = slice(2, 2 + n_x)
-    if sig.args[2].ndim == 1:  # one token
-        toks = [[_data(context, b, ty, v) for ty, v in zip(sig.args[xs], args[xs])]
-                + [b.gep(_data(context, b, sig.args[-1], args[-1]), [r0])]]
-    else:
-        toks = _token_rows(context, b, sig, args, xs, args[2 + n_x], r0)
-    return prow, nb, toks
 
 
 # --- Q4_K rows packed 8 at a time at load time (repack.pack_q4_k8), with dotprod -------------

@@ -22,6 +22,7 @@ WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothi
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
 PACKS_Q4_0 = False
+Q4_0_PACK_CHUNK = 4  # (the layout of the NEON dotprod kernels these loops stand for)
 PACKS_Q4_0_4X8 = False
 Q8_0_DECODE_PAIRS = False
 B32_DECODE_QUADS = False  # decode rows one by one (the row4 loops below only fill the interface)

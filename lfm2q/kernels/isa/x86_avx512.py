@@ -22,8 +22,9 @@ Where the CPU lacks AVX-512 VNNI every kernel here compiles to the 256-bit form 
 steps, row by row (group by group), so callers need one path and numba never sees an
 instruction the CPU lacks. Call only from functions compiled without fastmath (see avx2.py).
 """
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, I32, I64, TOKENS,
@@ -32,7 +33,8 @@ from .x86_avx2 import (_FEATURES, _IR, F16, F32, HAVE_AVX2, HAVE_VNNI, I8, I16, 
 from ..kquants import Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES, Q4_1_BYTES, Q5_0_BYTES, Q5_1_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC
+from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_GROUP, Q4_0_P_BYTES, Q4_0_P_D
+from .llvm_ir import _packed_operands
 
 # 512-bit vpdpbusd and vpmaddwd, and 512-bit registers the compiler may use (32 of them).
 HAVE_AVX512_VNNI = HAVE_AVX2 and {"avx512f", "avx512bw", "avx512vnni"} <= _FEATURES
@@ -516,3 +518,93 @@ def q5_1_rows4(typingctx, w, r, xq, xd, xs, t, out):
     """q4_1_rows4 for Q5_1 (nb*24 bytes). The bits of avx2.q5_1_row."""
     sig = _quad_sig(w, r, t, out, xq, xd, xs)
     return sig and (sig, _b32_quads(Q5_1_BYTES, _q5_1_block, True))
+
+
+# --- Q4_0 rows packed 4 at a time (repack.pack_q4_0x16) ----------------------------------------
+# Why: a Q4_0 row kernel unpacks each 18-byte block alone, converts its fp16 scale alone and
+# sums 8 lanes per row at the end: ~12 vector instructions a row-block, which kept decode
+# compute-bound (22.7 GB/s one thread, in cache, against Q4_K's packed 57.6). Packed, one 64-byte
+# load holds a block of 4 rows (row r's 16 quant bytes in 128-bit quarter r) and their 4 scales
+# sit together: one vpdpbusd multiplies 4 rows by the block's first 16 activations (broadcast to
+# every quarter), a second by the last 16, one convert gives the 4 scales.
+#
+# The lanes are the row kernel's: quarter r, dword i of the low-nibble sums is avx2.q4_0_row's
+# lane i of row r (elements 4i..4i+3), of the high-nibble sums its lane 4 + i. vpdpbusd takes
+# the weights unsigned (n = q + 8, 0..15) against signed x, and starts from -8 * the sum of each
+# lane's 4 activations (q4_0_packed_x puts them after each block's 32 quants): n . x - 8 sum(x)
+# = q . x, exactly. Then the row kernel's float steps per lane (d_w * d_x, one fma a block),
+# and its horizontal sum (hsum_float_8's order) for 4 rows at once: the same bits.
+
+def _q4_0_packed16(context, b, sig, args):
+    ir_ = _IR(b)
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    prow, nb, toks = _packed_operands(context, b, sig, args, Q4_0_P_BYTES, Q4_0_GROUP, 2)
+    V4I32, V4F32, V16I8 = ir.VectorType(I32, 4), ir.VectorType(F32, 4), ir.VectorType(I8, 16)
+    m4, eight = ir_.const(V64I8, 15), ir_.const(V64I8, 8)
+    quarters = [i for _ in range(4) for i in range(4)]  # a 128-bit part in every quarter
+    per_row = [r for r in range(4) for _ in range(4)]   # lane r of 4 in quarter r
+    every16 = [j for _ in range(4) for j in range(16)]  # 16 bytes in every quarter
+
+    def body(k, *accs):
+        pk = b.mul(k, c(Q4_0_P_BYTES))
+        v = ir_.load(prow, pk, V64I8)  # stored XOR 0x88: nibble ^ 8 gives n back
+        lo = b.xor(b.and_(v, m4), eight)
+        hi = b.xor(b.and_(b.lshr(v, ir_.const(V64I8, 4)), m4), eight)
+        d4 = b.fpext(b.bitcast(ir_.load(prow, b.add(pk, c(Q4_0_P_D)), ir.VectorType(I16, 4)),
+                               ir.VectorType(F16, 4)), V4F32)
+        d_rows = ir_.lanes(d4, per_row)
+        out = []
+        for (xp, dp, _), acc_lo, acc_hi in zip(toks, accs[0::2], accs[1::2]):
+            xo = b.mul(k, c(64))
+            x_lo = ir_.lanes(ir_.load(xp, xo, V16I8), every16)
+            x_hi = ir_.lanes(ir_.load(xp, b.add(xo, c(16)), V16I8), every16)
+            c_lo = ir_.lanes(ir_.load(xp, b.add(xo, c(32)), V4I32), quarters)
+            c_hi = ir_.lanes(ir_.load(xp, b.add(xo, c(48)), V4I32), quarters)
+            d = b.fmul(d_rows, ir_.splat(b.load(b.gep(dp, [k])), V16F32))
+            out.append(ir_.fma(d, b.sitofp(_dpbusd(ir_, c_lo, lo, x_lo), V16F32), acc_lo))
+            out.append(ir_.fma(d, b.sitofp(_dpbusd(ir_, c_hi, hi, x_hi), V16F32), acc_hi))
+        return out
+
+    zero = ir.Constant(V16F32, [0.0] * 16)
+    accs = ir_.loop(nb, body, *[zero] * (2 * len(toks)))
+    for (*_, op), acc_lo, acc_hi in zip(toks, accs[0::2], accs[1::2]):
+        s = b.fadd(acc_lo, acc_hi)  # lane 4r + i: row r's x_i + x_{i+4}
+        h = b.fadd(ir_.lanes(s, [4 * r + i for r in range(4) for i in (0, 1)]),
+                   ir_.lanes(s, [4 * r + i for r in range(4) for i in (2, 3)]))
+        res = b.fadd(ir_.lanes(h, [0, 2, 4, 6]), ir_.lanes(h, [1, 3, 5, 7]))
+        b.store(res, b.bitcast(op, V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_0_packed(typingctx, packed, gi, xk, xd, out):
+    """out[4gi : 4gi + 4]: the rows of packed Q4_0 group gi (repack.pack_q4_0x16) . x, xk int8[2 *
+    cols] as q4_0_packed_x makes it from x's Q8_0 quants, xd f32[cols/32]; x86_avx2.q4_0_row's
+    bits. Needs AVX-512 VNNI (x86.py packs Q4_0 only then)."""
+    if not (_arrays(2, packed) and _arrays(1, xk, xd, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xk, xd, out), _q4_0_packed16
+
+
+@intrinsic
+def q4_0_packed_rows(typingctx, packed, gi, xk, xd, t, out):
+    """out[t + i, 4gi : 4gi + 4] for i < TOKENS: q4_0_packed for rows t.. of xk int8[n, 2 * cols],
+    xd f32[n, cols/32]; out f32[n, rows]."""
+    if not (_arrays(2, packed, xk, xd, out) and isinstance(gi, types.Integer) and isinstance(t, types.Integer)):
+        return None
+    return types.none(packed, gi, xk, xd, t, out), _q4_0_packed16
+
+
+@njit(error_model="numpy", cache=True)
+def q4_0_packed_x(xq, out):
+    """x's Q8_0 quants xq int8[cols] -> out int8[2 * cols], the activations of q4_0_packed: per
+    block k, its 32 quants at 64k, then at 64k + 32 the 8 int32 -8 * (x[32k + 4i] + .. + x[32k + 4i + 3])."""
+    o32 = out.view(np.int32)
+    for k in range(xq.shape[0] // 32):
+        for j in range(32):
+            out[64 * k + j] = xq[32 * k + j]
+        for i in range(8):
+            s = np.int32(0)
+            for j in range(4):
+                s += np.int32(xq[32 * k + 4 * i + j])
+            o32[16 * k + 8 + i] = -8 * s
