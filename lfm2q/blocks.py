@@ -102,7 +102,7 @@ def ggml_expf_small(x):  # ggml_expf for |x| <= 87 (then |n| <= 126): the last l
 _EXPF_SMALL_MAX = np.uint32(0x42AE0000)
 
 
-@njit(error_model="numpy", fastmath=False, cache=True)
+@njit(error_model="numpy", fastmath=False, nogil=True, cache=True)
 def rmsnorm(x, w, eps, out):  # x f32[D], w f32[D] -> out f32[D]
     # ggml's rms_norm then mul (f32 squares summed in f64, f32 mean, scale = 1/sqrtf(mean +
     # eps) in f32, then x * scale and * w as two roundings).
@@ -178,7 +178,7 @@ def shortconv_mix(bcx, conv_w, state, y):
             y[t, c] = bcx[t, D + c] * acc
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, nogil=True, cache=True)
 def shortconv_decode(x, norm_w, eps, in_w, in_t, conv_w, state, out_w, out_t, h, bcx, y, o, kinds=ALL_KINDS):
     """x f32[D] += out_proj(C * conv(B * x')) with x' = rmsnorm(x); bcx f32[1, 3D], y f32[1, D]."""
     rmsnorm(x, norm_w, eps, h)
@@ -350,7 +350,7 @@ def qkv_to_cache(q, k, v, n_head, qn_w, kn_w, eps, p0, inv_freq, kc, ks, vc, vs)
             store_row(v[t, g * HD:(g + 1) * HD], vc, vs, g, pos)
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, nogil=True, cache=True)
 def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w, n_head,
                      kc, ks, vc, vs, pos, window, inv_freq, h, q, k, v, att, o, kinds=ALL_KINDS, head64=None):
     """x f32[D] += attn_output(attention(x')) for the token at `pos`; q/att f32[1, H*HD],
@@ -367,7 +367,7 @@ def attention_decode(x, norm_w, eps, wq, tq, wk, tk, wv, tv, wo, to, qn_w, kn_w,
 
 # --- feed-forward -------------------------------------------------------------------------
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, nogil=True, cache=True)
 def ffn_decode(x, norm_w, eps, wg, tg, wu, tu, wd, td, h, g, u, o, kinds=ALL_KINDS):
     """x f32[D] += ffn_down(silu(ffn_gate(x')) * ffn_up(x')), x' = rmsnorm(x); g/u f32[FF]."""
     rmsnorm(x, norm_w, eps, h)
@@ -482,7 +482,7 @@ def experts_matvec(wa, ta, wb, tb, sel, xa, xb, per_expert_x, oa, ob, kinds=ALL_
             matvec(wb[e, r0:r1], tb, xb[0], ob[j, r0:r1], kinds)
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, nogil=True, cache=True)
 def moe_decode(x, norm_w, eps, wr, tr, bias, wg, tg, wu, tu, wd, td, k, norm, scale, exact,
                h, logits, sel, wsel, g, u, o, acc, kinds=ALL_KINDS):
     """x f32[D] += sum_j w_j * down_j(silu(gate_j(x')) * up_j(x')) over the K routed experts,

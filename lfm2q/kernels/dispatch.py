@@ -320,7 +320,7 @@ def _imatvec_q4_0_4x8_serial(p, xt, xd, out):
         simd.q4_0_4x8_packed(p, gi, xt, xd, out)
 
 
-@njit(error_model="numpy", fastmath=True, cache=True)
+@njit(error_model="numpy", fastmath=True, nogil=True, cache=True)
 def matvec(w, code, x, out, kinds=ALL_KINDS):  # W uint8[rows, row_bytes], x f32[cols] -> out f32[rows]
     """kinds: which kernels to compile, `kinds_for` the model's kernel codes (default: all).
     numba drops a branch on an argument that is `None` before typing it, so a kernel the
