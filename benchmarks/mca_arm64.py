@@ -38,10 +38,11 @@ KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0
            "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
            "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4),
            "q4_0_packed": (256, 1), "q4_0_packed_rows": (256, 4),
-           "q4_0_4x8_packed": (256, 1), "q4_0_4x8_mmla_rows": (256, 4)}
+           "q4_0_4x8_packed": (256, 1), "q4_0_4x8_mmla_rows": (256, 4),
+           "q4_k_8x8_packed": (1024, 1), "q4_k_8x8_mmla_rows": (512, 4), "q4_k_8x8_mmla_rows8": (512, 8)}
 # lane-indexed sdot, smmla: no fallback form
 DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows", "q4_0_packed", "q4_0_packed_rows")
-I8MM_ONLY = ("q4_0_4x8_packed", "q4_0_4x8_mmla_rows")
+I8MM_ONLY = ("q4_0_4x8_packed", "q4_0_4x8_mmla_rows", "q4_k_8x8_packed", "q4_k_8x8_mmla_rows", "q4_k_8x8_mmla_rows8")
 
 _EMIT = r"""
 import json, sys
@@ -86,6 +87,13 @@ for name in sys.argv[3].split(","):
     elif name == "q4_0_4x8_mmla_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_4x8_mmla_rows(p, g, q, d, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
+    elif name == "q4_k_8x8_packed":
+        f = njit(fastmath=False)(lambda p, g, q, d, s, o: neon.q4_k_8x8_packed(p, g, q, d, s, o))
+        sig = (u8_2, T.int64, i8, f32, i8, f32)
+    elif name.startswith("q4_k_8x8_mmla_rows"):
+        k = getattr(neon, name)
+        f = njit(fastmath=False)(lambda p, g, q, d, s, t, o: k(p, g, q, d, s, t, o))
+        sig = (u8_2, T.int64, i8_2, f32_2, i8_2, T.int64, f32_2)
     elif name == "q4_0_packed_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_packed_rows(p, g, q, d, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
