@@ -188,13 +188,13 @@ def twin_sums_q8_k(bs32, out):
 
 def pair_positions_q8_k_np(xq: np.ndarray, xd: np.ndarray, bs32: np.ndarray):
     """NumPy twin of pair_positions_q8_k (tests)."""
-    pairs = xq.shape[0] // 2
+    pairs, nb = xq.shape[0] // 2, xd.shape[1]
     xi, _ = pair_positions_np(xq, np.zeros((xq.shape[0], xq.shape[1] // 32), np.float32))
-    xdi = np.repeat(xd[:2 * pairs].reshape(pairs, 2, -1).transpose(0, 2, 1), 2, axis=-1)  # [p, k, 2j + i]
-    s = bs32[:2 * pairs].astype(np.int32).reshape(pairs, 2, -1, 8)  # [p, j, k, sub-block]
+    xdi = np.repeat(xd[:2 * pairs].reshape(pairs, 2, nb).transpose(0, 2, 1), 2, axis=-1)  # [p, k, 2j + i]
+    s = bs32[:2 * pairs].astype(np.int32).reshape(pairs, 2, nb, 8)  # [p, j, k, sub-block]
     halves = np.stack([s >> 6, s & 63], axis=1)  # [p, h, j, k, s]
     bsi = halves.transpose(0, 3, 1, 2, 4).astype(np.int8)  # [p, k, h, j, s]
-    return xi, np.ascontiguousarray(xdi.reshape(pairs, -1)), np.ascontiguousarray(bsi.reshape(pairs, -1))
+    return xi, np.ascontiguousarray(xdi.reshape(pairs, 4 * nb)), np.ascontiguousarray(bsi.reshape(pairs, 32 * nb))
 
 
 # --- Q4_0, 4 rows a group (NEON dotprod) ------------------------------------------------------
