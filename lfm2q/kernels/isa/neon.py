@@ -72,7 +72,7 @@ class _IR(IR):
         fn = self.fn("llvm.aarch64.neon.smmla.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
         return self.b.call(fn, [acc, a, b])
 
-    def tbl(self, table, idx):  # byte i = table[idx[i]], 0 where idx[i] > 15 (a zero-extension too)
+    def tbl(self, table, idx):  # byte i = table[idx[i]], 0 where idx[i] > 15
         fn = self.fn("llvm.aarch64.neon.tbl1.v16i8", V16I8, [V16I8, V16I8])
         return self.b.call(fn, [table, idx])
 
