@@ -17,7 +17,10 @@ i8mm layout, repack.pack_q4_0_4x8, and the prompt's positions in pairs for smmla
 both layouts against NumPy, and the assembly for a Neoverse N2 (smmla in the prompt loop, no
 shuffles there); on aarch64 with i8mm (qemu's `max`) the smmla and sdot kernels against an
 oracle reading the packed bytes and against the row kernel, bit for bit, alone and through
-dispatch.
+dispatch. The same for Q4_K in 8-byte chunks (repack.pack_q4_k_8x8, 8 rows a group, and
+pair_positions_q8_k): the layout and its NumPy inverse and the paired positions on any host,
+the N2 assembly (smmla with running tiles, no shuffles), and under i8mm its kernels against an
+oracle on the packed bytes and the row kernel, through dispatch for 1-19 positions.
 """
 import sys
 from pathlib import Path

@@ -813,24 +813,27 @@ def q4_0_4x8_mmla_rows(typingctx, packed, gi, xi, xdi, t, out):
 
 # --- Q4_K rows packed 8 at a time in 8-byte chunks (repack.pack_q4_k_8x8), with i8mm ---------
 # Each 16 bytes of a group's quants hold 8 bytes of each of 2 rows (repack.py's layout), one row
-# pair's super-block after another. Prompts: one `smmla` takes 2 positions' 8 activation bytes
-# (repack.pair_positions_q8_k's vectors) times the 2 rows' 8 weights into a 2x2 tile of int32
-# lanes [p0 r0, p0 r1, p1 r0, p1 r1], 4 of them a sub-block, into one running tile per position
-# pair for the whole super-block: after sub-block j it holds the sums over sub-blocks 0..j, C_j,
-# and sum_j s_j T_j = sum_j C_j (s_j - s_(j+1)), so one `mla` a sub-block by the lanes' scale
-# steps (repack.K8_SC; [r0, r1, r0, r1]: one `tbl` and a shift from the 16 step bytes of two
-# sub-blocks) gives the scaled sum, with no tile to zero per sub-block (the one `movi` of 5
-# instructions it was). The mins: x's sums per 32 as 64 hi + lo (two int8
-# vectors of 8 sub-blocks x 2 positions) against the 8 mins of 2 rows: two `smmla` and a shift
-# give the tile's exact sum of mins x sums. A row pair runs through all super-blocks before the
-# next (its float accumulators alone stay in registers, 4 position pairs' of them). Decode:
-# `sdot` of each weight vector with x's 8 bytes twice (repack.twin_chunks_q8_0) puts a row's
-# sums in 2 lanes [r0, r0, r1, r1], running over the super-block as the prompt's tiles; one addp
-# of two row pairs' gives 4 rows' C_j, times their scale steps with one `mla`; the mins by
-# `smmla` against the position paired with
-# itself (repack.twin_sums_q8_k). Every (row, position) lane then takes q4_k_row's float steps
-# super-block for super-block: the same bits. Prompts go 8 positions a call (4 pairs: 8.6 cycles
-# per 256 weights and position by llvm-mca on the Neoverse N2, against 10.8 for 4), then 4.
+# pair's super-block after another.
+#
+# Prompts: one `smmla` takes 2 positions' 8 activation bytes (repack.pair_positions_q8_k's
+# vectors) times the 2 rows' 8 weights into a 2x2 tile of int32 lanes [p0 r0, p0 r1, p1 r0,
+# p1 r1], 4 of them a sub-block. The tile runs over the whole super-block: after sub-block j it
+# holds C_j, the sums over sub-blocks 0..j, and sum_j s_j T_j = sum_j C_j (s_j - s_(j+1)), so
+# one `mla` a sub-block by the lanes' scale steps (repack.K8_SC; one `tbl` and a shift from the
+# 16 step bytes of two sub-blocks) gives the scaled sum with no tile to zero per sub-block (a
+# `movi` in every 6 instructions of the sub-block's, the other way). The mins: x's sums per 32
+# as 64 hi + lo (two int8 vectors of 8 sub-blocks x 2 positions) against the 8 mins of 2 rows,
+# two `smmla` and a shift a tile. A row pair runs through all super-blocks before the next: its
+# float accumulators, 4 position pairs', stay in registers.
+#
+# Decode: `sdot` of each weight vector with x's 8 bytes twice (repack.twin_chunks_q8_0) puts a
+# row's sums in 2 lanes [r0, r0, r1, r1], running over the super-block as the prompt's tiles; one
+# `addp` of two row pairs' gives 4 rows' C_j for one `mla`; the mins by `smmla` against the
+# position paired with itself (repack.twin_sums_q8_k).
+#
+# Every (row, position) lane holds q4_k_row's exact isum and msum and then takes its float
+# steps super-block for super-block: the same bits. Prompts go 8 positions a call (4 pairs: 8.6
+# cycles per 256 weights and position by llvm-mca on the Neoverse N2, 10.8 for 4 a call), then 4.
 MMLA_TOKENS = 2 * TOKENS
 
 
