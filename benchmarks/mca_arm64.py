@@ -16,7 +16,8 @@ pipeline only: no cache misses, no memory bandwidth (which bounds decode on a Pi
 ggml_vec_dot_<type>_q8_<0|K> from ggml/src/ggml-cpu/arch/arm/quants.c, compiled with
 clang --target=aarch64-linux-gnu -mcpu=<cpu> -O3 -S, through the same loop extraction; and
 its repacked GEMV (ggml-cpu/arch/arm/repack.cpp) the same way, its i8mm GEMM (inline assembly
-there) read from the source: the block loop of ggml_gemm_q4_0_4x8_q8_0.
+there) read from the source: the block loop of ggml_gemm_q4_0_4x8_q8_0; its i8mm GEMM for Q4_K
+(ggml_gemm_q4_K_8x8_q8_K, NEON intrinsics) compiled with -mcpu=neoverse-n2+i8mm+nosve.
 """
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ KERNELS = {"q4_0_row": (64, 1), "q4_0_rows": (64, 4), "q8_0_row": (64, 1), "q8_0
            "q4_k_row": (256, 1), "q4_k_rows": (256, 4), "q5_k_row": (256, 1), "q5_k_rows": (256, 4),
            "q6_k_row": (256, 1), "q6_k_rows": (256, 4), "q4_k_packed": (2048, 1), "q4_k_packed_rows": (2048, 4),
            "q4_0_packed": (256, 1), "q4_0_packed_rows": (256, 4),
-           "q4_0_4x8_packed": (256, 1), "q4_0_4x8_mmla_rows": (256, 4)}
+           "q4_0_4x8_packed": (256, 1), "q4_0_4x8_mmla_rows": (256, 4),
+           "q4_k_8x8_packed": (1024, 1), "q4_k_8x8_mmla_rows": (512, 4), "q4_k_8x8_mmla_rows8": (512, 8)}
 # lane-indexed sdot, smmla: no fallback form
 DOTPROD_ONLY = ("q4_k_packed", "q4_k_packed_rows", "q4_0_packed", "q4_0_packed_rows")
-I8MM_ONLY = ("q4_0_4x8_packed", "q4_0_4x8_mmla_rows")
+I8MM_ONLY = ("q4_0_4x8_packed", "q4_0_4x8_mmla_rows", "q4_k_8x8_packed", "q4_k_8x8_mmla_rows", "q4_k_8x8_mmla_rows8")
 
 _EMIT = r"""
 import json, sys
@@ -86,6 +88,13 @@ for name in sys.argv[3].split(","):
     elif name == "q4_0_4x8_mmla_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_4x8_mmla_rows(p, g, q, d, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
+    elif name == "q4_k_8x8_packed":
+        f = njit(fastmath=False)(lambda p, g, q, d, s, o: neon.q4_k_8x8_packed(p, g, q, d, s, o))
+        sig = (u8_2, T.int64, i8, f32, i8, f32)
+    elif name.startswith("q4_k_8x8_mmla_rows"):
+        k = getattr(neon, name)
+        f = njit(fastmath=False)(lambda p, g, q, d, s, t, o: k(p, g, q, d, s, t, o))
+        sig = (u8_2, T.int64, i8_2, f32_2, i8_2, T.int64, f32_2)
     elif name == "q4_0_packed_rows":
         f = njit(fastmath=False)(lambda p, g, q, d, t, o: neon.q4_0_packed_rows(p, g, q, d, t, o))
         sig = (u8_2, T.int64, i8_2, f32_2, T.int64, f32_2)
@@ -288,10 +297,18 @@ LLAMA = {"q4_0_row": ("ggml_vec_dot_q4_0_q8_0", 64, 1), "q8_0_row": ("ggml_vec_d
 # blocks) of one group of rows, at depth 2 -> (row, function, weights per iteration, trips)
 LLAMA_REPACK = {"q4_k_packed": ("ggml_gemv_q4_K_8x4_q8_K", 2048, 4),
                 "q4_0_packed": ("ggml_gemv_q4_0_4x4_q8_0", 128, 1),
-                "q4_0_4x8_packed": ("ggml_gemv_q4_0_4x8_q8_0", 128, 1)}
+                "q4_0_4x8_packed": ("ggml_gemv_q4_0_4x8_q8_0", 128, 1),
+                "q4_k_8x8_packed": ("ggml_gemv_q4_K_8x8_q8_K", 2048, 4)}
 # repack.cpp's i8mm GEMM (inline assembly): row -> (function, weights per position and
 # iteration of its block loop, positions): one block of 4 weight rows against 16 positions
 LLAMA_GEMM = {"q4_0_4x8_mmla_rows": ("ggml_gemm_q4_0_4x8_q8_0", 128, 16)}
+# repack.cpp's i8mm GEMM in NEON intrinsics, compiled by clang with i8mm (clang 14 leaves it
+# out of -mcpu=neoverse-n2) and without SVE (its SVE path runs only with 256-bit vectors; the
+# N2's are 128): row -> (function, weights per position and iteration of its loop over
+# super-blocks (depth 3: positions in 4s, rows in 8s, super-blocks), positions, trips of the
+# sub-block loop inside it)
+LLAMA_GEMM_NEON = {"q4_k_8x8_mmla_rows8": ("ggml_gemm_q4_K_8x8_q8_K", 2048, 4, 4)}
+I8MM_MCPU = {"neoverse-n2": "neoverse-n2+i8mm+nosve"}
 
 
 def main() -> None:
@@ -324,6 +341,10 @@ def main() -> None:
             body = llama_inline_loop(args.llama, fn)
             if body:
                 rows.setdefault(name, {})[cpu + " llama"] = 256 * mca_cycles(body, cpu) / (lw * positions)
+        iasm = llama_asm(args.llama, I8MM_MCPU[cpu], "repack.cpp") if args.llama and cpu in I8MM_MCPU else None
+        for name, (fn, lw, positions, trips) in LLAMA_GEMM_NEON.items() if iasm and name in asm else ():
+            cyc = clang_loop_cycles(function_asm(iasm, fn), cpu, trips, 3)
+            rows.setdefault(name, {})[cpu + " llama"] = 256 * cyc / (lw * positions)
     cols = [c for cpu in CPUS for c in (cpu, cpu + " llama") if any(c in r for r in rows.values())]
     print("cycles per 256 weights per position (llvm-mca estimate, loop body only)")
     print(f"{'kernel':20}" + "".join(f"{c:>20}" for c in cols))

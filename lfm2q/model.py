@@ -204,9 +204,9 @@ def _exact(w: Weight) -> Weight:
 
 class _Packer:
     """Matrices in the layout their fastest kernel reads: Q4_K packed 8 rows at a time where the
-    AVX2 or NEON dotprod kernels run, Q4_0 4 rows at a time with NEON dotprod, in 8-byte chunks
-    with i8mm (kernels/repack.py, dispatch.packable and pack), their file pages released; others
-    as they are. The packed copies share one buffer in 2 MB pages (hugepages.py)."""
+    AVX2 or NEON dotprod kernels run, Q4_0 4 rows at a time with NEON dotprod, both in 8-byte
+    chunks with i8mm (kernels/repack.py, dispatch.packable and pack), their file pages released;
+    others as they are. The packed copies share one buffer in 2 MB pages (hugepages.py)."""
 
     ALIGN = 64  # each copy starts on a cache line
 

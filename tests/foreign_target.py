@@ -64,11 +64,11 @@ def record(out: Path, models: list[str]) -> None:
     floats.dot_f16(w16, 0, x)
     floats.dequant_f16(w16, 0, row)
     sigs = {(mod, name): list(d.signatures) for mod, name, d in _dispatchers() if d.signatures}
-    # Packed Q4_0 exists only on aarch64 (the backends' PACKS_Q4_0*): its prompt kernels, called
-    # from Python, never run here. They take the arrays of their Q4_K twin (packed weights, the
-    # activations, the output): its signatures.
+    # Packed Q4_0 and Q4_K in 8-byte chunks exist only on aarch64 (the backends' PACKS_Q4_0*,
+    # PACKS_Q4_K_8X8): their prompt kernels, called from Python, never run here. They take the
+    # arrays of the packed Q4_K one (packed weights, the activations, the output): its signatures.
     twin = sigs.get(("lfm2q.kernels.dispatch", "_imatmul_packed"), [])
-    for name in ("_imatmul_q4_0_packed", "_imatmul_q4_0_4x8"):
+    for name in ("_imatmul_q4_0_packed", "_imatmul_q4_0_4x8", "_imatmul_q4_k_8x8"):
         if twin:
             sigs.setdefault(("lfm2q.kernels.dispatch", name), [sig[:3] for sig in twin])  # (p, x, out)
     out.write_bytes(pickle.dumps(sigs))

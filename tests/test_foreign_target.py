@@ -6,7 +6,8 @@ process that numba believes is an aarch64 one (the code is never run). This keep
 "x86 intrinsics compiled on aarch64" (LLVM aborts the process there) from rotting: a kernel
 that reaches an llvm.x86.* intrinsic on aarch64, or an instruction the target lacks (sdot on a
 Pi 4's Cortex-A72, which has no dotprod: SIGILL on the board; smmla without i8mm), fails here
-on x86 too. Three targets: a Pi 5, a Pi 4 and a Neoverse V2 (i8mm: the smmla Q4_0 prompts).
+on x86 too. Three targets: a Pi 5, a Pi 4 and a Neoverse V2 (i8mm: the smmla Q4_0 and Q4_K
+prompts).
 """
 import json
 import os
@@ -54,9 +55,9 @@ def signatures(models, tmp_path_factory):
 
 
 # The Pi builds compile every recorded kernel; the i8mm build only what differs there (the Q4_0
-# kernels and decode's entry points, where the packed Q4_0 branches sit): a third full build
-# made this test half as long again on 2 cores.
-ONLY = {"neoverse-v2": r"q4_0|dispatch\.(_?matvec|matmul)$"}
+# and Q4_K 8x8 kernels and decode's entry points, where the packed branches sit): a third full
+# build made this test half as long again on 2 cores.
+ONLY = {"neoverse-v2": r"q4_0|q4_k_8x8|dispatch\.(_?matvec|matmul)$"}
 PI = ["cortex-a76", "cortex-a72"]
 
 
@@ -94,7 +95,8 @@ def test_every_engine_kernel_compiles_for_aarch64_without_x86_intrinsics(reports
     # attention, the embedding lookup.
     names = set(r["names"])
     assert "lfm2q.kernels.dispatch._imatmul" in names and "lfm2q.kernels.dispatch._imatmul_packed" in names
-    assert {"lfm2q.kernels.dispatch._imatmul_q4_0_packed", "lfm2q.kernels.dispatch._imatmul_q4_0_4x8"} <= names
+    assert {"lfm2q.kernels.dispatch._imatmul_q4_0_packed", "lfm2q.kernels.dispatch._imatmul_q4_0_4x8",
+            "lfm2q.kernels.dispatch._imatmul_q4_k_8x8"} <= names
     assert sum(n.startswith("lfm2q.blocks.") for n in names) >= 5
     assert any(n.startswith("lfm2q.kernels.lookup.") for n in names)
     assert r["signatures"] >= r["functions"] >= 15
@@ -109,11 +111,11 @@ def test_the_pi_4_build_has_no_dotprod_and_the_pi_5_build_uses_it_where_neon_ker
 
 
 def test_smmla_only_in_the_i8mm_build(reports):
-    # The Neoverse V2 build multiplies Q4_0 prompts with smmla (and decodes with sdot); the Pi
-    # builds have none (SIGILL there): not the instruction, not the intrinsic.
+    # The Neoverse V2 build multiplies Q4_0 and Q4_K prompts with smmla (and decodes with sdot);
+    # the Pi builds have none (SIGILL there): not the instruction, not the intrinsic.
     v2 = reports["neoverse-v2"]
     assert v2["errors"] == [] and v2["x86_intrinsics"] == [] and v2["forbidden"] == [] and v2["returncode"] == 0
-    assert "lfm2q.kernels.dispatch._imatmul_q4_0_4x8" in v2["names"]
+    assert {"lfm2q.kernels.dispatch._imatmul_q4_0_4x8", "lfm2q.kernels.dispatch._imatmul_q4_k_8x8"} <= set(v2["names"])
     assert v2["instructions"].get("smmla", 0) > 0 and v2["instructions"].get("sdot", 0) > 0
     assert "llvm.aarch64.neon.smmla.v4i32.v16i8" in v2["aarch64_intrinsics"]
     assert v2["target"]["kernels"] == "aarch64 NEON + dotprod + i8mm"

@@ -10,7 +10,8 @@ from lfm2q.kernels.dispatch import dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 from lfm2q.kernels.isa import portable as P
 from lfm2q.kernels.isa.llvm_ir import TOKENS
-from lfm2q.kernels.repack import packed, packed_q4_k8, pair_positions_q8_0, twin_chunks_q8_0
+from lfm2q.kernels.repack import (packed, packed_q4_k8, pair_positions_q8_0, pair_positions_q8_k, twin_chunks_q8_0,
+                                  twin_sums_q8_k)
 from test_intdot import edge_weights, oracle
 
 ROW = {Q4_K: P.q4_k_row, Q5_K: P.q5_k_row, Q6_K: P.q6_k_row, Q8_0: P.q8_0_row, Q4_0: P.q4_0_row}
@@ -158,4 +159,34 @@ def test_q4_0_4x8_groups_give_the_4x4_groups_bits():
         for t in range(0, n, TOKENS):
             for gi in range(rows // 4):
                 P.q4_0_4x8_mmla_rows(p8, gi, xi, xdi, t, out)
+        np.testing.assert_array_equal(out, want, err_msg=name)
+
+
+def test_q4_k_8x8_groups_give_the_packed_groups_bits():
+    # The Q4_K layout in 8-byte chunks (i8mm's) through decode (its activations paired with
+    # themselves) and the 4- and 8-position prompt forms over the paired positions
+    # (repack.pair_positions_q8_k): the same sums and steps as the 4-byte-chunk layout's
+    # kernel, so the same bits; 3 groups, 2 super-blocks, 12 positions (an 8 and a 4 call).
+    cols, rows, n = 512, 24, 3 * TOKENS
+    x = np.random.default_rng(13).standard_normal((n, cols)).astype(np.float32)
+    xq, xd, bsum = activations(Q4_K, x)
+    bs32 = bsum.reshape(n, -1, 2).astype(np.int32).sum(axis=2).astype(np.int16)
+    xi, xdi, bsi = pair_positions_q8_k(xq, xd, bs32)
+    for name, w in edge_weights(Q4_K, rows, cols).items():
+        p4, p8 = packed_q4_k8(w), packed_q4_k8(w, chunk=8)
+        want = np.full((n, rows), np.nan, np.float32)
+        for t in range(n):
+            for gi in range(rows // 8):
+                P.q4_k_packed(p4, gi, xq[t], xd[t], bs32[t], want[t])
+        dec = np.full(rows, np.nan, np.float32)
+        xt, bt = np.empty(2 * cols, np.int8), np.empty(cols // 8, np.int8)
+        twin_chunks_q8_0(xq[5], xt)
+        twin_sums_q8_k(bs32[5], bt)
+        for gi in range(rows // 8):
+            P.q4_k_8x8_packed(p8, gi, xt, xd[5], bt, dec)
+        np.testing.assert_array_equal(dec, want[5], err_msg=name)
+        out = np.full((n, rows), np.nan, np.float32)
+        for gi in range(rows // 8):
+            P.q4_k_8x8_mmla_rows8(p8, gi, xi, xdi, bsi, 0, out)
+            P.q4_k_8x8_mmla_rows(p8, gi, xi, xdi, bsi, 2 * TOKENS, out)
         np.testing.assert_array_equal(out, want, err_msg=name)

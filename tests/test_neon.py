@@ -17,7 +17,10 @@ i8mm layout, repack.pack_q4_0_4x8, and the prompt's positions in pairs for smmla
 both layouts against NumPy, and the assembly for a Neoverse N2 (smmla in the prompt loop, no
 shuffles there); on aarch64 with i8mm (qemu's `max`) the smmla and sdot kernels against an
 oracle reading the packed bytes and against the row kernel, bit for bit, alone and through
-dispatch.
+dispatch. The same for Q4_K in 8-byte chunks (repack.pack_q4_k_8x8, 8 rows a group, and
+pair_positions_q8_k): the layout and its NumPy inverse and the paired positions on any host,
+the N2 assembly (smmla with running tiles, no shuffles), and under i8mm its kernels against an
+oracle on the packed bytes and the row kernel, through dispatch for 1-19 positions.
 """
 import sys
 from pathlib import Path
@@ -31,8 +34,10 @@ from lfm2q.kernels.dispatch import activations_np, dequantize
 from lfm2q.kernels.formats import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, block_size
 from lfm2q.kernels.isa import ARCH
 from lfm2q.kernels.kquants import _scales_mins
-from lfm2q.kernels.repack import (Q4_0_P_BYTES, pack_q4_0_4x8, pack_q4_0x4, packed_shape, pair_positions_np,
-                                  pair_positions_q8_0, twin_chunks_q8_0, unpack_q4_0_4x8_np, unpack_q4_0x4_np)
+from lfm2q.kernels.repack import (P_BYTES, Q4_0_P_BYTES, pack_q4_0_4x8, pack_q4_0x4, packed_q4_k8, packed_shape,
+                                  pair_positions_np, pair_positions_q8_0, pair_positions_q8_k, pair_positions_q8_k_np,
+                                  twin_chunks_q8_0, twin_sums_q8_k, unpack_q4_0_4x8_np, unpack_q4_0x4_np,
+                                  unpack_q4_k_8x8_np)
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_0: "Q8_0"}
@@ -51,7 +56,8 @@ def assembly():
         sys.path.pop(0)
     kernels = ("q4_0_row", "q8_0_rows", "q4_k_row", "q5_k_row", "q6_k_rows")
     packed = ("q4_k_packed", "q4_0_packed", "q4_0_packed_rows")
-    i8mm = ("q4_0_row", "q4_0_4x8_packed", "q4_0_4x8_mmla_rows")  # (the rest as on the A76)
+    i8mm = ("q4_0_row", "q4_0_4x8_packed", "q4_0_4x8_mmla_rows",  # (the rest as on the A76)
+            "q4_k_8x8_packed", "q4_k_8x8_mmla_rows8")
     return mca_arm64, {cpu: mca_arm64.emit(cpu, feats, i8mm if "+i8mm" in feats else kernels + packed * ("+dotprod" in feats))
                        for cpu, feats in mca_arm64.CPUS.items()}
 
@@ -91,6 +97,24 @@ def test_the_i8mm_kernels_use_smmla_for_prompts_and_sdot_for_decode(assembly):
     assert not any(i.startswith(("ld1r", "dup")) for i in body), body  # x's twin chunks: plain loads
     assert not any("smmla" in i for i in body)
     assert "smmla" not in n2["q4_0_row"]  # the row kernels stay as on the Cortex-A76
+
+
+def test_the_i8mm_q4_k_kernels_use_smmla_for_prompts_and_sdot_for_decode(assembly):
+    mca, asm = assembly
+    n2 = asm["neoverse-n2"]
+    body = mca.loop_body(n2["q4_k_8x8_mmla_rows8"])  # one row pair's super-block, 8 positions
+    ops = [i.split()[0] for i in body]
+    # 8 sub-blocks x 4 position pairs x 4 chunks, and 2 a position pair for the mins; every
+    # operand a plain load; the scale steps: 8 tbl (2 rows' steps of a sub-block in the lanes'
+    # order) and 8 mla of 32 for the 32 tiles (the running tiles: no tile zeroed per sub-block)
+    assert ops.count("smmla") == 128 + 8 and ops.count("tbl") == 8 and ops.count("mla") + ops.count("mul") == 32
+    assert ops.count("movi") <= 8 + 2, body  # 4 running tiles, 4 mins tiles (and constants)
+    assert not any(op in ("zip1", "zip2", "uzp1", "uzp2", "trn1", "trn2", "ext", "ins", "mov", "addv", "addp",
+                          "faddp") or op.startswith("dup") for op in ops), body
+    body = mca.loop_body(n2["q4_k_8x8_packed"])  # decode: rows 0-3 or 4-7's super-block
+    ops = [i.split()[0] for i in body]
+    assert ops.count("sdot") == 64 and ops.count("addp") == 8 and ops.count("smmla") == 4  # (the mins)
+    assert not any(i.startswith("ld1r") and ".16b" in i for i in body), body  # x's twin chunks: plain loads
 
 
 # --- the numbers (aarch64) ------------------------------------------------------------------
@@ -204,6 +228,13 @@ def oracle_bits(w, qtype, xq, xd, bsum):
     else:
         isum = (np.repeat(sc, 32, axis=-1) * q * x).sum(axis=-1)
         msum = (mn * bsum.astype(np.int64).reshape(nb, 8, 2).sum(axis=-1)).sum(axis=-1)
+    return k_float_steps(isum, msum, d, dmin, xd)
+
+
+def k_float_steps(isum, msum, d, dmin, xd):
+    """f32[rows]: neon.py's K-quant float steps over the exact sums isum, msum int64[rows, nb]
+    with the rows' d, dmin f32[rows, nb] (dmin None: Q6_K) and x's xd f32[nb]."""
+    rows, nb = isum.shape
     acc = np.zeros(rows, np.float32)
     accm = np.zeros(rows, np.float32)
     for k in range(nb):
@@ -300,6 +331,71 @@ def test_prompt_positions_pair_in_8_byte_chunks():
         np.testing.assert_array_equal(xt, pair_positions_np(xq[[n - 1, n - 1]], xd[[n - 1, n - 1]])[0][0])
 
 
+def test_packed_q4_k_8x8_layout_holds_the_files_bytes():
+    # Any host: the Q4_K i8mm layout (repack.pack_q4_k_8x8: vector (q, c, e) at 256q + 64c + 16e
+    # holds bytes 16 + 32c + 8e.. of rows 2q, 2q + 1; scale steps s_j - s_(j+1) as int8, the
+    # mins row by row, then d and dmin), byte for byte from the file's blocks, and back
+    # (unpack_q4_k_8x8_np re-encodes the 6-bit scales); 2 groups, 3 super-blocks.
+    rows, cols = 16, 256 * 3
+    for wname, w in edge_weights(Q4_K, rows, cols).items():
+        p = packed_q4_k8(w, chunk=8)
+        assert p.shape == packed_shape(*w.shape) == (2, 3 * P_BYTES)
+        blocks = w.reshape(rows, 3, 144)
+        _, sc, mn, _, _ = int_quants(w, Q4_K)  # [rows, block, sub-block]
+        for gi in range(2):
+            for k in range(3):
+                o = k * P_BYTES
+                for r in range(8):
+                    row = blocks[8 * gi + r, k]
+                    assert bytes(p[gi, o + 1152 + 2 * r:o + 1154 + 2 * r]) == bytes(row[0:2]), wname
+                    assert bytes(p[gi, o + 1168 + 2 * r:o + 1170 + 2 * r]) == bytes(row[2:4]), wname
+                    for c in range(4):
+                        for e in range(4):
+                            at = o + 256 * (r // 2) + 64 * c + 16 * e + 8 * (r % 2)
+                            assert bytes(p[gi, at:at + 8]) == bytes(row[16 + 32 * c + 8 * e:24 + 32 * c + 8 * e])
+                    steps = p[gi, o + 1024 + r:o + 1088:8].view(np.int8).astype(np.int64)
+                    np.testing.assert_array_equal(np.cumsum(steps[::-1])[::-1], sc[8 * gi + r, k], err_msg=wname)
+                    np.testing.assert_array_equal(p[gi, o + 1088 + 8 * r:o + 1096 + 8 * r], mn[8 * gi + r, k])
+        np.testing.assert_array_equal(unpack_q4_k_8x8_np(p), w, err_msg=wname)
+        if wname == "random":
+            assert not np.array_equal(p, packed_q4_k8(w))  # not the 4-byte-chunk layout
+
+
+def sums32(bsum):  # Q8_K's sums per 16 -> per 32, int16[..., cols/32]
+    return bsum.reshape(*bsum.shape[:-1], -1, 2).astype(np.int32).sum(axis=-1).astype(np.int16)
+
+
+def test_q8_k_prompt_positions_pair_for_smmla():
+    # Any host: pair_positions_q8_k against its NumPy twin and against the layout written out
+    # (the quants as Q8_0's pairs; xdi[p, 4k + 2j + i] = xd[2p + j, k]; bsi[p, 32k + 16h + 8j + s]
+    # the hi (h = 0) and lo halves of x's sum over sub-block s, 64 hi + lo exactly), odd
+    # position counts, sums at their extremes; decode's twin sums: a position paired with itself.
+    rng = np.random.default_rng(14)
+    for n in (7, 2, 1):
+        xq = rng.integers(-128, 128, (n, 512)).astype(np.int8)
+        xq[0, :64] = -128  # sums of -4096 (hi -64, lo 0)
+        xq[-1, 64:96] = 127
+        xd = rng.uniform(0.001, 0.05, (n, 2)).astype(np.float32)
+        bs32 = sums32(xq.reshape(n, -1, 16).astype(np.int16).sum(axis=2, dtype=np.int16))
+        xi, xdi, bsi = pair_positions_q8_k(xq, xd, bs32)
+        assert xi.shape == (n // 2, 1024) and xdi.shape == (n // 2, 8) and bsi.shape == (n // 2, 64)
+        for got, want in zip((xi, xdi, bsi), pair_positions_q8_k_np(xq, xd, bs32)):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(xi, pair_positions_np(xq, np.zeros((n, 16), np.float32))[0])
+        for p in range(n // 2):
+            for j in range(2):
+                for k in range(2):
+                    assert xdi[p, 4 * k + 2 * j] == xdi[p, 4 * k + 2 * j + 1] == xd[2 * p + j, k]
+                    hi = bsi[p, 32 * k + 8 * j:32 * k + 8 * j + 8].astype(np.int32)
+                    lo = bsi[p, 32 * k + 16 + 8 * j:32 * k + 24 + 8 * j].astype(np.int32)
+                    assert (lo >= 0).all() and (lo < 64).all()
+                    np.testing.assert_array_equal(64 * hi + lo, bs32[2 * p + j, 8 * k:8 * k + 8])
+        bt = np.full(64, 99, np.int8)
+        twin_sums_q8_k(bs32[n - 1], bt)
+        np.testing.assert_array_equal(bt, pair_positions_q8_k_np(xq[[n - 1] * 2], xd[[n - 1] * 2],
+                                                                  bs32[[n - 1] * 2])[2][0])
+
+
 if ARCH == "aarch64":
     from lfm2q.kernels.isa import arm, neon
 
@@ -372,6 +468,24 @@ if ARCH == "aarch64":
             for t in range(0, 2 * xi.shape[0] - 3, 4):
                 for gi in range(p.shape[0]):
                     neon.q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out)
+
+        @njit(error_model="numpy", fastmath=False)
+        def _neon_8x8(p, xq, xd, bs32, out):
+            xt, bt = np.empty(2 * xq.shape[0], np.int8), np.empty(xq.shape[0] // 8, np.int8)
+            twin_chunks_q8_0(xq, xt)
+            twin_sums_q8_k(bs32, bt)
+            for gi in range(p.shape[0]):
+                neon.q4_k_8x8_packed(p, gi, xt, xd, bt, out)
+
+        @njit(error_model="numpy", fastmath=False)
+        def _neon_8x8_mmla(p, xi, xdi, bsi, wide, out):  # out[t, r]: 8 (wide) or 4 positions a call
+            step = 8 if wide else 4
+            for t in range(0, 2 * xi.shape[0] - step + 1, step):
+                for gi in range(p.shape[0]):
+                    if wide:
+                        neon.q4_k_8x8_mmla_rows8(p, gi, xi, xdi, bsi, t, out)
+                    else:
+                        neon.q4_k_8x8_mmla_rows(p, gi, xi, xdi, bsi, t, out)
 
 
 def run(impl, w, qtype, xq, xd, bsum):
@@ -514,17 +628,31 @@ def test_the_kernels_follow_the_cpus_dotprod_and_i8mm():
     assert (arm.PACKS_Q4_0, arm.PACKS_Q4_0_4X8) == (neon.HAVE_DOTPROD and not neon.HAVE_I8MM, neon.HAVE_I8MM)
     assert (arm.q4_0_4x8_mmla_rows is neon.q4_0_4x8_mmla_rows) == neon.HAVE_I8MM
     assert ("smmla" in dispatch.kernel_name(Q4_0)) == neon.HAVE_I8MM
+    # and one Q4_K layout: 8-byte chunks with i8mm, else 4-byte ones with dotprod
+    assert (arm.PACKS_Q4_K, arm.PACKS_Q4_K_8X8) == (neon.HAVE_DOTPROD and not neon.HAVE_I8MM, neon.HAVE_I8MM)
+    assert (arm.q4_k_8x8_mmla_rows8 is neon.q4_k_8x8_mmla_rows8) == neon.HAVE_I8MM
+    assert (arm.q4_k_packed is neon.q4_k_packed) == (neon.HAVE_DOTPROD and not neon.HAVE_I8MM)
+    assert ("smmla" in dispatch.kernel_name(Q4_K)) == neon.HAVE_I8MM
 
 
 @on_arm
 @pytest.mark.skipif(ARCH == "aarch64" and not neon.HAVE_DOTPROD, reason="without dotprod Q4_K stays unpacked")
 def test_packed_q4_k_matrices_give_the_row_kernels_bits():
-    # Decode and prefill over Q4_K rows packed 8 at a time (lane-indexed sdot) against the row
-    # kernel: 3 groups (a pair and an odd one), TOKENS-position calls and a tail.
-    from lfm2q.kernels.repack import packed_q4_k8
-    assert dispatch.SIMD_PACKS_Q4_K and arm.q4_k_packed is neon.q4_k_packed
-    for wname, w in edge_weights(Q4_K, 24, 512).items():
-        _check_packed(packed_q4_k8(w), Q4_K | dispatch.PACKED8, w, Q4_K, wname)
+    # Decode and prefill over Q4_K rows packed 8 at a time, in the layout this CPU's backend
+    # packs (lane-indexed sdot; 8-byte chunks with i8mm: smmla prompts), against the row
+    # kernel: 3 groups (a pair and an odd one: the dotprod prompt's group pairs), calls of 4
+    # (8 with i8mm) positions and a tail; 128 groups on the parallel path.
+    code = dispatch.packed_code(Q4_K)
+    assert code == Q4_K | (dispatch.PACKED8X8 if neon.HAVE_I8MM else dispatch.PACKED8)
+    assert dispatch.packable(Q4_K, 24) and not dispatch.packable(Q4_K, 20)
+    assert not dispatch.packable(Q4_K | dispatch.EXACT, 24)
+    assert "8-row packed" in dispatch.kernel_name(Q4_K)
+    for rows in (24, 1024):
+        assert (rows * 2 * 144 >= dispatch.PARALLEL_MIN_BYTES) == (rows == 1024)
+        for wname, w in edge_weights(Q4_K, rows, 512).items():
+            p = dispatch.pack(w, code)
+            np.testing.assert_array_equal(p, packed_q4_k8(w, chunk=8 if neon.HAVE_I8MM else 4))
+            _check_packed(p, code, w, Q4_K, wname)
 
 
 def _check_packed(p, code, w, qtype, wname):
@@ -708,3 +836,73 @@ def test_q4_0_4x8_prefill_through_dispatch_for_any_position_count():
     out = np.full((9, 18), np.nan, np.float32)
     dispatch.matmul(w18, Q4_0, xs, out)
     np.testing.assert_array_equal(out, want[:, :18])
+
+
+# --- Q4_K packed in 8-byte chunks (i8mm: smmla prompts, sdot decode) --------------------------
+
+def oracle_packed_q4_k_8x8_bits(p, xq, xd, bs32):
+    """f32[rows]: the Q4_K 8x8 kernels' result from the packed bytes alone (repack.py's layout
+    read independently of pack_q4_k_8x8): the exact sums, then neon.py's K-quant float steps."""
+    groups, nb = p.shape[0], p.shape[1] // P_BYTES
+    b = p.reshape(groups, nb, P_BYTES)
+    qs = b[:, :, :1024].reshape(groups, nb, 4, 4, 4, 2, 8).astype(np.int64)  # [g, k, q, c, e, row 2q + i, byte]
+    q = np.stack([qs & 15, qs >> 4], axis=4)  # [g, k, q, c, hi, e, i, byte]: sub-block 2c + hi
+    q = q.transpose(0, 2, 6, 1, 3, 4, 5, 7).reshape(groups * 8, nb, 256)  # [row, k, 64c + 32hi + 8e + byte]
+    steps = b[:, :, 1024:1088].view(np.int8).astype(np.int64).reshape(groups, nb, 8, 8)  # [g, k, j, r]
+    sc = np.cumsum(steps[:, :, ::-1], axis=2)[:, :, ::-1].transpose(0, 3, 1, 2).reshape(groups * 8, nb, 8)
+    mn = b[:, :, 1088:1152].astype(np.int64).reshape(groups, nb, 8, 8).transpose(0, 2, 1, 3).reshape(groups * 8, nb, 8)
+    d, dmin = (fp16(b[:, :, o:o + 16].reshape(groups, nb, 8, 2)).transpose(0, 2, 1).reshape(groups * 8, nb)
+               for o in (1152, 1168))
+    isum = (np.repeat(sc, 32, axis=-1) * q * xq.astype(np.int64).reshape(nb, 256)).sum(axis=-1)
+    msum = (mn * bs32.astype(np.int64).reshape(nb, 8)).sum(axis=-1)
+    return k_float_steps(isum, msum, d, dmin, xd)
+
+
+@on_arm
+@needs_i8mm
+def test_q4_k_8x8_kernels_give_the_oracles_and_the_row_kernels_bits():
+    # 1, 3 and 2 groups of 8 rows; 1, 2 and 5 super-blocks; extreme bytes and activations.
+    # Decode (sdot) against the oracle on the packed bytes and the row kernel on the file's
+    # rows; the smmla forms (8 and 4 positions a call) on 8 positions against both.
+    assert arm.PACKS_Q4_K_8X8 and arm.q4_k_8x8_packed is neon.q4_k_8x8_packed
+    for rows, cols in ((8, 256), (24, 512), (16, 1280)):
+        for wname, w in edge_weights(Q4_K, rows, cols).items():
+            p = packed_q4_k8(w, chunk=8)
+            for xname, (xq, xd, bsum) in activations(cols, 256, cols).items():
+                err = f"{rows}x{cols} {wname} x {xname}"
+                got = np.full(rows, np.nan, np.float32)
+                _neon_8x8(p, xq, xd, sums32(bsum), got)
+                np.testing.assert_array_equal(got, oracle_packed_q4_k_8x8_bits(p, xq, xd, sums32(bsum)), err_msg=err)
+                np.testing.assert_array_equal(got, run(_neon, w, Q4_K, xq, xd, bsum), err_msg=err)
+            xs = list(activations(cols, 256, cols + 1).values())
+            xq, xd, bsum = (np.stack([a[i] for a in xs] * 2) for i in range(3))  # 8 positions
+            xq[5], bsum[5] = xq[2][::-1], bsum[2][::-1]  # a pair of different rows in every pair
+            want = np.stack([oracle_packed_q4_k_8x8_bits(p, xq[t], xd[t], sums32(bsum[t])) for t in range(8)])
+            rows_bits = np.stack([run(_neon, w, Q4_K, xq[t], xd[t], bsum[t]) for t in range(8)])
+            np.testing.assert_array_equal(want, rows_bits, err_msg=f"{rows}x{cols} {wname}")
+            for wide in (True, False):
+                out = np.full((8, rows), np.nan, np.float32)
+                _neon_8x8_mmla(p, *pair_positions_q8_k(xq, xd, sums32(bsum)), wide, out)
+                np.testing.assert_array_equal(out, want, err_msg=f"prefill {rows}x{cols} {wname} wide={wide}")
+
+
+@on_arm
+@needs_i8mm
+def test_q4_k_8x8_prefill_through_dispatch_for_any_position_count():
+    # matmul over a Q4_K matrix packed for smmla for 1-9, 12, 13 and 19 positions (no smmla
+    # call, a 4-position call, an 8, an 8 and a 4, tails of 1-3 decode-kernel positions): the
+    # row kernel's bits; rows not a multiple of 8 stay unpacked (the same bits through the rows).
+    code = dispatch.packed_code(Q4_K)
+    cols = 256 * 2
+    w = weights(Q4_K, 24, cols, seed=7)
+    p = dispatch.pack(w, code)
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 19):
+        xs = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+        want = np.stack([run(_neon, w, Q4_K, *quantized(x, Q4_K)) for x in xs])
+        out = np.full((n, 24), np.nan, np.float32)
+        dispatch.matmul(p, code, xs, out)
+        np.testing.assert_array_equal(out, want, err_msg=f"{n} positions")
+    assert not dispatch.packable(Q4_K, 20)
+    out = np.full((19, 20), np.nan, np.float32)
+    dispatch.matmul(w[:20], Q4_K, xs, out)
+    np.testing.assert_array_equal(out, want[:, :20])

@@ -40,7 +40,8 @@ from .q4_0 import (dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequa
                    dot_q5_0, dot_q5_1)
 from .q8_0 import dequant_q8_0, dequantize_q8_0_np, dot_q8_0
 from .prefetch import prefetch_rows_ahead
-from .repack import GROUP, Q4_0_GROUP, packed, pair_positions_q8_0, twin_chunks_q8_0
+from .repack import (GROUP, Q4_0_GROUP, packed, pair_positions_q8_0, pair_positions_q8_k, twin_chunks_q8_0,
+                     twin_sums_q8_k)
 
 
 @njit(error_model="numpy", fastmath=True, cache=True)
@@ -108,6 +109,7 @@ EXACT = 256  # flag in a kernel code: f32 activations (the ggml types are all be
 PACKED8 = 512  # flag in a kernel code: a Q4_K matrix packed 8 rows at a time (repack.pack_q4_k8)
 PACKED4 = 1024  # flag in a kernel code: a Q4_0 matrix packed 4 rows at a time (repack.pack_q4_0x4)
 PACKED4X8 = 2048  # the same in 8-byte chunks, for smmla (repack.pack_q4_0_4x8)
+PACKED8X8 = 16384  # a Q4_K matrix packed 8 rows at a time in 8-byte chunks, for smmla (repack.pack_q4_k_8x8)
 # Variant flags in a kernel code (lfm2q/tuning.py picks them per matrix shape by measuring): the
 # same bits either way, only the speed differs.
 DECODE_ROWS = 4096  # decode row by row, not in the backend's row pairs / quads (AVX2, not 512-bit)
@@ -126,6 +128,7 @@ def activation_rounding(code):  # kernel code -> the actquant.ACT_* applied to x
 # another machine. Its flags are globals, read at compile time.
 SIMD_PREFILL = simd.INTEGER_PREFILL
 SIMD_PACKS_Q4_K = simd.PACKS_Q4_K
+SIMD_PACKS_Q4_K_8X8 = simd.PACKS_Q4_K_8X8  # (at most one of the two Q4_K layouts)
 SIMD_PACKS_Q4_0 = simd.PACKS_Q4_0
 SIMD_PACKS_Q4_0_4X8 = simd.PACKS_Q4_0_4X8  # (at most one of the two Q4_0 layouts)
 # the packed Q4_0 kernels' activations: x's Q8_0 quants as they are (NEON), or with each block's
@@ -293,6 +296,20 @@ def _imatvec_packed_serial(p, xq, xd, bs32, out):
 
 
 @njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatvec_q4_k_8x8_parallel(p, xt, xd, bt, out):  # Q4_K groups in 8-byte chunks (PACKED8X8) . x in Q8_K
+    for gi in prange(p.shape[0]):  # (xt, bt: its quants and sums per 32 paired with themselves)
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_k_8x8_packed(p, gi, xt, xd, bt, out)
+
+
+@njit(error_model="numpy", fastmath=False, cache=True)
+def _imatvec_q4_k_8x8_serial(p, xt, xd, bt, out):
+    for gi in range(p.shape[0]):
+        prefetch_rows_ahead(p, gi, gi + 1)
+        simd.q4_k_8x8_packed(p, gi, xt, xd, bt, out)
+
+
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
 def _imatvec_q4_0_packed_parallel(p, xq, xd, out):  # packed Q4_0 groups (PACKED4) . x in Q8_0
     for gi in prange(p.shape[0]):
         prefetch_rows_ahead(p, gi, gi + 1)
@@ -347,6 +364,15 @@ def _matvec(w, code, x, out, k_rows, b32_rows, b32_min_rows, float_rows):
                 _imatvec_packed_serial(w, xq, xd, bs32, out)
             else:
                 _imatvec_packed_parallel(w, xq, xd, bs32, out)
+        elif SIMD_PACKS_Q4_K_8X8 and code & PACKED8X8:
+            xt = np.empty(2 * n, np.int8)
+            twin_chunks_q8_0(xq, xt)
+            bt = np.empty(n // 8, np.int8)
+            twin_sums_q8_k(_sums32(bsum), bt)
+            if serial:
+                _imatvec_q4_k_8x8_serial(w, xt, xd, bt, out)
+            else:
+                _imatvec_q4_k_8x8_parallel(w, xt, xd, bt, out)
         elif serial:
             _imatvec_k_serial(w, qtype, xq, xd, bsum, out)
         else:
@@ -593,6 +619,28 @@ def _imatmul_q4_0_4x8(p, x, out):  # _imatmul for a Q4_0 matrix packed for smmla
             simd.q4_0_4x8_packed(p, gi, xt[t - n4], xd[t], out[t])
 
 
+@njit(error_model="numpy", parallel=True, fastmath=False, cache=True)  # see isa/x86_avx2.py
+def _imatmul_q4_k_8x8(p, x, out):  # _imatmul for a Q4_K matrix packed for smmla (PACKED8X8)
+    n = x.shape[0]
+    xq, xd, bsum = _quantize_rows(x, True)
+    bs32 = _sums32(bsum)
+    xi, xdi, bsi = pair_positions_q8_k(xq, xd, bs32)  # positions in pairs, once for every group
+    n8 = n - n % (2 * TOKENS)  # 8 positions a call (q4_k_8x8_mmla_rows8), then 4, then the
+    n4 = n - n % TOKENS  # last n % 4 through decode's kernel (the same bits)
+    xt = np.empty((n - n4, 2 * x.shape[1]), np.int8)
+    bt = np.empty((n - n4, x.shape[1] // 8), np.int8)
+    for i in range(n - n4):
+        twin_chunks_q8_0(xq[n4 + i], xt[i])
+        twin_sums_q8_k(bs32[n4 + i], bt[i])
+    for gi in prange(p.shape[0]):  # a task is one group of 8 rows
+        for t in range(0, n8, 2 * TOKENS):
+            simd.q4_k_8x8_mmla_rows8(p, gi, xi, xdi, bsi, t, out)
+        for t in range(n8, n4, TOKENS):
+            simd.q4_k_8x8_mmla_rows(p, gi, xi, xdi, bsi, t, out)
+        for t in range(n4, n):
+            simd.q4_k_8x8_packed(p, gi, xt[t - n4], xd[t], bt[t - n4], out[t])
+
+
 @njit(error_model="numpy", nogil=True, cache=True)
 def _dequant_range(w, qtype, r0, out):  # out f32[n, cols] = W[r0 : r0+n]; runs without the GIL
     for i in range(out.shape[0]):
@@ -625,7 +673,7 @@ def packable(code: int, rows: int) -> bool:
     """Whether a matrix of this kernel code is packed at load time (repack.packed): Q4_K or
     Q4_0 where the backend packs that type, f32 activations not asked for, whole groups of rows
     (8 for Q4_K, 4 for Q4_0)."""
-    return ((SIMD_PACKS_Q4_K and code == Q4_K and rows % GROUP == 0)
+    return (((SIMD_PACKS_Q4_K or SIMD_PACKS_Q4_K_8X8) and code == Q4_K and rows % GROUP == 0)
             or ((SIMD_PACKS_Q4_0 or SIMD_PACKS_Q4_0_4X8) and code == Q4_0 and rows % Q4_0_GROUP == 0))
 
 
@@ -633,12 +681,16 @@ def packed_code(code: int) -> int:
     """The kernel code of a packable matrix's packed copy."""
     if code & 255 == Q4_0:
         return code | (PACKED4X8 if SIMD_PACKS_Q4_0_4X8 else PACKED4)
-    return code | PACKED8
+    return code | (PACKED8X8 if SIMD_PACKS_Q4_K_8X8 else PACKED8)
 
 
 def pack(w: np.ndarray, code: int, out: np.ndarray | None = None) -> np.ndarray:
     """The packed copy of a packable matrix w in the layout of its packed kernel code (packed_code)."""
-    return packed(w, code & 255, out, chunk=8 if code & PACKED4X8 else simd.Q4_0_PACK_CHUNK)
+    if code & (PACKED4X8 | PACKED8X8):
+        chunk = 8
+    else:
+        chunk = simd.Q4_0_PACK_CHUNK if code & 255 == Q4_0 else 4
+    return packed(w, code & 255, out, chunk=chunk)
 
 
 def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
@@ -658,6 +710,9 @@ def matmul(w: np.ndarray, code: int, x: np.ndarray, out: np.ndarray) -> None:
         return
     if code & PACKED4X8:
         _imatmul_q4_0_4x8(w, x, out)
+        return
+    if code & PACKED8X8:
+        _imatmul_q4_k_8x8(w, x, out)
         return
     if integer_prefill(code):
         _imatmul(w, qtype, x, out, code & PREFILL_ROWS == 0)
@@ -689,6 +744,8 @@ def kernel_name(qtype: int) -> str:
     name = simd.NAME
     if qtype == Q4_K and SIMD_PACKS_Q4_K:
         return f"integer, 8-row packed groups ({name})"
+    if qtype == Q4_K and SIMD_PACKS_Q4_K_8X8:
+        return f"integer, 8-row packed groups, 8-byte chunks: smmla prompts, sdot decode ({name})"
     if qtype in (Q4_K, Q5_K, Q6_K):
         return f"integer rows x Q8_K ({name})"
     if qtype == Q4_0 and SIMD_PACKS_Q4_0:

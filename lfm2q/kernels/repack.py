@@ -65,6 +65,139 @@ def pack_q4_k8(w, out):
                     dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]    # dmin
 
 
+# --- Q4_K, 8 rows a group in 8-byte chunks (NEON i8mm) ----------------------------------------
+# `smmla` (see the Q4_0 4x8 layout below) multiplies 2 positions' 8 activation bytes by 2 rows'
+# 8 weights. So each 16-byte vector of the quants holds 8 bytes of each of 2 rows (llama.cpp's
+# block_q4_Kx8 with blck_size_interleave 8), and the mins are laid out to be an smmla operand
+# too (x's sums per 32 split into two int8 halves, pair_positions_q8_k):
+#
+# Per super-block k of a group, P_BYTES = 1184 bytes as the 4-byte-chunk layout above:
+#   [0, 1024)     vector (q, c, e) at 256q + 64c + 16e: bytes 16 + 32c + 8e.. (8 of them) of row
+#                 2q's block, then the same 8 of row 2q + 1's (low nibbles: weights 8e.. of
+#                 sub-block 2c, high nibbles: of sub-block 2c + 1)
+#   [1024, 1088)  scale step of sub-block j of row r at 1024 + 8j + r: s_j - s_(j+1) as an int8
+#                 (s_j its 6-bit scale, s_8 = 0; the kernels' running tiles take steps)
+#   [1088, 1152)  min of sub-block j of row r at 1088 + 8r + j (6 bits: row r's 8 mins in a row)
+#   [1152, 1184)  d, dmin of row r (fp16) at 1152 + 2r, 1168 + 2r (as P_D, P_DMIN)
+# A row pair's quants are 256 contiguous bytes (the kernels take one pair after another), its
+# sub-blocks 2c and 2c + 1 the 64 at 256q + 64c.
+K8_QS, K8_SC, K8_MN = 0, 1024, 1088
+
+
+@njit(error_model="numpy", cache=True)
+def pack_q4_k_8x8(w, out):
+    """Q4_K matrix w uint8[rows, nb*144] (rows a multiple of 8) -> out uint8[rows/8, nb*P_BYTES]
+    in the layout above (single-threaded, as pack_q4_k8)."""
+    nb = w.shape[1] // Q4_K_BYTES
+    for gi in range(w.shape[0] // GROUP):
+        dst = out[gi]
+        d64 = dst.view(np.uint64)
+        rows = w[gi * GROUP:(gi + 1) * GROUP]
+        w64 = rows.view(np.uint64)  # [8, nb*18]: 144-byte blocks are whole 8-byte words
+        for k in range(nb):
+            o = k * Q4_K_BYTES
+            p = k * P_BYTES
+            for c in range(4):
+                for q in range(4):
+                    for e in range(4):
+                        at = (p + K8_QS + 256 * q + 64 * c + 16 * e) // 8
+                        src = (o + 16 + 32 * c + 8 * e) // 8
+                        d64[at] = w64[2 * q, src]
+                        d64[at + 1] = w64[2 * q + 1, src]
+            for r in range(GROUP):
+                row = rows[r]
+                after = np.int32(0)  # s_(j+1)
+                for j in range(7, -1, -1):
+                    s, m = _scale_min(row, o + 4, j)
+                    dst[p + K8_SC + 8 * j + r] = np.uint8((s - after) & 255)
+                    dst[p + K8_MN + 8 * r + j] = m
+                    after = s
+                for i in range(2):
+                    dst[p + P_D + 2 * r + i] = row[o + i]
+                    dst[p + P_DMIN + 2 * r + i] = row[o + 2 + i]
+
+
+def unpack_q4_k_8x8_np(p: np.ndarray) -> np.ndarray:
+    """NumPy inverse of pack_q4_k_8x8 (tests): packed uint8[rows/8, nb*1184] -> uint8[rows,
+    nb*144], the 6-bit scales and mins packed back into ggml's 12 bytes."""
+    groups, nb = p.shape[0], p.shape[1] // P_BYTES
+    b = p.reshape(groups, nb, P_BYTES).astype(np.int32)
+    qs = b[:, :, :1024].reshape(groups, nb, 4, 4, 4, 2, 8)  # [group, block, q, c, e, row in pair, byte]
+    qs = qs.transpose(0, 2, 5, 1, 3, 4, 6).reshape(groups, GROUP, nb, 128)  # row 2q + i: bytes 32c + 8e..
+    steps = p.reshape(groups, nb, P_BYTES)[:, :, K8_SC:K8_SC + 64].view(np.int8).astype(np.int32)
+    sc = np.cumsum(steps.reshape(groups, nb, 8, GROUP)[:, :, ::-1], axis=2)[:, :, ::-1]  # s_j = steps j..7
+    sc = sc.transpose(0, 3, 1, 2)  # [g, row, block, j]
+    mn = b[:, :, K8_MN:K8_MN + 64].reshape(groups, nb, GROUP, 8).transpose(0, 2, 1, 3)
+    lo, hi = sc[..., 4:], mn[..., 4:]  # sub-blocks 4-7: their low 4 bits in bytes 8-11, top 2 over 0-7
+    scales = np.concatenate([sc[..., :4] | (lo >> 4) << 6, mn[..., :4] | (hi >> 4) << 6,
+                             (lo & 15) | (hi & 15) << 4], axis=-1)
+    d = b[:, :, P_D:P_D + 16].reshape(groups, nb, GROUP, 2).transpose(0, 2, 1, 3)
+    dmin = b[:, :, P_DMIN:P_DMIN + 16].reshape(groups, nb, GROUP, 2).transpose(0, 2, 1, 3)
+    out = np.concatenate([d, dmin, scales, qs], axis=-1).astype(np.uint8)
+    return out.reshape(groups * GROUP, nb * Q4_K_BYTES)
+
+
+# A prompt's Q8_K activations for the smmla kernels, once per matrix product: positions in
+# pairs, quants as pair_positions_q8_0 lays them (by blocks of 32, the Q4_K sub-blocks), the
+# scales per super-block each twice, and x's sums per 32 (|s| <= 32 * 128, int16) as two int8
+# numbers s = 64 hi + lo (hi = s >> 6 in -64..63, lo = s & 63), 8 sub-blocks of 2 positions
+# in a 16-byte smmla operand each, against the 8 mins of 2 rows (K8_MN):
+#   xi[p, 64b + 16e + 8j + i]   = xq[2p + j, 32b + 8e + i]        (b < cols/32, e < 4, i < 8)
+#   xdi[p, 4k + 2j + i]         = xd[2p + j, k]                   (i < 2)
+#   bsi[p, 32k + 16h + 8j + s]  = hi (h = 0) or lo (h = 1) of bs32[2p + j, 8k + s]
+# Decode pairs its one position with itself: twin_chunks_q8_0 for the quants, twin_sums_q8_k.
+
+@njit(error_model="numpy", cache=True)
+def pair_positions_q8_k(xq, xd, bs32):
+    """xq int8[n, cols], xd f32[n, cols/256], bs32 int16[n, cols/32] (Q8_K rows) -> (xi
+    int8[n//2, 2*cols], xdi f32[n//2, 4*cols/256], bsi int8[n//2, 4*cols/32]): the layout above.
+    One thread, 8-byte words: the copy takes ~0.05 ns a byte of x on x86 (its new pages more),
+    and a parallel loop would add a second of first-run compile per CPU."""
+    pairs, cols = xq.shape[0] // 2, xq.shape[1]
+    nb = xd.shape[1]
+    xi = np.empty((pairs, 2 * cols), np.int8)
+    xdi = np.empty((pairs, 4 * nb), np.float32)
+    bsi = np.empty((pairs, 32 * nb), np.int8)
+    w, x64 = xi.view(np.uint64), xq.view(np.uint64)  # chunk c of position 2p + j -> word 2c + j of pair p
+    for p in range(pairs):
+        for j in range(2):
+            for c in range(cols // 8):
+                w[p, 2 * c + j] = x64[2 * p + j, c]
+            for k in range(nb):
+                xdi[p, 4 * k + 2 * j] = xd[2 * p + j, k]
+                xdi[p, 4 * k + 2 * j + 1] = xd[2 * p + j, k]
+            _split_sums(bs32[2 * p + j], bsi[p], 8 * j)
+    return xi, xdi, bsi
+
+
+@njit(error_model="numpy", inline="always")
+def _split_sums(bs32, out, at):  # out[32k + 16h + at + s] = hi / lo of bs32[8k + s]
+    for k in range(bs32.shape[0] // 8):
+        for s in range(8):
+            v = np.int32(bs32[8 * k + s])
+            out[32 * k + at + s] = v >> 6
+            out[32 * k + 16 + at + s] = v & 63
+
+
+@njit(error_model="numpy", cache=True)
+def twin_sums_q8_k(bs32, out):
+    """bs32 int16[cols/32] (one position) -> out int8[cols/8]: pair_positions_q8_k's bsi for the
+    position paired with itself (decode's smmla over the mins)."""
+    _split_sums(bs32, out, 0)
+    _split_sums(bs32, out, 8)
+
+
+def pair_positions_q8_k_np(xq: np.ndarray, xd: np.ndarray, bs32: np.ndarray):
+    """NumPy twin of pair_positions_q8_k (tests)."""
+    pairs, nb = xq.shape[0] // 2, xd.shape[1]
+    xi, _ = pair_positions_np(xq, np.zeros((xq.shape[0], xq.shape[1] // 32), np.float32))
+    xdi = np.repeat(xd[:2 * pairs].reshape(pairs, 2, nb).transpose(0, 2, 1), 2, axis=-1)  # [p, k, 2j + i]
+    s = bs32[:2 * pairs].astype(np.int32).reshape(pairs, 2, nb, 8)  # [p, j, k, sub-block]
+    halves = np.stack([s >> 6, s & 63], axis=1)  # [p, h, j, k, s]
+    bsi = halves.transpose(0, 3, 1, 2, 4).astype(np.int8)  # [p, k, h, j, s]
+    return xi, np.ascontiguousarray(xdi.reshape(pairs, 4 * nb)), np.ascontiguousarray(bsi.reshape(pairs, 32 * nb))
+
+
 # --- Q4_0, 4 rows a group (NEON dotprod) ------------------------------------------------------
 # A Q4_0 row is a run of 18-byte blocks (fp16 d, 16 bytes of nibbles: element j < 16 in the low
 # nibble of byte j, j + 16 in its high one). A row kernel multiplies one row with 16-byte
@@ -227,21 +360,22 @@ def packed_shape(rows: int, row_bytes: int, qtype: int = Q4_K) -> tuple[int, int
 
 
 def packed(w, qtype, out=None, chunk=4):
-    """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array;
-    Q4_0 in chunks of 4 bytes (pack_q4_0x4, for sdot), 8 (pack_q4_0_4x8, for smmla) or 16
-    (pack_q4_0x16, for AVX-512 VNNI)."""
+    """The packed copy of a Q4_K or Q4_0 matrix w, in out (uint8[packed_shape]) or a new array,
+    in 4-byte chunks (pack_q4_k8, pack_q4_0x4: lane-indexed sdot), 8-byte ones (pack_q4_k_8x8,
+    pack_q4_0_4x8: smmla) or, Q4_0 only, 16-byte ones (pack_q4_0x16: AVX-512 VNNI)."""
     if qtype == Q4_0:
         if out is None:
             out = np.empty(packed_shape(*w.shape, Q4_0), np.uint8)
         {4: pack_q4_0x4, 8: pack_q4_0_4x8, 16: pack_q4_0x16}[chunk](w, out)
         return out
-    return packed_q4_k8(w, out)
+    return packed_q4_k8(w, out, chunk)
 
 
-def packed_q4_k8(w, out=None):
+def packed_q4_k8(w, out=None, chunk=4):
     """The packed copy of the Q4_K matrix w (uint8[rows, nb*144], rows a multiple of 8), in
-    out (uint8[packed_shape]) or a new array."""
+    out (uint8[packed_shape]) or a new array: 4-byte chunks (pack_q4_k8, lane-indexed sdot) or
+    8-byte ones (pack_q4_k_8x8, smmla)."""
     if out is None:
         out = np.empty(packed_shape(*w.shape), np.uint8)
-    pack_q4_k8(w, out)
+    (pack_q4_k_8x8 if chunk == 8 else pack_q4_k8)(w, out)
     return out

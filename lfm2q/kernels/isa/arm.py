@@ -5,10 +5,11 @@ forms of prefill as loops over them. Selected by isa/__init__.py on aarch64.
 With dotprod, Q4_K matrices are packed 8 rows a group and Q4_0 matrices 4 rows a group at
 load (kernels/repack.py) for the lane-indexed sdot kernels (neon.q4_k_packed, neon.q4_0_packed:
 the row kernels' bits). Without it they stay in the file's layout: the packed kernels are then
-portable's loops, compiled (dispatch names them) but never called. With i8mm too, Q4_0 is
-packed in 8-byte chunks instead (repack.pack_q4_0_4x8): prompts through smmla, 2 rows x 2
-positions an instruction (neon.q4_0_4x8_mmla_rows), decode through sdot on the same bytes
-(neon.q4_0_4x8_packed); the row kernels' bits again.
+portable's loops, compiled (dispatch names them) but never called. With i8mm too, both are
+packed in 8-byte chunks instead (repack.pack_q4_k_8x8, pack_q4_0_4x8): prompts through smmla,
+2 rows x 2 positions an instruction (neon.q4_k_8x8_mmla_rows8, q4_0_4x8_mmla_rows), decode
+through sdot on the same bytes (neon.q4_k_8x8_packed, q4_0_4x8_packed); the row kernels' bits
+again. One layout per type on a CPU: the other's kernels are portable's there.
 """
 from numba import njit
 
@@ -21,7 +22,7 @@ from .neon import (HAVE_DOTPROD, HAVE_I8MM, q4_0_row, q4_0_rows, q4_k_row, q4_k_
 from .portable import (q4_1_row, q4_1_rows, q4_1_rows4, q5_0_row, q5_0_row4, q5_0_rows, q5_0_rows4,  # noqa: F401
                        q5_1_row, q5_1_rows, q5_1_rows4)
 
-if HAVE_DOTPROD:
+if HAVE_DOTPROD and not HAVE_I8MM:
     from .neon import q4_k_packed, q4_k_packed_rows  # noqa: F401
 else:
     from .portable import q4_k_packed, q4_k_packed_rows  # noqa: F401
@@ -30,14 +31,19 @@ if HAVE_DOTPROD and not HAVE_I8MM:
 else:
     from .portable import q4_0_packed, q4_0_packed_rows  # noqa: F401
 if HAVE_I8MM:
-    from .neon import q4_0_4x8_mmla_rows, q4_0_4x8_packed  # noqa: F401
+    from .neon import (q4_0_4x8_mmla_rows, q4_0_4x8_packed, q4_k_8x8_mmla_rows, q4_k_8x8_mmla_rows8,  # noqa: F401
+                       q4_k_8x8_packed)
 else:
-    from .portable import q4_0_4x8_mmla_rows, q4_0_4x8_packed  # noqa: F401
+    from .portable import (q4_0_4x8_mmla_rows, q4_0_4x8_packed, q4_k_8x8_mmla_rows, q4_k_8x8_mmla_rows8,  # noqa: F401
+                           q4_k_8x8_packed)
 
 NAME = "aarch64 NEON + dotprod + i8mm" if HAVE_I8MM else "aarch64 NEON + dotprod" if HAVE_DOTPROD else "aarch64 NEON"
 WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothing for tuning.py to pick
 INTEGER_PREFILL = True
-PACKS_Q4_K = HAVE_DOTPROD
+# Q4_K in 8-row groups: 4-byte chunks for lane-indexed sdot (neon.q4_k_packed), or with i8mm
+# 8-byte chunks for smmla (neon.q4_k_8x8_*)
+PACKS_Q4_K = HAVE_DOTPROD and not HAVE_I8MM
+PACKS_Q4_K_8X8 = HAVE_I8MM
 # Q4_0 in 4-row groups (rows % 4 != 0 stay rows): 4-byte chunks for lane-indexed sdot
 # (neon.q4_0_packed), or with i8mm 8-byte chunks for smmla (neon.q4_0_4x8_*)
 PACKS_Q4_0 = HAVE_DOTPROD and not HAVE_I8MM

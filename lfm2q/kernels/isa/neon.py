@@ -46,7 +46,7 @@ from ...cpu import target
 from ..kquants import Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K
 from ..q4_0 import Q4_0_BYTES
 from ..q8_0 import BLOCK_BYTES as Q8_0_BYTES
-from ..repack import P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_P_BYTES, Q4_0_P_D
+from ..repack import K8_MN, K8_QS, K8_SC, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_P_BYTES, Q4_0_P_D
 from .llvm_ir import (F32, I8, I16, I32, I64, IR, TOKENS, V16I8, _arrays, _data, _n_blocks, _offset,
                       _packed_operands, _result, _row_ptr, _token_rows, _tokens, _typed)
 
@@ -71,6 +71,10 @@ class _IR(IR):
     def smmla(self, acc, a, b):  # acc.4s + a (2x8 int8) times b (2x8) transposed: lane 2i + j += a_i . b_j
         fn = self.fn("llvm.aarch64.neon.smmla.v4i32.v16i8", V4I32, [V4I32, V16I8, V16I8])
         return self.b.call(fn, [acc, a, b])
+
+    def tbl(self, table, idx):  # byte i = table[idx[i]], 0 where idx[i] > 15
+        fn = self.fn("llvm.aarch64.neon.tbl1.v16i8", V16I8, [V16I8, V16I8])
+        return self.b.call(fn, [table, idx])
 
     def smull(self, a, b):  # <8 x i8> * <8 x i8> -> <8 x i16>, exact
         return self.b.call(self.fn("llvm.aarch64.neon.smull.v8i16", V8I16, [V8I8, V8I8]), [a, b])
@@ -788,3 +792,183 @@ def q4_0_4x8_mmla_rows(typingctx, packed, gi, xi, xdi, t, out):
     if not (_arrays(2, packed, xi, xdi, out) and isinstance(gi, types.Integer) and isinstance(t, types.Integer)):
         return None
     return types.none(packed, gi, xi, xdi, t, out), _q4_0_4x8_mmla
+
+
+# --- Q4_K rows packed 8 at a time in 8-byte chunks (repack.pack_q4_k_8x8), with i8mm ---------
+# Each 16 bytes of a group's quants hold 8 bytes of each of 2 rows (repack.py's layout), one row
+# pair's super-block after another.
+#
+# Prompts: one `smmla` takes 2 positions' 8 activation bytes (repack.pair_positions_q8_k's
+# vectors) times the 2 rows' 8 weights into a 2x2 tile of int32 lanes [p0 r0, p0 r1, p1 r0,
+# p1 r1], 4 of them a sub-block. The tile runs over the whole super-block: after sub-block j it
+# holds C_j, the sums over sub-blocks 0..j, and sum_j s_j T_j = sum_j C_j (s_j - s_(j+1)), so
+# one `mla` a sub-block by the lanes' scale steps (repack.K8_SC; one `tbl` and a shift from the
+# 16 step bytes of two sub-blocks) gives the scaled sum with no tile to zero per sub-block (a
+# `movi` in every 6 instructions of the sub-block's, the other way). The mins: x's sums per 32
+# as 64 hi + lo (two int8 vectors of 8 sub-blocks x 2 positions) against the 8 mins of 2 rows,
+# two `smmla` and a shift a tile. A row pair runs through all super-blocks before the next: its
+# float accumulators, 4 position pairs', stay in registers.
+#
+# Decode: `sdot` of each weight vector with x's 8 bytes twice (repack.twin_chunks_q8_0) puts a
+# row's sums in 2 lanes [r0, r0, r1, r1], running over the super-block as the prompt's tiles; one
+# `addp` of two row pairs' gives 4 rows' C_j for one `mla`; the mins by `smmla` against the
+# position paired with itself (repack.twin_sums_q8_k).
+#
+# Every (row, position) lane holds q4_k_row's exact isum and msum and then takes its float
+# steps super-block for super-block: the same bits. Prompts go 8 positions a call (4 pairs: 8.6
+# cycles per 256 weights and position by llvm-mca on the Neoverse N2, 10.8 for 4 a call), then 4.
+MMLA_TOKENS = 2 * TOKENS
+
+
+def _scale_steps(ir_, sc, rows, h):
+    """<4 x i32>: the scale steps (repack.K8_SC, int8) of `rows` (4 rows of the group) for
+    sub-block 2c + h, from sc, the 16 bytes of sub-blocks 2c, 2c + 1: one tbl puts each in the
+    top byte of its lane (0xFF indices read as 0), an arithmetic shift sign-extends it."""
+    idx = ir.Constant(V16I8, [v for r in rows for v in (255, 255, 255, 8 * h + r)])
+    return ir_.b.ashr(ir_.b.bitcast(ir_.tbl(sc, idx), V4I32), ir_.const(V4I32, 24))
+
+
+def _q4_k_8x8_weights(ir_, wk, q, c):
+    """Row pair q's sub-blocks 2c, 2c + 1 at wk (a super-block): [low / high nibbles][chunk e]."""
+    b = ir_.b
+    v = [ir_.load(wk, _c(K8_QS + 256 * q + 64 * c + 16 * e), V16I8) for e in range(4)]
+    return [[b.and_(u, ir_.vconst(15)) for u in v], [b.lshr(u, ir_.vconst(4)) for u in v]]
+
+
+def _mins_tile(ir_, mins, bs):
+    """The exact sums of 8 mins x x's sums per 32: smmla of the (hi, lo) halves (repack.py)."""
+    b = ir_.b
+    zero = ir.Constant(V4I32, [0] * 4)
+    return ir_.smmla(b.shl(ir_.smmla(zero, bs[0], mins), ir_.const(V4I32, 6)), bs[1], mins)
+
+
+def _at(b, ptr, k, size):  # &ptr[k * size]: a super-block's base, the constant offsets from it
+    return b.gep(ptr, [b.mul(k, _c(size))])  # fold into the loads (an add of k << 9 became an orr)
+
+
+def _q4_k_8x8_mmla(context, builder, sig, args, n):
+    """2n positions t.. (n pairs t / 2.. of repack.pair_positions_q8_k's rows)."""
+    ir_ = _IR(builder)
+    b = builder
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(P_BYTES))
+    t = args[5]
+    pairs = [[_row_ptr(context, b, ty, v, b.add(b.udiv(t, _c(2)), _c(p))) for ty, v in zip(sig.args[2:5], args[2:5])]
+             for p in range(n)]
+    zero = ir.Constant(V4I32, [0] * 4)
+    V2I32, V4F16 = ir.VectorType(I32, 2), ir.VectorType(ir.HalfType(), 4)
+
+    def pair_of_rows(wk, at):  # fp16 [v_2q, v_2q+1] twice -> <4 x f32> (ld1r of two fp16)
+        return b.fpext(b.bitcast(ir_.splat(ir_.load(wk, _c(at), I32), V2I32), V4F16), V4F32)
+
+    def body(k, *accs, q):  # accs: (acc, accm) per position pair, tiles [p0 r0, p0 r1, p1 r0, p1 r1]
+        wk = _at(b, prow, k, P_BYTES)
+        xks = [_at(b, xp, k, 512) for xp, _, _ in pairs]  # 8 blocks of 32 x 2 positions a super-block
+        isums = [zero] * n
+        runs = [zero] * n  # per position pair: the tile's sums over sub-blocks 0..j so far
+        for c in range(4):
+            sc = ir_.load(wk, _c(K8_SC + 16 * c), V16I8)
+            steps = [_scale_steps(ir_, sc, [2 * q, 2 * q + 1] * 2, h) for h in range(2)]
+            w = _q4_k_8x8_weights(ir_, wk, q, c)
+            for p, xk in enumerate(xks):
+                for h in range(2):  # sub-block 2c + h: 32 weights of 2 rows, 4 smmla
+                    for e in range(4):
+                        runs[p] = ir_.smmla(runs[p], ir_.load(xk, _c(64 * (2 * c + h) + 16 * e), V16I8), w[h][e])
+                    isums[p] = b.add(isums[p], b.mul(runs[p], steps[h]))  # |.| <= 8 * 63 * 8 * 32 * 15 * 128 < 2^28
+        mins = ir_.load(wk, _c(K8_MN + 16 * q), V16I8)
+        d, dmin = pair_of_rows(wk, P_D + 4 * q), pair_of_rows(wk, P_DMIN + 4 * q)
+        out = []
+        for p, (_, dp, bp) in enumerate(pairs):
+            bk = _at(b, bp, k, 32)
+            msum = _mins_tile(ir_, mins, [ir_.load(bk, _c(16 * h), V16I8) for h in range(2)])
+            xd = b.load(b.bitcast(_at(b, dp, k, 4), V4F32.as_pointer()), align=4)
+            out.append(ir_.fma(b.sitofp(isums[p], V4F32), b.fmul(d, xd), accs[2 * p]))
+            out.append(ir_.fma(b.sitofp(msum, V4F32), b.fmul(dmin, xd), accs[2 * p + 1]))
+        return out
+
+    tiles = []  # [row pair q][position pair p]
+    for q in range(4):
+        accs = ir_.loop(nb, lambda k, *accs, q=q: body(k, *accs, q=q), *[ir.Constant(V4F32, [0.0] * 4)] * (2 * n))
+        tiles.append([b.fsub(accs[2 * p], accs[2 * p + 1]) for p in range(n)])
+    out_ty, out = sig.args[-1], args[-1]
+    col = b.mul(args[1], _c(8))
+    for p in range(n):
+        for j in range(2):  # position 2p + j: lanes 2j, 2j + 1 of each row pair's tile
+            ptr = b.gep(_row_ptr(context, b, out_ty, out, b.add(t, _c(2 * p + j))), [col])
+            for half in range(2):  # rows 0-3, 4-7
+                row = b.shuffle_vector(tiles[2 * half][p], tiles[2 * half + 1][p],
+                                       ir.Constant(ir.VectorType(I32, 4), [2 * j, 2 * j + 1, 4 + 2 * j, 5 + 2 * j]))
+                b.store(row, b.bitcast(b.gep(ptr, [_c(4 * half)]), V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+def _q4_k_8x8_packed(context, builder, sig, args):
+    ir_ = _IR(builder)
+    b = builder
+    prow, nb, toks = _packed_operands(context, b, sig, args, P_BYTES, 8, 3)
+    (xp, dp, bp, op), = toks
+    zero = ir.Constant(V4I32, [0] * 4)
+    V4F16 = ir.VectorType(ir.HalfType(), 4)
+
+    def rows4(wk, at):  # fp16 of 4 rows -> <4 x f32>
+        return b.fpext(b.bitcast(ir_.load(wk, _c(at), ir.VectorType(I16, 4)), V4F16), V4F32)
+
+    def body(k, acc, accm, half):  # rows 4 half.. (row pairs 2 half, 2 half + 1)
+        wk, xk, bk = _at(b, prow, k, P_BYTES), _at(b, xp, k, 512), _at(b, bp, k, 32)
+        isum = zero
+        runs = [zero, zero]  # per row pair [r0, r0, r1, r1] (bytes 0-3, 4-7 of each row's chunks), sub-blocks 0..j
+        for c in range(4):
+            sc = ir_.load(wk, _c(K8_SC + 16 * c), V16I8)
+            w = [_q4_k_8x8_weights(ir_, wk, q, c) for q in (2 * half, 2 * half + 1)]
+            for h in range(2):
+                for e in range(4):
+                    x = ir_.load(xk, _c(64 * (2 * c + h) + 16 * e), V16I8)
+                    runs = [ir_.sdot(runs[i], w[i][h][e], x) for i in range(2)]
+                steps = _scale_steps(ir_, sc, range(4 * half, 4 * half + 4), h)
+                isum = b.add(isum, b.mul(ir_.addp(runs[0], runs[1]), steps))  # 4 rows
+        bs = [ir_.load(bk, _c(16 * h), V16I8) for h in range(2)]
+        m = [_mins_tile(ir_, ir_.load(wk, _c(K8_MN + 16 * q), V16I8), bs) for q in (2 * half, 2 * half + 1)]
+        msum = b.shuffle_vector(m[0], m[1], ir.Constant(ir.VectorType(I32, 4), [0, 1, 4, 5]))
+        dx = ir_.splat(b.load(b.gep(dp, [k])), V4F32)
+        return [ir_.fma(b.sitofp(isum, V4F32), b.fmul(rows4(wk, P_D + 8 * half), dx), acc),
+                ir_.fma(b.sitofp(msum, V4F32), b.fmul(rows4(wk, P_DMIN + 8 * half), dx), accm)]
+
+    for half in range(2):
+        acc, accm = ir_.loop(nb, lambda k, acc, accm, half=half: body(k, acc, accm, half),
+                             *[ir.Constant(V4F32, [0.0] * 4)] * 2)
+        b.store(b.fsub(acc, accm), b.bitcast(b.gep(op, [_c(4 * half)]), V4F32.as_pointer()), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q4_k_8x8_packed(typingctx, packed, gi, xt, xd, bt, out):
+    """out[8gi : 8gi + 8] = rows 8gi.. . x, from packed uint8[rows/8, nb*P_BYTES] (repack.py's
+    8x8 layout), with sdot; x in Q8_K, its quants as repack.twin_chunks_q8_0 makes them (xt
+    int8[2*cols]), xd f32[cols/256], its sums per 32 as repack.twin_sums_q8_k makes them (bt
+    int8[cols/8]); out f32[rows]."""
+    if not (_arrays(2, packed) and _arrays(1, xt, xd, bt, out) and isinstance(gi, types.Integer)):
+        return None
+    return types.none(packed, gi, xt, xd, bt, out), _q4_k_8x8_packed
+
+
+def _mmla_typed(packed, gi, xi, xdi, bsi, t, out, positions):
+    if not (_arrays(2, packed, xi, xdi, bsi, out) and isinstance(gi, types.Integer)
+            and isinstance(t, types.Integer)):
+        return None
+    return (types.none(packed, gi, xi, xdi, bsi, t, out),
+            lambda context, builder, sig, args: _q4_k_8x8_mmla(context, builder, sig, args, positions // 2))
+
+
+@intrinsic
+def q4_k_8x8_mmla_rows(typingctx, packed, gi, xi, xdi, bsi, t, out):
+    """out[t + i, 8gi : 8gi + 8] for i < TOKENS (t even), with smmla: x's positions in pairs
+    as repack.pair_positions_q8_k makes them (xi int8[n/2, 2*cols], xdi f32[n/2, 4*cols/256],
+    bsi int8[n/2, cols/8]); out f32[n, rows]."""
+    return _mmla_typed(packed, gi, xi, xdi, bsi, t, out, TOKENS)
+
+
+@intrinsic
+def q4_k_8x8_mmla_rows8(typingctx, packed, gi, xi, xdi, bsi, t, out):
+    """q4_k_8x8_mmla_rows for MMLA_TOKENS positions t.. (the bulk of a prompt)."""
+    return _mmla_typed(packed, gi, xi, xdi, bsi, t, out, MMLA_TOKENS)

@@ -14,13 +14,15 @@ from numba import njit
 
 from ..intdot import idot_q4_0, idot_q4_1, idot_q4_k, idot_q5_0, idot_q5_1, idot_q5_k, idot_q6_k, idot_q8_0
 from ..kquants import QK_K, _f16
-from ..repack import GROUP, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_GROUP, Q4_0_P_BYTES, Q4_0_P_D
+from ..repack import (GROUP, K8_MN, K8_QS, K8_SC, P_BYTES, P_D, P_DMIN, P_MN, P_QS, P_SC, Q4_0_GROUP,
+                      Q4_0_P_BYTES, Q4_0_P_D)
 from .llvm_ir import TOKENS
 
 NAME = "portable loops"
 WIDE_FORMS = False  # the pair / quad forms are the row kernels in a loop: nothing for tuning.py to pick
 INTEGER_PREFILL = False  # BLAS over dequantized tiles beats these loops for prompts
 PACKS_Q4_K = False  # the packed layouts only pay with SIMD row groups
+PACKS_Q4_K_8X8 = False
 PACKS_Q4_0 = False
 Q4_0_PACK_CHUNK = 4  # (the layout of the NEON dotprod kernels these loops stand for)
 PACKS_Q4_0_4X8 = False
@@ -319,3 +321,77 @@ def q4_0_4x8_mmla_rows(p, gi, xi, xdi, t, out):
                 s = _q4_0_4x8_sum(g, base, r, xq, 0)
                 acc += (_f16(g, base + Q4_0_P_D + 2 * r) * xdi[pair, 4 * k + 2 * j]) * np.float32(s)
             out[t + i, Q4_0_GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def _q4_k_8x8_block(g, base, r, xq, bs, xd, acc):
+    """acc + row r's super-block at base of a group packed in 8-byte chunks (repack.pack_q4_k_8x8)
+    . one position's 256 quants xq and sums per 32 bs int32[8]: the exact sums, then
+    q4_k_packed's float steps."""
+    isum = 0
+    msum = 0
+    scale = 0
+    for j in range(7, -1, -1):  # the scale of sub-block j: its step plus the scale of j + 1
+        scale += np.int32(np.int8(g[base + K8_SC + 8 * j + r]))
+        c, hi = j // 2, j % 2
+        s = 0
+        for e in range(4):
+            at = base + K8_QS + 256 * (r // 2) + 64 * c + 16 * e + 8 * (r % 2)
+            for i in range(8):
+                v = np.int32(g[at + i])  # the file's byte 16 + 32c + 8e + i
+                q = (v >> 4) if hi else (v & 15)
+                s += q * np.int32(xq[64 * c + 32 * hi + 8 * e + i])
+        isum += scale * s
+        msum += np.int32(g[base + K8_MN + 8 * r + j]) * bs[j]
+    d = _f16(g, base + P_D + 2 * r)
+    dmin = _f16(g, base + P_DMIN + 2 * r)
+    return acc + xd * (d * np.float32(isum) - dmin * np.float32(msum))
+
+
+@njit(**_J)
+def q4_k_8x8_packed(p, gi, xt, xd, bt, out):
+    """out[8gi + r] for r < 8: the rows of group gi in 8-byte chunks . x in Q8_K, its quants
+    as repack.twin_chunks_q8_0 makes them (xt int8[2*cols]) and its sums per 32 as
+    repack.twin_sums_q8_k (bt int8[cols/8]): q4_k_packed's sums and steps."""
+    g = p[gi]
+    xq = np.empty(256, np.int8)
+    bs = np.empty(8, np.int32)
+    for r in range(GROUP):
+        acc = np.float32(0.0)
+        for k in range(g.shape[0] // P_BYTES):
+            for i in range(256):  # element i = 8c + e of the super-block: chunk c's first copy
+                xq[i] = xt[512 * k + 16 * (i // 8) + i % 8]
+            for j in range(8):
+                bs[j] = 64 * np.int32(bt[32 * k + j]) + np.int32(bt[32 * k + 16 + j])
+            acc = _q4_k_8x8_block(g, k * P_BYTES, r, xq, bs, xd[k], acc)
+        out[GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def _q4_k_8x8_pairs(p, gi, xi, xdi, bsi, t, positions, out):
+    """out[t + i, 8gi : 8gi + 8] for i < positions (t even), from x's positions in pairs
+    (repack.pair_positions_q8_k): q4_k_8x8_packed's steps, reading the pairs' layout."""
+    g = p[gi]
+    xq = np.empty(256, np.int8)
+    bs = np.empty(8, np.int32)
+    for i in range(positions):
+        pair, j = (t + i) // 2, (t + i) % 2
+        for r in range(GROUP):
+            acc = np.float32(0.0)
+            for k in range(g.shape[0] // P_BYTES):
+                for e in range(256):
+                    xq[e] = xi[pair, 512 * k + 16 * (e // 8) + 8 * j + e % 8]
+                for s in range(8):
+                    bs[s] = 64 * np.int32(bsi[pair, 32 * k + 8 * j + s]) + np.int32(bsi[pair, 32 * k + 16 + 8 * j + s])
+                acc = _q4_k_8x8_block(g, k * P_BYTES, r, xq, bs, xdi[pair, 4 * k + 2 * j], acc)
+            out[t + i, GROUP * gi + r] = acc
+
+
+@njit(**_J)
+def q4_k_8x8_mmla_rows(p, gi, xi, xdi, bsi, t, out):  # out[t + i, 8gi : 8gi + 8], i < TOKENS
+    _q4_k_8x8_pairs(p, gi, xi, xdi, bsi, t, TOKENS, out)
+
+
+@njit(**_J)
+def q4_k_8x8_mmla_rows8(p, gi, xi, xdi, bsi, t, out):  # i < 2 * TOKENS
+    _q4_k_8x8_pairs(p, gi, xi, xdi, bsi, t, 2 * TOKENS, out)

@@ -6,7 +6,8 @@ AVX2, FMA and F16C.
 from .x86_avx2 import (HAVE_AVX2, HAVE_VNNI, q4_0_row, q4_0_rows, q4_k_packed, q4_k_packed_rows, q4_k_row, q4_k_rows,  # noqa: F401
                        q5_k_row, q5_k_rows, q6_k_row, q6_k_rows, q8_0_row, q8_0_rows,
                        q4_1_row, q4_1_rows, q5_0_row, q5_0_rows, q5_1_row, q5_1_rows)
-from .portable import q4_0_4x8_mmla_rows, q4_0_4x8_packed  # noqa: F401  (never called: PACKS_Q4_0_4X8)
+from .portable import (q4_0_4x8_mmla_rows, q4_0_4x8_packed,  # noqa: F401
+                       q4_k_8x8_mmla_rows, q4_k_8x8_mmla_rows8, q4_k_8x8_packed)  # (never called: PACKS_Q4_0_4X8, PACKS_Q4_K_8X8)
 from .x86_avx512 import (HAVE_AVX512_VNNI, QUAD_TOKENS, q4_k_packed16_rows, q6_k_rows2,  # noqa: F401
                          q8_0_row2, q8_0_rows2, q8_0_rows4, q4_0_rows4, q4_1_rows4, q5_0_rows4, q5_1_rows4,
                          q4_0_row4, q5_0_row4)
@@ -16,6 +17,7 @@ NAME = ("x86 AVX-512 VNNI" if HAVE_AVX512_VNNI else "x86 AVX2 + VNNI" if HAVE_VN
 WIDE_FORMS = HAVE_AVX512_VNNI  # decode pairs / quads and prefill pairs / quads differ from rows: tuning.py picks
 INTEGER_PREFILL = True
 PACKS_Q4_K = True  # Q4_K matrices packed 8 rows a group at load (kernels/repack.py)
+PACKS_Q4_K_8X8 = False  # the 8-byte-chunk layouts are for NEON's smmla
 # Q4_0 matrices packed 4 rows a group in 16-byte chunks (repack.pack_q4_0x16) where 512-bit vpdpbusd
 # takes 4 rows at once (x86_avx512.q4_0_packed); the row kernels stay for AVX2
 PACKS_Q4_0 = HAVE_AVX512_VNNI
