@@ -729,16 +729,25 @@ def _q4_0_4x8_packed(context, builder, sig, args):
     return context.get_dummy_value()
 
 
+def _paired_operands(context, b, sig, args, block_bytes, n_x, n_pairs):
+    """An smmla kernel's operands (p, gi, n_x arrays of positions in pairs, t, out): group gi's
+    bytes, its blocks (block_bytes each), t, and for each of n_pairs pairs from t / 2 the
+    pointers to its rows of the n_x arrays."""
+    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])
+    a = context.make_array(sig.args[0])(context, b, args[0])
+    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(block_bytes))
+    t = args[2 + n_x]
+    xs = slice(2, 2 + n_x)
+    pairs = [[_row_ptr(context, b, ty, v, b.add(b.udiv(t, _c(2)), _c(p))) for ty, v in zip(sig.args[xs], args[xs])]
+             for p in range(n_pairs)]
+    return prow, nb, t, pairs
+
+
 def _q4_0_4x8_mmla(context, builder, sig, args):
     """TOKENS positions t.. (TOKENS / 2 pairs of repack.pair_positions_q8_0's rows t / 2..)."""
     ir_ = _IR(builder)
     b = builder
-    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])
-    a = context.make_array(sig.args[0])(context, b, args[0])
-    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(Q4_0_P_BYTES))
-    t = args[4]
-    pairs = [[_row_ptr(context, b, ty, v, b.add(b.udiv(t, _c(2)), _c(p))) for ty, v in zip(sig.args[2:4], args[2:4])]
-             for p in range(TOKENS // 2)]
+    prow, nb, t, pairs = _paired_operands(context, b, sig, args, Q4_0_P_BYTES, 2, TOKENS // 2)
     zero = ir.Constant(V4I32, [0] * 4)
     V2I32, V4F16 = ir.VectorType(I32, 2), ir.VectorType(ir.HalfType(), 4)
 
@@ -850,12 +859,7 @@ def _q4_k_8x8_mmla(context, builder, sig, args, n):
     """2n positions t.. (n pairs t / 2.. of repack.pair_positions_q8_k's rows)."""
     ir_ = _IR(builder)
     b = builder
-    prow = _row_ptr(context, b, sig.args[0], args[0], args[1])
-    a = context.make_array(sig.args[0])(context, b, args[0])
-    nb = b.udiv(cgutils.unpack_tuple(b, a.shape)[1], _c(P_BYTES))
-    t = args[5]
-    pairs = [[_row_ptr(context, b, ty, v, b.add(b.udiv(t, _c(2)), _c(p))) for ty, v in zip(sig.args[2:5], args[2:5])]
-             for p in range(n)]
+    prow, nb, t, pairs = _paired_operands(context, b, sig, args, P_BYTES, 3, n)
     zero = ir.Constant(V4I32, [0] * 4)
     V2I32, V4F16 = ir.VectorType(I32, 2), ir.VectorType(ir.HalfType(), 4)
 
