@@ -1,8 +1,8 @@
 """Matrices packed a few rows at a time at load time, for the packed kernels: Q4_K in groups of
 8 rows (isa/x86_avx2.q4_k_packed, isa/neon.q4_k_packed, isa/portable.q4_k_packed), and Q4_0
-in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below), in
-8-byte chunks where it also has i8mm (isa/neon.q4_0_4x8_*: smmla for prompts), in 16-byte
-chunks with x86 AVX-512 VNNI (isa/x86_avx512.q4_0_packed).
+in groups of 4 rows where the CPU has NEON dotprod (isa/neon.q4_0_packed; layout below), both
+in 8-byte chunks where it also has i8mm (isa/neon.q4_k_8x8_*, q4_0_4x8_*: smmla for prompts), and
+Q4_0 in 16-byte chunks with x86 AVX-512 VNNI (isa/x86_avx512.q4_0_packed).
 
 In a GGUF file each Q4_K row is its own run of 144-byte super-blocks, and a row kernel sums
 one row at a time with the 8 lanes of a vector. Packed, one 32-byte vector holds the same 4
