@@ -553,9 +553,9 @@ def _q4_0_packed16(context, b, sig, args):
         d4 = b.fpext(b.bitcast(ir_.load(prow, b.add(pk, c(Q4_0_P_D)), ir.VectorType(I16, 4)),
                                ir.VectorType(F16, 4)), V4F32)
         d_rows = ir_.lanes(d4, per_row)
+        xo = b.mul(k, c(64))  # block k's 32 quants and 8 sums in every position's q4_0_packed_x row
         out = []
         for (xp, dp, _), acc_lo, acc_hi in zip(toks, accs[0::2], accs[1::2]):
-            xo = b.mul(k, c(64))
             x_lo = ir_.lanes(ir_.load(xp, xo, V16I8), every16)
             x_hi = ir_.lanes(ir_.load(xp, b.add(xo, c(16)), V16I8), every16)
             c_lo = ir_.lanes(ir_.load(xp, b.add(xo, c(32)), V4I32), quarters)
